@@ -1,0 +1,3 @@
+"""exportgate: an export-control access gateway for GPU job schedulers."""
+
+__version__ = "0.1.0"

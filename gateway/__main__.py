@@ -1,0 +1,5 @@
+"""Entry point for `python -m gateway`."""
+
+from gateway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""I/O adapters, one kind of I/O each, behind a Protocol."""

@@ -1,0 +1,461 @@
+"""Bearer-token authentication: a JWT verified with its issuer's pinned algorithms and keys."""
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from jwt import PyJWK, PyJWS, PyJWTError
+
+from gateway.adapters.jwks import (
+    FETCH_TIMEOUT_S,
+    SUPPORTED_ALGORITHMS,
+    Hs256SecretFile,
+    JwksError,
+    JwksFile,
+    JwksUrl,
+    KeySet,
+    KeySource,
+    merge,
+)
+from gateway.core.codes import Code
+from gateway.core.tenants import Identity
+
+log = logging.getLogger(__name__)
+
+MAX_TOKEN_BYTES = 8 * 1024
+
+
+class RefreshResult(StrEnum):
+    """How one key-set refresh ended; the `result` label of exportgate_jwks_refresh_total."""
+
+    OK = "ok"
+    UNCHANGED = "unchanged"
+    ERROR = "error"
+    SKIPPED_COOLDOWN = "skipped_cooldown"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    """One trusted token issuer: its audiences, pinned algorithms and where its keys live."""
+
+    issuer: str
+    audiences: tuple[str, ...]
+    algorithms: tuple[str, ...]
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    hs256_secret_file: Path | None = None
+    subject_claim: str = "sub"
+    leeway_s: float = 30.0
+    refetch_cooldown_s: float = 30.0
+    refresh_interval_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        problem = _config_problem(self)
+        if problem is not None:
+            raise ValueError(f"issuer {self.issuer!r}: {problem}")
+
+
+def _config_problem(c: IssuerConfig) -> str | None:
+    """What is wrong with an issuer's configuration, if anything."""
+    asymmetric = set(c.algorithms) - {"HS256"}
+    if not c.issuer:
+        return "issuer must not be empty"
+    if not c.audiences or not all(c.audiences):
+        return "audiences must be non-empty strings"
+    if not c.algorithms or not set(c.algorithms) <= SUPPORTED_ALGORITHMS:
+        return f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}"
+    if ("HS256" in c.algorithms) != (c.hs256_secret_file is not None):
+        return "HS256 must be pinned if and only if hs256_secret_file is set"
+    if c.jwks_file is not None and c.jwks_url is not None:
+        return "set jwks_file or jwks_url, not both"
+    if bool(asymmetric) != (c.jwks_file is not None or c.jwks_url is not None):
+        return "asymmetric algorithms need a jwks_file or jwks_url, and only they use one"
+    if c.jwks_url is not None and not c.jwks_url.startswith(("https://", "http://")):
+        return "jwks_url must be an http(s) URL"
+    if not c.subject_claim:
+        return "subject_claim must not be empty"
+    if c.leeway_s < 0 or c.refetch_cooldown_s < 0 or c.refresh_interval_s <= 0:
+        return "leeway_s and refetch_cooldown_s must be >= 0, refresh_interval_s > 0"
+    return None
+
+
+class AuthError(Exception):
+    """A request that cannot be authenticated; `detail` is safe to show and never the token."""
+
+    def __init__(self, code: Code, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def _invalid(detail: str) -> AuthError:
+    return AuthError(Code.AUTH_INVALID, detail)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+class VerifiedTokenCache:
+    """Identities of verified tokens by the token's SHA-256; least recently used go first."""
+
+    def __init__(self, size: int, ttl_s: float) -> None:
+        self._size = size
+        self._ttl_s = ttl_s
+        self._entries: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
+
+    def get(self, token: str, now: float) -> Identity | None:
+        """The identity a token proved, while its entry lives."""
+        key = _digest(token)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now >= entry[1]:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, token: str, identity: Identity, exp: float, now: float) -> None:
+        """Remember a verified token until its exp, and for at most `ttl_s` from now."""
+        expires_at = min(exp, now + self._ttl_s)
+        if self._size <= 0 or expires_at <= now:
+            return
+        key = _digest(token)
+        self._entries[key] = (identity, expires_at)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(slots=True, eq=False)
+class _Issuer:
+    """One issuer's live state: its sources, last good key set and refetch bookkeeping."""
+
+    config: IssuerConfig
+    sources: tuple[KeySource, ...] = ()
+    keys: KeySet | None = None
+    last_unknown_kid_fetch: float | None = None
+    inflight: "asyncio.Task[RefreshResult] | None" = None
+
+
+class Authenticator:
+    """Verifies bearer JWTs from configured issuers and keeps their key sets fresh."""
+
+    def __init__(
+        self,
+        issuers: Sequence[IssuerConfig],
+        *,
+        clock: Callable[[], float] = time.time,
+        on_refresh: Callable[[str], None] = lambda result: None,
+        cache_size: int = 10_000,
+        cache_ttl_s: float = 300.0,
+    ) -> None:
+        names = [c.issuer for c in issuers]
+        if len(set(names)) != len(names):
+            raise ValueError("each issuer may be configured only once")
+        self._issuers = {c.issuer: _Issuer(c) for c in issuers}
+        self._clock = clock
+        self._on_refresh = on_refresh
+        self._cache = VerifiedTokenCache(cache_size, cache_ttl_s)
+        # Restricting the registry too means no code path can reach another algorithm.
+        self._jws = PyJWS(algorithms=sorted(SUPPORTED_ALGORITHMS))
+        self._session: aiohttp.ClientSession | None = None
+        self._refreshers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Open the HTTP session, load every key set once and start periodic refreshes."""
+        if self._session is not None:
+            raise RuntimeError("Authenticator already started")
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S))
+        for state in self._issuers.values():
+            state.sources = _sources(state.config, self._session)
+        await self.reload()
+        self._refreshers = [
+            asyncio.create_task(self._refresh_periodically(state))
+            for state in self._issuers.values()
+        ]
+
+    async def close(self) -> None:
+        """Stop refreshing and close the HTTP session."""
+        tasks: list[asyncio.Task[Any]] = [*self._refreshers]
+        tasks += [s.inflight for s in self._issuers.values() if s.inflight is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._refreshers = []
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def ready(self) -> bool:
+        """Whether every issuer has a usable key set."""
+        return all(state.keys is not None for state in self._issuers.values())
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many verified tokens the cache holds."""
+        return len(self._cache)
+
+    async def reload(self) -> None:
+        """Refetch every key set now; failures keep the last good set."""
+        await asyncio.gather(
+            *(asyncio.shield(self._shared_refresh(s)) for s in self._issuers.values())
+        )
+
+    async def authenticate(self, authorization: str | None) -> Identity:
+        """The identity a request's Authorization header proves; raises AuthError."""
+        token = _bearer_token(authorization)
+        cached = self._cache.get(token, self._clock())
+        if cached is not None:
+            return cached
+        header, unverified = self._unverified(token)
+        state = self._issuer_for(unverified)
+        alg = _header_alg(header, state.config)
+        kid = _header_kid(header)
+        if state.keys is None or (kid is not None and not state.keys.has_kid(kid)):
+            await self._refetch_for_unknown_kid(state)
+        if state.keys is None:
+            raise _invalid("the token issuer's keys are unavailable")
+        candidates = state.keys.candidates(kid, alg)
+        if not candidates:
+            raise _invalid(_no_key_reason(state.keys, kid))
+        claims = self._verified_claims(token, candidates, state.config.algorithms)
+        # No await between verifying and caching: a key-set flush cannot fall in between.
+        now = self._clock()
+        identity, exp = _check_claims(claims, state.config, now)
+        self._cache.put(token, identity, exp, now)
+        return identity
+
+    def _unverified(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Header and claims, for routing only: nothing here is trusted yet."""
+        try:
+            decoded = self._jws.decode_complete(token, options={"verify_signature": False})
+        except PyJWTError:
+            raise _invalid("malformed token") from None
+        header: dict[str, Any] = decoded["header"]
+        return header, _json_object(decoded["payload"])
+
+    def _issuer_for(self, unverified: Mapping[str, Any]) -> _Issuer:
+        iss = unverified.get("iss")
+        state = self._issuers.get(iss) if isinstance(iss, str) else None
+        if state is None:
+            raise _invalid("token issuer is not accepted")
+        return state
+
+    def _verified_claims(
+        self, token: str, keys: Sequence[PyJWK], algorithms: Sequence[str]
+    ) -> dict[str, Any]:
+        for key in keys:
+            try:
+                decoded = self._jws.decode_complete(
+                    token,
+                    key=key,
+                    algorithms=list(algorithms),
+                    options={"verify_signature": True, "enforce_minimum_key_length": True},
+                )
+            except (PyJWTError, ValueError, TypeError):
+                continue
+            return _json_object(decoded["payload"])
+        raise _invalid("token signature is not valid")
+
+    async def _refetch_for_unknown_kid(self, state: _Issuer) -> None:
+        """Refetch once for an unknown kid: join a fetch under way, else respect the cooldown."""
+        if state.inflight is None:
+            now = self._clock()
+            last = state.last_unknown_kid_fetch
+            if last is not None and now - last < state.config.refetch_cooldown_s:
+                self._on_refresh(RefreshResult.SKIPPED_COOLDOWN)
+                return
+            state.last_unknown_kid_fetch = now
+        await asyncio.shield(self._shared_refresh(state))
+
+    def _shared_refresh(self, state: _Issuer) -> "asyncio.Task[RefreshResult]":
+        """The issuer's refresh under way, started if there is none (single flight)."""
+        if state.inflight is None:
+            state.inflight = asyncio.create_task(self._refresh(state))
+        return state.inflight
+
+    async def _refresh(self, state: _Issuer) -> RefreshResult:
+        try:
+            result = await self._load(state)
+        finally:
+            state.inflight = None
+        self._on_refresh(result)
+        return result
+
+    async def _load(self, state: _Issuer) -> RefreshResult:
+        if not state.sources:
+            log.warning(
+                "issuer %s: key set not loaded: authenticator not started", state.config.issuer
+            )
+            return RefreshResult.ERROR
+        try:
+            new = merge([await source.load() for source in state.sources])
+        except JwksError as error:
+            log.warning(
+                "issuer %s: key set refresh failed, keeping the last good set: %s",
+                state.config.issuer,
+                error,
+            )
+            return RefreshResult.ERROR
+        if state.keys is not None and state.keys.digest == new.digest:
+            return RefreshResult.UNCHANGED
+        state.keys = new
+        # Tokens verified by a key that has since gone must not outlive the old set.
+        self._cache.clear()
+        log.info("issuer %s: key set loaded, %d keys", state.config.issuer, len(new.keys))
+        return RefreshResult.OK
+
+    async def _refresh_periodically(self, state: _Issuer) -> None:
+        while True:
+            await asyncio.sleep(state.config.refresh_interval_s)
+            await asyncio.shield(self._shared_refresh(state))
+
+
+def _sources(config: IssuerConfig, session: aiohttp.ClientSession) -> tuple[KeySource, ...]:
+    sources: list[KeySource] = []
+    if config.jwks_file is not None:
+        sources.append(JwksFile(config.jwks_file))
+    if config.jwks_url is not None:
+        sources.append(JwksUrl(config.jwks_url, session))
+    if config.hs256_secret_file is not None:
+        sources.append(Hs256SecretFile(config.hs256_secret_file))
+    return tuple(sources)
+
+
+def _bearer_token(authorization: str | None) -> str:
+    """The token of a `Bearer` Authorization header (scheme case-insensitive)."""
+    if authorization is None or not authorization.strip():
+        raise AuthError(Code.AUTH_MISSING, "send 'Authorization: Bearer <token>'")
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _invalid("Authorization must use the Bearer scheme with a token")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise _invalid(f"token longer than {MAX_TOKEN_BYTES} bytes")
+    # A compact JWT is base64url and dots only; anything else is refused before parsing.
+    if not token.isascii() or any(c.isspace() for c in token):
+        raise _invalid("malformed token")
+    return token
+
+
+def _no_key_reason(keys: KeySet, kid: str | None) -> str:
+    if kid is None and len(keys.keys) > 1:
+        return "token has no kid and its issuer has several keys"
+    if kid is not None and not keys.has_kid(kid):
+        return "token kid is not one of its issuer's keys"
+    return "the issuer's key for this token does not accept its alg"
+
+
+def _json_object(payload: object) -> dict[str, Any]:
+    if not isinstance(payload, bytes):
+        raise _invalid("malformed token")
+    try:
+        claims = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise _invalid("malformed token claims") from None
+    if not isinstance(claims, dict):
+        raise _invalid("malformed token claims")
+    return claims
+
+
+def _header_alg(header: Mapping[str, Any], config: IssuerConfig) -> str:
+    """The token's alg, only if its issuer pins it; the token never picks another."""
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in config.algorithms:
+        raise _invalid("token algorithm is not allowed for its issuer")
+    return alg
+
+
+def _header_kid(header: Mapping[str, Any]) -> str | None:
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise _invalid("malformed token kid")
+    return kid
+
+
+def _check_claims(
+    claims: Mapping[str, Any], config: IssuerConfig, now: float
+) -> tuple[Identity, float]:
+    """The identity and expiry of verified claims; each claim is checked by its own function."""
+    _check_iss(claims, config.issuer)
+    _check_aud(claims, config.audiences)
+    exp = _check_exp(claims, now, config.leeway_s)
+    _check_nbf(claims, now, config.leeway_s)
+    _check_iat(claims, now, config.leeway_s)
+    return Identity(config.issuer, _subject(claims, config.subject_claim)), exp
+
+
+def _check_iss(claims: Mapping[str, Any], issuer: str) -> None:
+    if claims.get("iss") != issuer:
+        raise _invalid("token issuer is not accepted")
+
+
+def _check_aud(claims: Mapping[str, Any], audiences: Sequence[str]) -> None:
+    aud = claims.get("aud")
+    values = [aud] if isinstance(aud, str) else aud
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise _invalid("token has no valid aud claim")
+    if not any(v in audiences for v in values):
+        raise _invalid("token audience is not accepted")
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate claim as a finite number, None when absent."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid(f"token {name} claim is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _invalid(f"token {name} claim is out of range") from None
+    if not math.isfinite(number):
+        raise _invalid(f"token {name} claim is out of range")
+    return number
+
+
+def _check_exp(claims: Mapping[str, Any], now: float, leeway: float) -> float:
+    exp = _numeric_date(claims, "exp")
+    if exp is None:
+        raise _invalid("token has no exp claim")
+    if exp <= now - leeway:
+        raise _invalid("token has expired")
+    return exp
+
+
+def _check_nbf(claims: Mapping[str, Any], now: float, leeway: float) -> None:
+    nbf = _numeric_date(claims, "nbf")
+    if nbf is not None and nbf > now + leeway:
+        raise _invalid("token is not yet valid")
+
+
+def _check_iat(claims: Mapping[str, Any], now: float, leeway: float) -> None:
+    iat = _numeric_date(claims, "iat")
+    if iat is not None and iat > now + leeway:
+        raise _invalid("token was issued in the future")
+
+
+def _subject(claims: Mapping[str, Any], claim: str) -> str:
+    subject = claims.get(claim)
+    if not isinstance(subject, str) or not subject:
+        raise _invalid(f"token has no valid {claim} claim")
+    return subject

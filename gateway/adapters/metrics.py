@@ -1,0 +1,69 @@
+"""Every Prometheus metric the gateway exports, in one registry per process."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Bounded labels only: no tenant id, token or raw path is ever a label value."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "exportgate_requests_total",
+            "Requests received by the proxy listener.",
+            ["route_kind", "status_class"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "exportgate_decisions_total",
+            "Decisions taken, by outcome, refusal code and tier.",
+            ["decision", "code", "tier"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "exportgate_request_duration_seconds",
+            "Time from request to response headers.",
+            ["route_kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "exportgate_upstream_duration_seconds",
+            "Time the upstream took to answer.",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ledger_records = Counter("exportgate_ledger_records_total", "Ledger records made durable.", registry=r)
+        self.ledger_commit_seconds = Histogram(
+            "exportgate_ledger_commit_seconds",
+            "Time to write and fsync one ledger batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ledger_errors = Counter(
+            "exportgate_ledger_errors_total", "Ledger batches that failed to commit.", registry=r
+        )
+        self.backend_errors = Counter(
+            "exportgate_backend_errors_total",
+            "Quota store or ledger errors that refused requests.",
+            ["backend"],
+            registry=r,
+        )
+        self.jwks_refresh = Counter(
+            "exportgate_jwks_refresh_total", "Key set refreshes by outcome.", ["result"], registry=r
+        )
+        self.config_reloads = Counter(
+            "exportgate_config_reloads_total", "Registry and pack reloads by outcome.", ["result"], registry=r
+        )
+        self.policy_info = Info("exportgate_policy", "The active policy pack.", registry=r)
+        self.country_tpp_held = Gauge(
+            "exportgate_country_tpp_held", "TPP held at once against a country allocation.", ["country"], registry=r
+        )
+        self.country_tpp_cap = Gauge(
+            "exportgate_country_tpp_cap", "A country's TPP allocation under the active pack.", ["country"], registry=r
+        )
+        self.ready = Gauge("exportgate_ready", "1 when config, keys and ledger are loaded.", registry=r)

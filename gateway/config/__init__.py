@@ -1,0 +1,1 @@
+"""Strict loading of gateway.yaml, policy packs and the tenant registry into core values."""

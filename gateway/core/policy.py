@@ -1,0 +1,71 @@
+"""Policy packs as values: dated rules, tier lists and the settings every rule reads."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+from gateway.core.tiers import TierTable
+
+
+class RuleId(StrEnum):
+    """The rules a pack can carry; each has its own enforced-from date."""
+
+    TIER3 = "tier3"
+    KYC = "kyc"
+    TENANT_CAP = "tenant_cap"
+    COUNTRY_CAP = "country_cap"
+    BUDGET = "budget"
+    TRAINING_THRESHOLD = "training_threshold"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A rule and the date from which its refusals are enforced (shadow before it)."""
+
+    id: RuleId
+    enforced_from: date | None
+    citation: str = ""
+
+    def enforced_on(self, now: datetime) -> bool:
+        return self.enforced_from is None or now.date() >= self.enforced_from
+
+
+class ReadAccess(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class KycSettings:
+    """What each KYC status may still do on read routes (submissions need `verified`)."""
+
+    reads: Mapping[str, ReadAccess] = field(
+        default_factory=lambda: {
+            "pending": ReadAccess.ALLOW,
+            "expired": ReadAccess.ALLOW,
+            "rejected": ReadAccess.DENY,
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    """One loaded policy pack: identity, tiers, dated rules and rule settings.
+
+    `extra` carries sections owned by other core modules (GPU catalogue, caps), so that
+    adding a section does not change this type's shape.
+    """
+
+    name: str
+    version: str
+    content_hash: str
+    tiers: TierTable
+    rules: Mapping[RuleId, Rule]
+    kyc: KycSettings = field(default_factory=KycSettings)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def rule(self, rule_id: RuleId) -> Rule:
+        """A rule by id; a pack that omits one enforces it from the start (fail closed)."""
+        return self.rules.get(rule_id) or Rule(rule_id, None)

@@ -1,0 +1,87 @@
+"""Route tables: (methods, path pattern, kind) entries matched against normalised paths."""
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class RouteKind(StrEnum):
+    """What a route does to jobs; decides which checks and ledger waits apply."""
+
+    SUBMIT = "submit"
+    READ = "read"
+    CANCEL = "cancel"
+    UPDATE = "update"
+    LIST = "list"
+    PLAIN_READ = "plain_read"
+
+    @property
+    def changes_jobs(self) -> bool:
+        """Routes that create or change a job's resources (priced, KYC-gated, waited on)."""
+        return self in (RouteKind.SUBMIT, RouteKind.UPDATE)
+
+    @property
+    def names_job(self) -> bool:
+        """Routes whose path names an existing job (ownership-checked)."""
+        return self in (RouteKind.READ, RouteKind.CANCEL, RouteKind.UPDATE)
+
+
+_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """`/slurm/{version}/job/{job_id}` -> a regex where each `{name}` is one path segment."""
+    if not pattern.startswith("/"):
+        raise ValueError(f"pattern {pattern!r} must start with '/'")
+    parts = _PARAM.split(pattern)
+    regex = ""
+    for i, part in enumerate(parts):
+        regex += f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part)
+    return re.compile(f"^{regex}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One allowed (methods, pattern) pair and what kind of request it is."""
+
+    name: str
+    methods: frozenset[str]
+    pattern: str
+    kind: RouteKind
+    regex: re.Pattern[str] = field(compare=False, repr=False)
+    websocket: bool = False
+
+    @classmethod
+    def of(cls, name: str, methods: Iterable[str], pattern: str, kind: RouteKind, websocket: bool = False) -> "Route":
+        return cls(
+            name,
+            frozenset(m.upper() for m in methods),
+            pattern,
+            kind,
+            compile_pattern(pattern),
+            websocket,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    route: Route
+    params: Mapping[str, str]
+
+    @property
+    def job_id(self) -> str | None:
+        return self.params.get("job_id")
+
+
+def match_route(routes: Iterable[Route], method: str, path: str) -> RouteMatch | None:
+    """The first route allowing `method` on `path`; HEAD is allowed wherever GET is."""
+    method = method.upper()
+    for route in routes:
+        allowed = method in route.methods or (method == "HEAD" and "GET" in route.methods)
+        if not allowed:
+            continue
+        found = route.regex.match(path)
+        if found:
+            return RouteMatch(route, found.groupdict())
+    return None

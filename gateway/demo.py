@@ -1,0 +1,150 @@
+"""`exportgate demo`: the gateway and a stand-in scheduler on free ports, one tenant per case."""
+
+import asyncio
+import json
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.config.settings import BUNDLED_POLICIES, load_settings
+from gateway.http.app import Server
+from gateway.standin import StandinState, standin_app
+
+ISSUER = "https://idp.example.com"
+AUDIENCE = "exportgate"
+SUBMISSION = {
+    "job": {
+        "name": "train-7b",
+        "partition": "gpu",
+        "account": "team-a",
+        "time_limit": 120,
+        "tasks": 1,
+        "nodes": 1,
+        "gpus": "h100:8",
+        "environment": {"PATH": "/usr/bin:/bin"},
+        "current_working_directory": "/tmp",
+    },
+    "script": "#!/bin/bash\nsrun python train.py",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _config(workdir: Path, upstream_port: int, jwks: Path) -> Path:
+    path = workdir / "gateway.yaml"
+    path.write_text(f"""
+listen: {{host: 127.0.0.1, port: {_free_port()}}}
+admin: {{host: 127.0.0.1, port: {_free_port()}}}
+instance_id: demo
+policy:
+  pack: {BUNDLED_POLICIES / "ai-diffusion-2025"}
+  registry: {BUNDLED_POLICIES / "tenants.example.yaml"}
+ledger: {{dir: {workdir / "ledger"}}}
+auth:
+  issuers:
+    - issuer: "{ISSUER}"
+      audiences: ["{AUDIENCE}"]
+      algorithms: [ES256]
+      jwks_file: {jwks}
+upstreams:
+  - name: slurm
+    url: http://127.0.0.1:{upstream_port}
+    scheduler: slurm
+    headers:
+      X-SLURM-USER-NAME: {{from_tenant: slurm_user}}
+""")
+    return path
+
+
+async def run_demo() -> list[dict[str, Any]]:
+    """Send one submission per example tenant and return the decision rows."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwk.update({"kid": "demo-1", "use": "sig", "alg": "ES256"})
+    with tempfile.TemporaryDirectory(prefix="exportgate-demo-") as tmp:
+        workdir = Path(tmp)
+        jwks = workdir / "jwks.json"
+        jwks.write_text(json.dumps({"keys": [jwk]}))
+        state = StandinState()
+        runner = web.AppRunner(standin_app(state), access_log=None)
+        await runner.setup()
+        upstream_port = _free_port()
+        await web.TCPSite(runner, "127.0.0.1", upstream_port).start()
+        settings = load_settings(_config(workdir, upstream_port, jwks), env={})
+        server = Server(settings, env={})
+        await server.start()
+        rows = []
+        try:
+            assert server.policy is not None
+            url = f"http://127.0.0.1:{settings.listen_port}/slurm/v0.0.38/job/submit"
+            async with aiohttp.ClientSession() as client:
+                for tenant in server.policy.registry.tenants.values():
+                    now = int(time.time())
+                    token = jwt.encode(
+                        {
+                            "iss": ISSUER,
+                            "aud": AUDIENCE,
+                            "sub": tenant.identities[0].subject,
+                            "iat": now,
+                            "exp": now + 300,
+                        },
+                        key,
+                        algorithm="ES256",
+                        headers={"kid": "demo-1"},
+                    )
+                    async with client.post(url, json=SUBMISSION, headers={"Authorization": f"Bearer {token}"}) as resp:
+                        body = await resp.json(content_type=None)
+                        rows.append(
+                            {
+                                "tenant": tenant.id,
+                                "tier": resp.headers.get("X-Exportgate-Tier") or _tier_of(server, tenant.id),
+                                "kyc": tenant.kyc.status.value,
+                                "status": resp.status,
+                                "decision": "allow" if resp.status < 300 else "deny",
+                                "code": body.get("code", "") if isinstance(body, dict) else "",
+                            }
+                        )
+        finally:
+            await server.stop()
+            await runner.cleanup()
+        return rows
+
+
+def _tier_of(server: Server, tenant_id: str) -> str:
+    from datetime import UTC, datetime
+
+    from gateway.core.iso import ISO_3166_ALPHA2
+    from gateway.core.tiers import resolve_tier
+
+    assert server.policy is not None
+    tenant = server.policy.registry.tenants[tenant_id]
+    tier, _ = resolve_tier(tenant.countries(), server.policy.pack.tiers, ISO_3166_ALPHA2, datetime.now(UTC).date())
+    return "?" if tier is None else str(int(tier))
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    headers = ["tenant", "tier", "kyc", "status", "decision", "code"]
+    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(str(row[h]).ljust(w) for h, w in zip(headers, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    rows = asyncio.run(run_demo())
+    print(format_table(rows))
+    return 0

@@ -1,0 +1,1 @@
+"""aiohttp wiring: app factory, proxy handler, admin listener."""

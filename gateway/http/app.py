@@ -1,0 +1,157 @@
+"""Assemble the gateway from Settings and run its two listeners (proxy and admin)."""
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+
+from gateway.adapters.auth import Authenticator, IssuerConfig
+from gateway.adapters.ledger import LedgerWriter
+from gateway.adapters.metrics import Metrics
+from gateway.adapters.policy_files import PolicyFiles
+from gateway.adapters.upstream import Upstream
+from gateway.config.settings import IssuerSettings, Settings, UpstreamSettings
+from gateway.core.routes import Route
+from gateway.http.admin import admin_app
+from gateway.http.proxy import Gateway
+
+log = logging.getLogger(__name__)
+
+
+def issuer_config(s: IssuerSettings) -> IssuerConfig:
+    return IssuerConfig(
+        issuer=s.issuer,
+        audiences=s.audiences,
+        algorithms=s.algorithms,
+        jwks_file=s.jwks_file,
+        jwks_url=s.jwks_url,
+        hs256_secret_file=s.hs256_secret_file,
+        subject_claim=s.subject_claim,
+        leeway_s=s.leeway_s,
+        refetch_cooldown_s=s.refetch_cooldown_s,
+    )
+
+
+def routes_for(upstream: UpstreamSettings) -> tuple[Route, ...]:
+    """The operator's explicit routes; scheduler adapters add theirs."""
+    return upstream.routes
+
+
+class Server:
+    """The running gateway: start() binds both listeners, stop() drains and closes."""
+
+    def __init__(
+        self, settings: Settings, *, env: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.env = dict(os.environ) if env is None else dict(env)
+        self.clock = clock
+        self.metrics = Metrics()
+        self.policy: PolicyFiles | None = None
+        self.auth: Authenticator | None = None
+        self.ledger: LedgerWriter | None = None
+        self.gateway: Gateway | None = None
+        self.upstreams: list[Upstream] = []
+        self._runners: list[web.AppRunner] = []
+        self._ledger_ok = False
+
+    def ready(self) -> dict[str, bool]:
+        return {
+            "config": self.policy is not None,
+            "keys": self.auth is not None and self.auth.ready,
+            "ledger": self._ledger_ok and self.ledger is not None and self.ledger.healthy,
+        }
+
+    async def start(self) -> None:
+        s = self.settings
+        self.policy = PolicyFiles(
+            s.pack_dir, s.registry_file, lambda result: self.metrics.config_reloads.labels(result).inc()
+        )
+        pack = self.policy.pack
+        self.metrics.policy_info.info({"pack": pack.name, "version": pack.version, "hash": pack.content_hash})
+        self.auth = Authenticator(
+            [issuer_config(i) for i in s.issuers],
+            clock=self.clock,
+            on_refresh=lambda result: self.metrics.jwks_refresh.labels(result).inc(),
+        )
+        await self.auth.start()
+        self.ledger = LedgerWriter(
+            s.ledger.dir,
+            s.instance_id,
+            batch_window_s=s.ledger.batch_window_s,
+            max_batch=s.ledger.max_batch,
+            queue_limit=s.ledger.queue_limit,
+            on_commit=self._on_commit,
+            on_error=self.metrics.ledger_errors.inc,
+        )
+        try:
+            await self.ledger.open()
+            self._ledger_ok = True
+        except OSError as exc:
+            log.error("ledger %s cannot be opened: %s; job submissions will be refused", s.ledger.dir, exc)
+        for u in s.upstreams:
+            upstream = Upstream(u, routes_for(u))
+            await upstream.start(self.env)
+            self.upstreams.append(upstream)
+        self.gateway = Gateway(s, self.policy, self.auth, self.ledger, self.metrics, self.upstreams, self.clock)
+        proxy = web.Application(client_max_size=s.max_body_bytes)
+        proxy.router.add_route("*", "/{tail:.*}", self.gateway.handle)
+        await self._listen(proxy, s.listen_host, s.listen_port)
+        await self._listen(admin_app(self.metrics, self.ready), s.admin_host, s.admin_port)
+        self.policy.start_watching(s.reload_interval_s)
+
+    def _on_commit(self, records: int, seconds: float) -> None:
+        self.metrics.ledger_records.inc(records)
+        self.metrics.ledger_commit_seconds.observe(seconds)
+
+    async def _listen(self, app: web.Application, host: str, port: int) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        self._runners.append(runner)
+
+    async def reload(self) -> None:
+        """SIGHUP: reload registry, pack and key sets; invalid files keep the last good ones."""
+        if self.policy is not None:
+            self.policy.reload()
+        if self.auth is not None:
+            await self.auth.reload()
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self.policy is not None:
+            await self.policy.stop()
+        for upstream in self.upstreams:
+            await upstream.close()
+        if self.auth is not None:
+            await self.auth.close()
+        if self.ledger is not None and self._ledger_ok:
+            await self.ledger.close()
+
+
+async def serve_forever(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads."""
+    server = Server(settings)
+    await server.start()
+    log.info(
+        "exportgate listening on %s:%d (admin %s:%d)",
+        settings.listen_host,
+        settings.listen_port,
+        settings.admin_host,
+        settings.admin_port,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload()))
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

@@ -1,0 +1,168 @@
+"""Carry a request to the upstream and its answer back: streamed bodies and WebSockets."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.core.codes import Code
+from gateway.http.headers import downstream_response_headers
+
+
+class UpstreamFailure(Exception):
+    """The upstream could not be reached or did not answer; `sent` tells if the request left."""
+
+    def __init__(self, code: Code, detail: str, *, sent: bool) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.sent = sent
+
+
+@dataclass(frozen=True, slots=True)
+class Buffered:
+    """A complete upstream answer, read because the gateway must look at it."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+async def _stream_body(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        yield chunk
+
+
+def _request_data(request: web.Request, body: bytes | None) -> bytes | AsyncIterator[bytes] | None:
+    if body is not None:
+        return body
+    if request.body_exists:
+        return _stream_body(request)
+    return None
+
+
+def _classify(exc: BaseException) -> UpstreamFailure:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamFailure(Code.UPSTREAM_UNREACHABLE, "the scheduler refused the connection", sent=False)
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamFailure(Code.UPSTREAM_TIMEOUT, "the scheduler did not answer in time", sent=True)
+    return UpstreamFailure(Code.UPSTREAM_UNREACHABLE, "the scheduler connection failed", sent=True)
+
+
+async def stream(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: CIMultiDict[str],
+    body: bytes | None,
+    observe: Callable[[float], None],
+    extra_headers: dict[str, str],
+) -> web.StreamResponse:
+    """Forward and stream the response back chunk by chunk (no full buffering)."""
+    started = time.perf_counter()
+    try:
+        upstream = await session.request(
+            request.method,
+            URL(url, encoded=True),
+            headers=headers,
+            data=_request_data(request, body),
+            allow_redirects=False,
+        )
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _classify(exc) from exc
+    observe(time.perf_counter() - started)
+    try:
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=downstream_response_headers(upstream.headers, keep_length=True),
+        )
+        response.headers.update(extra_headers)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(64 * 1024):
+                await response.write(chunk)
+        except (TimeoutError, aiohttp.ClientError):
+            # Headers are out; all we can do is cut the connection so the client sees a short body.
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+    finally:
+        upstream.release()
+
+
+async def fetch(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: CIMultiDict[str],
+    body: bytes | None,
+    observe: Callable[[float], None],
+    limit: int,
+) -> Buffered:
+    """Forward and read the whole (bounded) answer, for responses the gateway inspects."""
+    started = time.perf_counter()
+    try:
+        async with session.request(
+            request.method,
+            URL(url, encoded=True),
+            headers=headers,
+            data=_request_data(request, body),
+            allow_redirects=False,
+        ) as upstream:
+            observe(time.perf_counter() - started)
+            data = await upstream.content.read(limit + 1)
+            if len(data) > limit:
+                raise UpstreamFailure(Code.UPSTREAM_UNREACHABLE, "the scheduler's answer was too large", sent=True)
+            return Buffered(upstream.status, downstream_response_headers(upstream.headers, keep_length=False), data)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _classify(exc) from exc
+
+
+async def websocket(
+    request: web.Request, session: aiohttp.ClientSession, url: str, headers: CIMultiDict[str]
+) -> web.WebSocketResponse:
+    """Proxy an authenticated WebSocket both ways until either side closes."""
+    ws_url = "ws" + url[4:] if url.startswith("http") else url
+    for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
+        headers.popall(name, None)
+    try:
+        upstream = await session.ws_connect(URL(ws_url, encoded=True), headers=headers, autoping=True)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _classify(exc) from exc
+    client = web.WebSocketResponse(autoping=True)
+    await client.prepare(request)
+
+    async def pump_up() -> None:
+        async for msg in client:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await upstream.send_str(msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await upstream.send_bytes(msg.data)
+        await upstream.close()
+
+    async def pump_down() -> None:
+        async for msg in upstream:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await client.send_str(msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await client.send_bytes(msg.data)
+        await client.close()
+
+    tasks = [asyncio.create_task(pump_up()), asyncio.create_task(pump_down())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream.close()
+        await client.close()
+    return client

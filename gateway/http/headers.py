@@ -1,0 +1,110 @@
+"""Header hygiene: hop-by-hop removal, client credential stripping, X-Forwarded-*, client IP."""
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# RFC 9110 section 7.6.1 plus the de-facto ones proxies drop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+# Credentials and identity assertions only the gateway may set toward the upstream.
+STRIPPED_EXACT = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "x-ray-authorization",
+        "host",
+        "content-length",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+    }
+)
+STRIPPED_PREFIXES = ("x-slurm-", "impersonate-", "x-exportgate-")
+
+
+def _connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
+    tokens: set[str] = set()
+    getall = getattr(headers, "getall", None)
+    values = getall("Connection", []) if getall else [headers.get("Connection", "")]
+    for value in values:
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def upstream_request_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop, credentials and identity assertions."""
+    drop = HOP_BY_HOP | _connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in drop or lower in STRIPPED_EXACT or lower.startswith(STRIPPED_PREFIXES):
+            continue
+        out.add(name, value)
+    return out
+
+
+def downstream_response_headers(incoming: CIMultiDictProxy[str], *, keep_length: bool) -> CIMultiDict[str]:
+    """The upstream's response headers minus hop-by-hop ones."""
+    drop = HOP_BY_HOP | _connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in drop or (lower == "content-length" and not keep_length):
+            continue
+        out.add(name, value)
+    return out
+
+
+def _trusted(address: str, proxies: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in proxies)
+
+
+def forwarded_chain(xff_values: Iterable[str]) -> list[str]:
+    """The addresses of X-Forwarded-For headers, in order."""
+    return [part.strip() for value in xff_values for part in value.split(",") if part.strip()]
+
+
+def client_ip(peer: str | None, xff_values: Iterable[str], proxies: Sequence[IPNetwork]) -> str:
+    """The peer, or when the peer is a trusted proxy, the rightmost untrusted X-Forwarded-For hop."""
+    if peer is None:
+        return "unknown"
+    if not _trusted(peer, proxies):
+        return peer
+    for hop in reversed(forwarded_chain(xff_values)):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # a garbled chain is not evidence; fall back to the peer
+        if not _trusted(hop, proxies):
+            return hop
+    return peer
+
+
+def forwarded_headers(
+    peer: str | None, xff_values: Iterable[str], proxies: Sequence[IPNetwork], proto: str, host: str
+) -> dict[str, str]:
+    """X-Forwarded-* toward the upstream; a client's own chain is kept only from trusted peers."""
+    chain = forwarded_chain(xff_values) if peer and _trusted(peer, proxies) else []
+    chain.append(peer or "unknown")
+    return {"X-Forwarded-For": ", ".join(chain), "X-Forwarded-Proto": proto, "X-Forwarded-Host": host}

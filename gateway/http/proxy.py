@@ -1,0 +1,243 @@
+"""The proxy handler: authenticate, resolve, route, decide, record, then forward or refuse."""
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.adapters.auth import Authenticator, AuthError
+from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
+from gateway.adapters.metrics import Metrics
+from gateway.adapters.policy_files import PolicyFiles
+from gateway.adapters.upstream import Upstream, pick_upstream
+from gateway.config.settings import Settings
+from gateway.core.codes import Code
+from gateway.core.decide import Decision, Facts, decide, refuse
+from gateway.core.paths import canonical_or_none
+from gateway.core.records import decision_body
+from gateway.core.routes import RouteKind, RouteMatch, match_route
+from gateway.core.tenants import Identity, Tenant
+from gateway.http import forward
+from gateway.http.headers import client_ip, forwarded_headers, upstream_request_headers
+from gateway.http.problems import refusal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Exchange:
+    """What the handler learned about one request so far (for the ledger and metrics)."""
+
+    decision_id: str
+    started: float
+    now: float
+    client_ip: str
+    upstream: Upstream
+    path: str
+    identity: Identity | None = None
+    tenant: Tenant | None = None
+    match: RouteMatch | None = None
+    job: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> RouteKind | None:
+        return self.match.route.kind if self.match else None
+
+
+class Gateway:
+    """Holds the gateway's parts; `handle` is the aiohttp handler for every proxied request."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy: PolicyFiles,
+        auth: Authenticator,
+        ledger: LedgerWriter,
+        metrics: Metrics,
+        upstreams: list[Upstream],
+        clock: Any = time.time,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.auth = auth
+        self.ledger = ledger
+        self.metrics = metrics
+        self.upstreams = upstreams
+        self.clock = clock
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw_path = request.raw_path.split("?", 1)[0]
+        peer = request.remote
+        ex = Exchange(
+            decision_id=uuid.uuid4().hex,
+            started=time.perf_counter(),
+            now=self.clock(),
+            client_ip=client_ip(peer, request.headers.getall("X-Forwarded-For", []), self.settings.trusted_proxies),
+            upstream=pick_upstream(self.upstreams, raw_path),
+            path=raw_path,
+        )
+        response = await self._handle(request, ex)
+        kind = ex.kind.value if ex.kind else "none"
+        self.metrics.requests.labels(kind, f"{response.status // 100}xx").inc()
+        self.metrics.request_seconds.labels(kind).observe(time.perf_counter() - ex.started)
+        return response
+
+    async def _handle(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+        try:
+            ex.identity = await self.auth.authenticate(request.headers.get("Authorization"))
+        except AuthError as exc:
+            return await self._refuse(request, ex, refuse(exc.code, exc.detail))
+        pack, registry = self.policy.pack, self.policy.registry
+        ex.tenant = registry.lookup(ex.identity)
+        now = datetime.fromtimestamp(ex.now, UTC)
+        if ex.tenant is None:
+            return await self._refuse(request, ex, decide(Facts(now, None, RouteKind.PLAIN_READ), pack))
+        if canonical_or_none(ex.path) is None:
+            return await self._refuse(
+                request,
+                ex,
+                refuse(
+                    Code.ROUTE_NOT_ALLOWED, "the path is not in normal form (encoded, dot or double-slash segments)"
+                ),
+            )
+        ex.match = match_route(ex.upstream.routes, request.method, ex.path)
+        if ex.match is None:
+            return await self._refuse(
+                request, ex, refuse(Code.ROUTE_NOT_ALLOWED, f"{request.method} {ex.path} is not an allowed route")
+            )
+        decision = decide(Facts(now, ex.tenant, ex.match.route.kind), pack)
+        if not decision.forwards:
+            return await self._refuse(request, ex, decision)
+        if ex.match.route.kind.changes_jobs:
+            return await self._submit(request, ex, decision)
+        return await self._access(request, ex, decision)
+
+    # -- the three paths ------------------------------------------------------------------
+
+    async def _refuse(self, request: web.Request, ex: Exchange, decision: Decision) -> web.StreamResponse:
+        """Record the refusal durably (best effort if the ledger is down), then answer."""
+        code = decision.code or Code.BACKEND_UNAVAILABLE
+        self._count(decision)
+        try:
+            await self.ledger.append(self._record(request, ex, decision), wait=True)
+        except LedgerUnavailable:
+            self.metrics.backend_errors.labels("ledger").inc()
+        reason = next((r for r in decision.reasons if r.enforced), None)
+        return refusal(
+            code,
+            reason.detail if reason else code.value,
+            ex.decision_id,
+            citation=reason.citation if reason else "",
+            retry_after=ex.extra.get("retry_after"),
+        )
+
+    async def _submit(self, request: web.Request, ex: Exchange, decision: Decision) -> web.StreamResponse:
+        """Job-changing requests: read the bounded body, record durably, then forward."""
+        body = await self._read_body(request)
+        if body is None:
+            return await self._refuse(
+                request,
+                ex,
+                refuse(Code.BODY_TOO_LARGE, f"the body exceeds {self.settings.max_body_bytes} bytes", decision.tier),
+            )
+        try:
+            await self.ledger.append(self._record(request, ex, decision), wait=True)
+        except LedgerUnavailable as exc:
+            return await self._backend_down(request, ex, decision, "ledger", str(exc))
+        self._count(decision)
+        return await self._forward(request, ex, decision, body)
+
+    async def _access(self, request: web.Request, ex: Exchange, decision: Decision) -> web.StreamResponse:
+        """Reads: append the access record to the next batch without waiting, then forward."""
+        try:
+            await self.ledger.append(self._record(request, ex, decision, kind="access"), wait=False)
+        except LedgerUnavailable as exc:
+            return await self._backend_down(request, ex, decision, "ledger", str(exc))
+        self._count(decision)
+        return await self._forward(request, ex, decision, None)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _backend_down(
+        self, request: web.Request, ex: Exchange, decision: Decision, backend: str, detail: str
+    ) -> web.StreamResponse:
+        self.metrics.backend_errors.labels(backend).inc()
+        log.error("refusing %s %s: %s unavailable: %s", request.method, ex.path, backend, detail)
+        down = refuse(
+            Code.BACKEND_UNAVAILABLE, f"the {backend} cannot record this decision; nothing was forwarded", decision.tier
+        )
+        self._count(down)
+        return refusal(Code.BACKEND_UNAVAILABLE, down.reasons[0].detail, ex.decision_id)
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        data = await request.content.read(limit + 1)
+        return None if len(data) > limit else data
+
+    def _upstream_headers(self, request: web.Request, ex: Exchange, decision: Decision) -> Any:
+        headers = upstream_request_headers(request.headers)
+        headers.update(
+            forwarded_headers(
+                request.remote,
+                request.headers.getall("X-Forwarded-For", []),
+                self.settings.trusted_proxies,
+                request.scheme,
+                request.host,
+            )
+        )
+        assert ex.tenant is not None
+        headers.update(ex.upstream.credential_headers(ex.tenant))
+        headers["X-Exportgate-Tenant"] = ex.tenant.id
+        headers["X-Exportgate-Tier"] = str(int(decision.tier)) if decision.tier is not None else ""
+        headers["X-Exportgate-Decision-Id"] = ex.decision_id
+        return headers
+
+    async def _forward(
+        self, request: web.Request, ex: Exchange, decision: Decision, body: bytes | None
+    ) -> web.StreamResponse:
+        session = ex.upstream.session
+        assert session is not None and ex.match is not None
+        url = ex.upstream.url_for(request.raw_path)  # already checked to be in normal form
+        headers = self._upstream_headers(request, ex, decision)
+        observe = self.metrics.upstream_seconds.labels(ex.upstream.name).observe
+        try:
+            if ex.match.route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
+                return await forward.websocket(request, session, url, headers)
+            return await forward.stream(
+                request, session, url, headers, body, observe, {"X-Exportgate-Decision-Id": ex.decision_id}
+            )
+        except forward.UpstreamFailure as exc:
+            return refusal(exc.code, exc.detail, ex.decision_id)
+
+    def _record(self, request: web.Request, ex: Exchange, decision: Decision, kind: str = "decision") -> dict[str, Any]:
+        return decision_body(
+            decision_id=ex.decision_id,
+            ts=ex.now,
+            tenant=ex.tenant,
+            identity=ex.identity,
+            client_ip=ex.client_ip,
+            route=ex.match.route.name if ex.match else None,
+            route_kind=ex.kind.value if ex.kind else None,
+            method=request.method,
+            path=ex.path[:512],
+            upstream=ex.upstream.name,
+            decision=decision,
+            pack=self.policy.pack,
+            registry_version=self.policy.registry.version,
+            job=ex.job,
+            cost=ex.cost,
+            kind=kind,
+        )
+
+    def _count(self, decision: Decision) -> None:
+        tier = str(int(decision.tier)) if decision.tier is not None else "none"
+        code = decision.code.value if decision.code else ""
+        self.metrics.decisions.labels(decision.outcome.value, code, tier).inc()
