@@ -1,0 +1,115 @@
+"""The ledger: hash chains, restarts, torn tails, group commit and "no audit, no action"."""
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from gateway.adapters.ledger import LedgerWriter
+from gateway.core.ledger import GENESIS, link_problem
+from tests.harness import Stack, run_stack
+from tests.test_e2e_proxy import ledger_records, post
+
+
+def chain_problems(records: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    prev_seq, prev_hash = 0, GENESIS
+    for record in records:
+        problem = link_problem(record, prev_hash, prev_seq)
+        if problem:
+            problems.append(f"seq {record.get('seq')}: {problem}")
+        prev_seq, prev_hash = record["seq"], record["hash"]
+    return problems
+
+
+async def test_every_decision_is_chained(tmp_path: Path) -> None:
+    """Allows, denies and accesses are all records of one unbroken hash chain."""
+    async for stack in run_stack(tmp_path):
+        await post(stack, "acme-us")
+        await post(stack, "fjord-se-cn")
+        async with aiohttp.ClientSession() as client:
+            await (await client.get(stack.url + "/slurm/v0.0.38/ping", headers=stack.auth("acme-us"))).read()
+        await asyncio.sleep(0.05)  # access records ride the next batch
+        records = ledger_records(stack)
+        assert [r["decision"] for r in records] == ["allow", "deny", "allow"]
+        assert [r["kind"] for r in records] == ["decision", "decision", "access"]
+        assert chain_problems(records) == []
+        first = records[0]
+        assert first["countries"] == {"location": "US", "headquarters": "US", "parent": "US"}
+        assert first["policy"]["name"] == "ai-diffusion-2025" and len(first["policy"]["hash"]) == 64
+        assert "Acme" not in json.dumps(records)  # display names (PII) never reach the ledger
+
+
+async def test_chain_continues_across_restart(tmp_path: Path) -> None:
+    """A restarted gateway continues the same instance's chain where it stopped."""
+    async for stack in run_stack(tmp_path):
+        await post(stack, "acme-us")
+    async for stack in run_stack(tmp_path):
+        await post(stack, "acme-us")
+        records = ledger_records(stack)
+        assert [r["seq"] for r in records] == [1, 2]
+        assert {r["instance"] for r in records} == {"test-gw"}
+        assert chain_problems(records) == []
+
+
+async def test_torn_tail_is_moved_aside_and_recorded(tmp_path: Path) -> None:
+    """A half-written last line is set aside, the repair is recorded, and the chain goes on."""
+    writer = LedgerWriter(tmp_path, "w1", batch_window_s=0)
+    await writer.open()
+    for i in range(3):
+        await writer.append({"kind": "test", "i": i}, wait=True)
+    await writer.close()
+    segment = next((tmp_path / "w1").glob("*.jsonl"))
+    with segment.open("ab") as fh:
+        fh.write(b'{"kind":"test","i":3,"seq":4,"hash":"ab')  # crash mid-write
+    writer = LedgerWriter(tmp_path, "w1", batch_window_s=0)
+    await writer.open()
+    await writer.append({"kind": "test", "i": 4}, wait=True)
+    await writer.close()
+    records = [json.loads(line) for line in segment.read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["test", "test", "test", "repair", "test"]
+    assert chain_problems(records) == []
+    assert list((tmp_path / "w1").glob("*.torn-*"))
+
+
+async def test_group_commit_batches_concurrent_records(tmp_path: Path) -> None:
+    """Concurrent waited appends share fsyncs: far fewer batches than records, all durable."""
+    commits: list[int] = []
+    writer = LedgerWriter(tmp_path, "w1", batch_window_s=0.005, on_commit=lambda n, s: commits.append(n))
+    await writer.open()
+    sealed = await asyncio.gather(*(writer.append({"kind": "test", "i": i}, wait=True) for i in range(200)))
+    await writer.close()
+    assert sum(commits) == 200
+    assert len(commits) < 50
+    assert sorted(r["seq"] for r in sealed if r) == list(range(1, 201))
+
+
+async def _submission_refused_without_ledger(stack: Stack) -> None:
+    status, body, _ = await post(stack, "acme-us")
+    assert (status, body["code"]) == (503, "backend_unavailable")
+    assert stack.standin.requests == []
+
+
+async def test_unwritable_ledger_directory_refuses_submissions(tmp_path: Path) -> None:
+    """When the ledger directory cannot be created, the gateway is not ready and forwards no submission."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    async for stack in run_stack(tmp_path, ledger_dir=blocker / "ledger"):
+        async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/readyz") as resp:
+            assert resp.status == 503
+            assert (await resp.json())["parts"]["ledger"] is False
+        await _submission_refused_without_ledger(stack)
+
+
+async def test_full_disk_refuses_submissions(tmp_path: Path) -> None:
+    """When writes fail (ENOSPC), a submission is refused 503 and never forwarded."""
+    segment_dir = tmp_path / "ledger" / "test-gw"
+    segment_dir.mkdir(parents=True)
+    (segment_dir / "000001.jsonl").symlink_to("/dev/full")
+    async for stack in run_stack(tmp_path):
+        await _submission_refused_without_ledger(stack)
+        async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/metrics") as resp:
+            text = await resp.text()
+        assert "exportgate_ledger_errors_total 1.0" in text
+        assert 'exportgate_backend_errors_total{backend="ledger"} 1.0' in text

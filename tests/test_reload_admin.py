@@ -1,0 +1,87 @@
+"""Hot reload of registry and pack, the admin listener, and the metrics it exports."""
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+from tests.harness import Stack, run_stack
+from tests.test_e2e_proxy import post
+
+
+async def metrics_text(stack: Stack) -> str:
+    async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/metrics") as resp:
+        return await resp.text()
+
+
+async def wait_for(predicate_text: str, stack: Stack, timeout: float = 3.0) -> str:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        text = await metrics_text(stack)
+        if predicate_text in text or asyncio.get_running_loop().time() > deadline:
+            return text
+        await asyncio.sleep(0.05)
+
+
+async def test_registry_change_is_picked_up(tmp_path: Path) -> None:
+    """Verifying a pending tenant's KYC in the file lets its next submission through."""
+    async for stack in run_stack(tmp_path):
+        assert (await post(stack, "selva-br"))[0] == 403
+        registry = tmp_path / "tenants.yaml"
+        registry.write_text(
+            registry.read_text().replace(
+                "kyc: {status: pending}", "kyc: {status: verified, verified_at: 2025-06-01, expires_at: 2030-06-01}"
+            )
+        )
+        text = await wait_for('exportgate_config_reloads_total{result="ok"} 1.0', stack)
+        assert 'exportgate_config_reloads_total{result="ok"} 1.0' in text
+        assert (await post(stack, "selva-br"))[0] == 200
+
+
+async def test_invalid_registry_keeps_last_good(tmp_path: Path) -> None:
+    """A broken registry file is refused with a metric; the previous registry keeps serving."""
+    async for stack in run_stack(tmp_path):
+        (tmp_path / "tenants.yaml").write_text("tenants:\n  - id: x\n    bogus_key: 1\n")
+        text = await wait_for('exportgate_config_reloads_total{result="error"} 1.0', stack)
+        assert 'exportgate_config_reloads_total{result="error"} 1.0' in text
+        assert (await post(stack, "acme-us"))[0] == 200
+
+
+async def test_sighup_style_reload(tmp_path: Path) -> None:
+    """Server.reload() (what SIGHUP calls) reloads the registry at once."""
+    async for stack in run_stack(tmp_path):
+        registry = tmp_path / "tenants.yaml"
+        registry.write_text(registry.read_text().replace("location: US", "location: RU", 1))
+        await stack.server.reload()
+        status, body, _ = await post(stack, "acme-us")
+        assert (status, body["code"]) == (451, "tier3_embargoed")
+
+
+async def test_admin_endpoints(tmp_path: Path) -> None:
+    """healthz and readyz answer on the admin port, and the required metrics are exported."""
+    async for stack in run_stack(tmp_path):
+        await post(stack, "acme-us")
+        await post(stack, "harbour-hk")
+        async with aiohttp.ClientSession() as client:
+            async with client.get(stack.admin_url + "/healthz") as resp:
+                assert resp.status == 200
+            async with client.get(stack.admin_url + "/readyz") as resp:
+                assert resp.status == 200, await resp.text()
+            async with client.get(stack.url + "/metrics") as resp:
+                assert resp.status == 401  # the proxy port does not serve admin endpoints
+        text = await metrics_text(stack)
+        for name in (
+            "exportgate_requests_total",
+            "exportgate_decisions_total",
+            "exportgate_request_duration_seconds",
+            "exportgate_upstream_duration_seconds",
+            "exportgate_ledger_records_total",
+            "exportgate_ledger_commit_seconds",
+            "exportgate_jwks_refresh_total",
+            "exportgate_config_reloads_total",
+            "exportgate_policy_info",
+        ):
+            assert name in text, name
+        assert 'exportgate_decisions_total{code="",decision="allow",tier="1"} 1.0' in text
+        assert 'exportgate_decisions_total{code="tier3_embargoed",decision="deny",tier="3"} 1.0' in text
+        assert "acme-us" not in text  # no tenant ids as label values
