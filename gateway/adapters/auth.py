@@ -152,7 +152,7 @@ class _Issuer:
     sources: tuple[KeySource, ...] = ()
     keys: KeySet | None = None
     last_unknown_kid_fetch: float | None = None
-    inflight: "asyncio.Task[RefreshResult] | None" = None
+    inflight: asyncio.Task[RefreshResult] | None = None
 
 
 class Authenticator:
@@ -187,13 +187,12 @@ class Authenticator:
         for state in self._issuers.values():
             state.sources = _sources(state.config, self._session)
         await self.reload()
-        self._refreshers = [
-            asyncio.create_task(self._refresh_periodically(state))
-            for state in self._issuers.values()
-        ]
+        self._refreshers = [asyncio.create_task(self._refresh_periodically(state)) for state in self._issuers.values()]
 
     async def close(self) -> None:
-        """Stop refreshing and close the HTTP session."""
+        """Stop refreshing and close the HTTP session; later refetches report "error"."""
+        for state in self._issuers.values():
+            state.sources = ()
         tasks: list[asyncio.Task[Any]] = [*self._refreshers]
         tasks += [s.inflight for s in self._issuers.values() if s.inflight is not None]
         for task in tasks:
@@ -215,9 +214,7 @@ class Authenticator:
 
     async def reload(self) -> None:
         """Refetch every key set now; failures keep the last good set."""
-        await asyncio.gather(
-            *(asyncio.shield(self._shared_refresh(s)) for s in self._issuers.values())
-        )
+        await asyncio.gather(*(asyncio.shield(self._shared_refresh(s)) for s in self._issuers.values()))
 
     async def authenticate(self, authorization: str | None) -> Identity:
         """The identity a request's Authorization header proves; raises AuthError."""
@@ -259,9 +256,7 @@ class Authenticator:
             raise _invalid("token issuer is not accepted")
         return state
 
-    def _verified_claims(
-        self, token: str, keys: Sequence[PyJWK], algorithms: Sequence[str]
-    ) -> dict[str, Any]:
+    def _verified_claims(self, token: str, keys: Sequence[PyJWK], algorithms: Sequence[str]) -> dict[str, Any]:
         for key in keys:
             try:
                 decoded = self._jws.decode_complete(
@@ -286,7 +281,7 @@ class Authenticator:
             state.last_unknown_kid_fetch = now
         await asyncio.shield(self._shared_refresh(state))
 
-    def _shared_refresh(self, state: _Issuer) -> "asyncio.Task[RefreshResult]":
+    def _shared_refresh(self, state: _Issuer) -> asyncio.Task[RefreshResult]:
         """The issuer's refresh under way, started if there is none (single flight)."""
         if state.inflight is None:
             state.inflight = asyncio.create_task(self._refresh(state))
@@ -302,9 +297,7 @@ class Authenticator:
 
     async def _load(self, state: _Issuer) -> RefreshResult:
         if not state.sources:
-            log.warning(
-                "issuer %s: key set not loaded: authenticator not started", state.config.issuer
-            )
+            log.warning("issuer %s: key set not loaded: authenticator not running", state.config.issuer)
             return RefreshResult.ERROR
         try:
             new = merge([await source.load() for source in state.sources])
@@ -391,9 +384,7 @@ def _header_kid(header: Mapping[str, Any]) -> str | None:
     return kid
 
 
-def _check_claims(
-    claims: Mapping[str, Any], config: IssuerConfig, now: float
-) -> tuple[Identity, float]:
+def _check_claims(claims: Mapping[str, Any], config: IssuerConfig, now: float) -> tuple[Identity, float]:
     """The identity and expiry of verified claims; each claim is checked by its own function."""
     _check_iss(claims, config.issuer)
     _check_aud(claims, config.audiences)

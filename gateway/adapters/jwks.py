@@ -246,9 +246,7 @@ class Hs256SecretFile:
         data = await asyncio.to_thread(_read_limited, self._path, MAX_SECRET_BYTES)
         secret = data.removesuffix(b"\n").removesuffix(b"\r")
         if len(secret) < MIN_HS256_SECRET_BYTES:
-            raise JwksError(
-                f"{self.name}: HS256 secret shorter than {MIN_HS256_SECRET_BYTES} bytes"
-            )
+            raise JwksError(f"{self.name}: HS256 secret shorter than {MIN_HS256_SECRET_BYTES} bytes")
         k = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
         jwk = PyJWK({"kty": "oct", "k": k}, algorithm="HS256")
         digest = hashlib.sha256(b"hs256-secret:" + secret).hexdigest()

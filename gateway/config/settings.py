@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.adapters.auth import IssuerConfig
 from gateway.config.fields import Fields
 from gateway.config.located import ConfigError, Node, Problem, load_file, load_text
 from gateway.core.routes import Route, RouteKind
@@ -42,19 +43,6 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class IssuerSettings:
-    issuer: str
-    audiences: tuple[str, ...]
-    algorithms: tuple[str, ...]
-    jwks_file: Path | None = None
-    jwks_url: str | None = None
-    hs256_secret_file: Path | None = None
-    subject_claim: str = "sub"
-    leeway_s: float = 30.0
-    refetch_cooldown_s: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
 class QuotaSettings:
     store: str = "memory"
     redis_url: str | None = None
@@ -83,7 +71,7 @@ class Settings:
     registry_file: Path
     ledger: LedgerSettings
     quota: QuotaSettings
-    issuers: tuple[IssuerSettings, ...]
+    issuers: tuple[IssuerConfig, ...]
     upstreams: tuple[UpstreamSettings, ...]
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = 1 << 20
@@ -203,7 +191,7 @@ def _upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[
     return tuple(out)
 
 
-def _issuers(node: Node | None, base: Path, problems: list[Problem]) -> tuple[IssuerSettings, ...]:
+def _issuers(node: Node | None, base: Path, problems: list[Problem]) -> tuple[IssuerConfig, ...]:
     if node is None or node.raw is None:
         return ()
     if not isinstance(node.raw, list):
@@ -211,6 +199,7 @@ def _issuers(node: Node | None, base: Path, problems: list[Problem]) -> tuple[Is
         return ()
     out = []
     for item in node.elements():
+        before = len(problems)
         fields = Fields(
             item,
             problems,
@@ -224,37 +213,46 @@ def _issuers(node: Node | None, base: Path, problems: list[Problem]) -> tuple[Is
                 "subject_claim",
                 "leeway_s",
                 "refetch_cooldown_s",
+                "refresh_interval_s",
             ),
         )
-        algorithms: list[str] = fields.texts("algorithms", ["RS256", "ES256", "PS256", "EdDSA"])
+        secret = _resolve(base, fields.text("hs256_secret_file"))
+        default_algs = (
+            ["HS256"]
+            if secret is not None and fields.child("jwks_file") is None and fields.child("jwks_url") is None
+            else ["RS256", "PS256", "ES256", "EdDSA"]
+        )
+        algorithms: list[str] = fields.texts("algorithms", default_algs)
         for alg in algorithms:
             if alg not in ALGORITHMS:
                 problems.append(item.problem(f"algorithms: {alg!r} is not one of {', '.join(ALGORITHMS)}"))
-        secret = _resolve(base, fields.text("hs256_secret_file"))
         if "HS256" in algorithms and secret is None:
             problems.append(item.problem("algorithms: HS256 needs hs256_secret_file"))
         jwks_file = _resolve(base, fields.text("jwks_file"))
         jwks_url = fields.text("jwks_url")
-        if jwks_url and urlsplit(jwks_url).scheme not in ("http", "https"):
-            problems.append(item.problem("jwks_url: must be an http(s) URL"))
         if jwks_file is None and jwks_url is None and secret is None:
             problems.append(item.problem("one of jwks_file, jwks_url, hs256_secret_file is required"))
         audiences: list[str] = fields.texts("audiences", [], required=True)
-        if not audiences:
-            problems.append(item.problem("audiences: at least one audience is required"))
-        out.append(
-            IssuerSettings(
-                issuer=fields.text("issuer", "", required=True),
-                audiences=tuple(audiences),
-                algorithms=tuple(algorithms),
-                jwks_file=jwks_file,
-                jwks_url=jwks_url,
-                hs256_secret_file=secret,
-                subject_claim=fields.text("subject_claim", "sub"),
-                leeway_s=fields.number("leeway_s", 30.0),
-                refetch_cooldown_s=fields.number("refetch_cooldown_s", 30.0),
+        issuer: str = fields.text("issuer", "", required=True)
+        if len(problems) > before:
+            continue
+        try:
+            out.append(
+                IssuerConfig(
+                    issuer=issuer,
+                    audiences=tuple(audiences),
+                    algorithms=tuple(algorithms),
+                    jwks_file=jwks_file,
+                    jwks_url=jwks_url,
+                    hs256_secret_file=secret,
+                    subject_claim=fields.text("subject_claim", "sub"),
+                    leeway_s=fields.number("leeway_s", 30.0),
+                    refetch_cooldown_s=fields.number("refetch_cooldown_s", 30.0),
+                    refresh_interval_s=fields.number("refresh_interval_s", 300.0),
+                )
             )
-        )
+        except ValueError as exc:
+            problems.append(item.problem(str(exc)))
     return tuple(out)
 
 
@@ -362,7 +360,7 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     if quota.store == "redis" and not quota.redis_url:
         problems.append(quota_node.problem("redis_url: required when store is redis"))
     auth_node = fields.child("auth")
-    issuers: tuple[IssuerSettings, ...] = ()
+    issuers: tuple[IssuerConfig, ...] = ()
     if auth_node is not None:
         af = Fields(auth_node, problems, ("issuers",))
         issuers = _issuers(af.child("issuers"), base, problems)

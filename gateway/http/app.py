@@ -9,31 +9,17 @@ from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
-from gateway.adapters.auth import Authenticator, IssuerConfig
+from gateway.adapters.auth import Authenticator
 from gateway.adapters.ledger import LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.upstream import Upstream
-from gateway.config.settings import IssuerSettings, Settings, UpstreamSettings
+from gateway.config.settings import Settings, UpstreamSettings
 from gateway.core.routes import Route
 from gateway.http.admin import admin_app
 from gateway.http.proxy import Gateway
 
 log = logging.getLogger(__name__)
-
-
-def issuer_config(s: IssuerSettings) -> IssuerConfig:
-    return IssuerConfig(
-        issuer=s.issuer,
-        audiences=s.audiences,
-        algorithms=s.algorithms,
-        jwks_file=s.jwks_file,
-        jwks_url=s.jwks_url,
-        hs256_secret_file=s.hs256_secret_file,
-        subject_claim=s.subject_claim,
-        leeway_s=s.leeway_s,
-        refetch_cooldown_s=s.refetch_cooldown_s,
-    )
 
 
 def routes_for(upstream: UpstreamSettings) -> tuple[Route, ...]:
@@ -74,7 +60,7 @@ class Server:
         pack = self.policy.pack
         self.metrics.policy_info.info({"pack": pack.name, "version": pack.version, "hash": pack.content_hash})
         self.auth = Authenticator(
-            [issuer_config(i) for i in s.issuers],
+            s.issuers,
             clock=self.clock,
             on_refresh=lambda result: self.metrics.jwks_refresh.labels(result).inc(),
         )
