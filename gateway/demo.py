@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import socket
 import tempfile
 import time
@@ -145,6 +146,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
+    logging.getLogger("gateway").setLevel(logging.WARNING)
     rows = asyncio.run(run_demo())
     print(format_table(rows))
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 from gateway.adapters.ledger import LedgerWriter
 from gateway.core.ledger import GENESIS, link_problem
 from tests.harness import Stack, run_stack

@@ -14,8 +14,8 @@ async def metrics_text(stack: Stack) -> str:
         return await resp.text()
 
 
-async def wait_for(predicate_text: str, stack: Stack, timeout: float = 3.0) -> str:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(predicate_text: str, stack: Stack, within_s: float = 3.0) -> str:
+    deadline = asyncio.get_running_loop().time() + within_s
     while True:
         text = await metrics_text(stack)
         if predicate_text in text or asyncio.get_running_loop().time() > deadline:

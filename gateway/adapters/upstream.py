@@ -9,6 +9,7 @@ import aiohttp
 from gateway.config.settings import HeaderSource, UpstreamSettings
 from gateway.core.routes import Route
 from gateway.core.tenants import Tenant
+from gateway.schedulers import SchedulerAdapter
 
 
 class CredentialError(Exception):
@@ -36,6 +37,7 @@ class Upstream:
 
     settings: UpstreamSettings
     routes: tuple[Route, ...]
+    adapter: SchedulerAdapter | None = None
     static_headers: dict[str, str] = field(default_factory=dict)
     session: aiohttp.ClientSession | None = None
 

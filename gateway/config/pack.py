@@ -1,26 +1,16 @@
 """Load a policy pack directory (pack.yaml, tiers.yaml and section files) into a Pack."""
 
 import hashlib
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
 
+from gateway.config.caps import load_caps
 from gateway.config.fields import Fields, as_str
+from gateway.config.gpus import load_gpus
 from gateway.config.located import ConfigError, Node, Problem, load_file
 from gateway.core.iso import ISO_3166_ALPHA2
 from gateway.core.policy import KycSettings, Pack, ReadAccess, Rule, RuleId
 from gateway.core.tiers import Membership, TierTable
-
-SectionLoader = Callable[[Path, list[Problem]], Any]
-
-# Optional pack sections owned by other modules: file name -> (key in Pack.extra, loader).
-SECTIONS: dict[str, tuple[str, SectionLoader]] = {}
-
-
-def register_section(file_name: str, key: str, loader: SectionLoader) -> None:
-    """Let a module own a pack file (e.g. gpus.yaml) without this loader knowing its shape."""
-    SECTIONS[file_name] = (key, loader)
 
 
 def content_hash(directory: Path) -> str:
@@ -143,12 +133,10 @@ def load_pack(directory: Path) -> Pack:
         rules = _rules(fields.child("rules"), problems)
         kyc = _kyc(fields.child("kyc"), problems)
         tiers = _tiers(directory / "tiers.yaml", problems)
-        extra: dict[str, Any] = {}
-        for file_name, (key, loader) in SECTIONS.items():
-            if (directory / file_name).is_file():
-                extra[key] = loader(directory / file_name, problems)
+        gpus = load_gpus(directory / "gpus.yaml", problems) if (directory / "gpus.yaml").is_file() else None
+        caps = load_caps(directory / "caps.yaml", problems) if (directory / "caps.yaml").is_file() else None
     except ConfigError as exc:
         raise ConfigError(problems + exc.problems) from exc
     if problems:
         raise ConfigError(problems)
-    return Pack(name, version, content_hash(directory), tiers, rules, kyc, extra)
+    return Pack(name, version, content_hash(directory), tiers, rules, kyc, gpus, caps)

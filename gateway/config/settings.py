@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 from gateway.adapters.auth import IssuerConfig
 from gateway.config.fields import Fields
 from gateway.config.located import ConfigError, Node, Problem, load_file, load_text
+from gateway.config.schedulers import load_scheduler_options
 from gateway.core.routes import Route, RouteKind
+from gateway.schedulers import SchedulerOptions
 
 BUNDLED_POLICIES = Path(__file__).resolve().parent.parent.parent / "policies"
 SCHEDULERS = ("slurm", "kubernetes", "ray", "generic", "none")
@@ -36,7 +38,7 @@ class UpstreamSettings:
     prefix: str
     scheduler: str
     routes: tuple[Route, ...]
-    scheduler_options: Node | None = None
+    options: SchedulerOptions | None = None
     timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
     headers: Mapping[str, HeaderSource] = field(default_factory=dict)
@@ -170,6 +172,7 @@ def _upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[
         if url and (parts.scheme not in ("http", "https") or not parts.hostname):
             problems.append(item.problem(f"url: {url!r} is not an http(s) URL"))
         prefix: str = fields.text("prefix", "/")
+        scheduler: str = fields.choice("scheduler", SCHEDULERS, "none")
         if not prefix.startswith("/"):
             problems.append(item.problem("prefix: must start with '/'"))
         out.append(
@@ -177,9 +180,9 @@ def _upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[
                 name=fields.text("name", "default"),
                 url=url.rstrip("/"),
                 prefix=prefix,
-                scheduler=fields.choice("scheduler", SCHEDULERS, "none"),
+                scheduler=scheduler,
                 routes=_routes(fields.child("routes"), problems),
-                scheduler_options=fields.child("scheduler_options"),
+                options=load_scheduler_options(scheduler, fields.child("scheduler_options"), problems, item),
                 timeout_s=fields.number("timeout_s", 60.0),
                 connect_timeout_s=fields.number("connect_timeout_s", 5.0),
                 headers=_headers(fields.child("headers"), base, problems),

@@ -4,8 +4,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
 
+from gateway.core.caps import CapSettings
+from gateway.core.pricing import GpuCatalogue
 from gateway.core.tiers import TierTable
 
 
@@ -52,11 +53,7 @@ class KycSettings:
 
 @dataclass(frozen=True, slots=True)
 class Pack:
-    """One loaded policy pack: identity, tiers, dated rules and rule settings.
-
-    `extra` carries sections owned by other core modules (GPU catalogue, caps), so that
-    adding a section does not change this type's shape.
-    """
+    """One loaded policy pack: identity, tiers, dated rules, GPU catalogue and cap settings."""
 
     name: str
     version: str
@@ -64,7 +61,8 @@ class Pack:
     tiers: TierTable
     rules: Mapping[RuleId, Rule]
     kyc: KycSettings = field(default_factory=KycSettings)
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    gpus: GpuCatalogue | None = None
+    caps: CapSettings | None = None
 
     def rule(self, rule_id: RuleId) -> Rule:
         """A rule by id; a pack that omits one enforces it from the start (fail closed)."""

@@ -15,16 +15,16 @@ from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.upstream import Upstream
 from gateway.config.settings import Settings, UpstreamSettings
-from gateway.core.routes import Route
 from gateway.http.admin import admin_app
 from gateway.http.proxy import Gateway
+from gateway.schedulers import SchedulerAdapter, build_adapter
 
 log = logging.getLogger(__name__)
 
 
-def routes_for(upstream: UpstreamSettings) -> tuple[Route, ...]:
-    """The operator's explicit routes; scheduler adapters add theirs."""
-    return upstream.routes
+def adapter_for(upstream: UpstreamSettings) -> SchedulerAdapter | None:
+    """The scheduler adapter an upstream names (None for a plain `scheduler: none` proxy)."""
+    return None if upstream.options is None else build_adapter(upstream.scheduler, upstream.options)
 
 
 class Server:
@@ -80,7 +80,8 @@ class Server:
         except OSError as exc:
             log.error("ledger %s cannot be opened: %s; job submissions will be refused", s.ledger.dir, exc)
         for u in s.upstreams:
-            upstream = Upstream(u, routes_for(u))
+            adapter = adapter_for(u)
+            upstream = Upstream(u, (*(adapter.routes() if adapter else ()), *u.routes), adapter)
             await upstream.start(self.env)
             self.upstreams.append(upstream)
         self.gateway = Gateway(s, self.policy, self.auth, self.ledger, self.metrics, self.upstreams, self.clock)

@@ -1,0 +1,181 @@
+"""Strict loading of an upstream's `scheduler_options:` mapping into its adapter's options."""
+
+from collections.abc import Callable
+
+from gateway.config.fields import Fields
+from gateway.config.located import Node, Problem
+from gateway.core.routes import compile_pattern
+from gateway.schedulers import (
+    KINDS,
+    GenericOptions,
+    KubernetesOptions,
+    RayOptions,
+    SchedulerOptions,
+    SlurmOptions,
+)
+from gateway.schedulers.generic import WALLTIME_UNITS
+
+
+def load_scheduler_options(
+    kind: str, node: Node | None, problems: list[Problem], parent: Node | None = None
+) -> SchedulerOptions | None:
+    """Options for `kind` from `node` (None: defaults); None when they cannot be built.
+
+    Kind "none" (a plain proxy without an adapter) has no options and always gives None.
+
+    `parent` (the upstream's mapping) locates problems about a missing `scheduler_options`.
+    """
+    if kind == "none":  # a plain proxy: operator routes only, nothing to price
+        if node is not None and node.raw is not None:
+            problems.append(node.problem("scheduler 'none' takes no scheduler_options"))
+        return None
+    if kind not in KINDS:
+        problems.append(_beside(parent, "scheduler", f"unknown scheduler {kind!r}; known: {', '.join(KINDS)}"))
+        return None
+    if node is None or node.raw is None:
+        if kind == "slurm":
+            return SlurmOptions()
+        if kind == "kubernetes":
+            return KubernetesOptions()
+        if kind == "ray":
+            return RayOptions()
+        message = "the generic scheduler needs scheduler_options (paths and fields)"
+        problems.append(_beside(parent, "scheduler_options", message))
+        return None
+    before = len(problems)
+    loaders: dict[str, Callable[[Node, list[Problem]], SchedulerOptions | None]] = {
+        "slurm": _slurm, "kubernetes": _kubernetes, "ray": _ray, "generic": _generic,
+    }
+    options = loaders[kind](node, problems)
+    return options if len(problems) == before else None
+
+
+def _beside(parent: Node | None, key: str, message: str) -> Problem:
+    """A problem about `key` of the upstream mapping `parent` (which may be unknown)."""
+    if parent is None:
+        return Problem("(config)", 1, key, message)
+    return Problem(parent.file, parent.line, f"{parent.path}.{key}" if parent.path else key, message)
+
+
+def _positive(fields: Fields, key: str, value: float | None) -> None:
+    child = fields.child(key)
+    if value is not None and value <= 0 and child is not None:
+        fields.problems.append(child.problem("must be positive"))
+
+
+def _slurm(node: Node, problems: list[Problem]) -> SlurmOptions:
+    keys = ("partition_time_limits", "default_time_limit_min", "default_gpu_model", "lineage_env", "purpose_env")
+    f = Fields(node, problems, keys)
+    limits: dict[str, int] = {}
+    limits_node = f.child("partition_time_limits")
+    if limits_node is not None and limits_node.raw is not None:
+        if not isinstance(limits_node.raw, dict):
+            problems.append(limits_node.problem("must be a mapping of partition name to minutes"))
+        else:
+            for name, child in limits_node.items():
+                raw = child.raw
+                if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
+                    problems.append(child.problem("must be a positive whole number of minutes"))
+                else:
+                    limits[name] = raw
+    default = f.integer("default_time_limit_min")
+    _positive(f, "default_time_limit_min", default)
+    return SlurmOptions(
+        partition_time_limits=limits,
+        default_time_limit_min=default,
+        default_gpu_model=f.text("default_gpu_model"),
+        lineage_env=f.text("lineage_env", default="EXPORTGATE_LINEAGE"),
+        purpose_env=f.text("purpose_env", default="EXPORTGATE_PURPOSE"),
+    )
+
+
+def _kubernetes(node: Node, problems: list[Problem]) -> KubernetesOptions:
+    keys = ("default_gpu_model", "default_walltime_s", "lineage_label", "purpose_label")
+    f = Fields(node, problems, keys)
+    walltime = f.number("default_walltime_s")
+    _positive(f, "default_walltime_s", walltime)
+    return KubernetesOptions(
+        default_gpu_model=f.text("default_gpu_model"),
+        default_walltime_s=walltime,
+        lineage_label=f.text("lineage_label", default="exportgate.io/model-lineage"),
+        purpose_label=f.text("purpose_label", default="exportgate.io/purpose"),
+    )
+
+
+def _ray(node: Node, problems: list[Problem]) -> RayOptions:
+    keys = ("walltime_metadata_key", "default_walltime_s", "default_gpu_model", "lineage_key", "purpose_key")
+    f = Fields(node, problems, keys)
+    walltime = f.number("default_walltime_s")
+    _positive(f, "default_walltime_s", walltime)
+    return RayOptions(
+        walltime_metadata_key=f.text("walltime_metadata_key", default="time_limit_min"),
+        default_walltime_s=walltime,
+        default_gpu_model=f.text("default_gpu_model"),
+        lineage_key=f.text("lineage_key", default="model_lineage"),
+        purpose_key=f.text("purpose_key", default="purpose"),
+    )
+
+
+_GENERIC_PATHS = ("submit_path", "job_path", "list_path", "cancel_path")
+_GENERIC_FIELDS = (
+    "gpus_field", "job_id_field", "model_field", "walltime_field", "concurrency_field",
+    "lineage_field", "purpose_field", "name_field", "list_items_field", "list_id_field",
+)
+
+
+def _generic(node: Node, problems: list[Problem]) -> GenericOptions | None:
+    keys = (*_GENERIC_PATHS, *_GENERIC_FIELDS, "plain_read_paths", "walltime_unit",
+            "default_walltime_s", "default_gpu_model")
+    f = Fields(node, problems, keys)
+    before = len(problems)
+    paths = {k: f.text(k, required=k == "submit_path") for k in _GENERIC_PATHS}
+    plain = f.texts("plain_read_paths", default=[])
+    for key, value in paths.items():
+        child = f.child(key)
+        if value is None or child is None:
+            continue
+        try:
+            compile_pattern(value)
+        except ValueError as exc:
+            problems.append(child.problem(str(exc)))
+        if key in ("job_path", "cancel_path") and "{job_id}" not in value:
+            problems.append(child.problem("must contain {job_id}"))
+    plain_node = f.child("plain_read_paths")
+    for i, value in enumerate(plain if isinstance(plain, list) else []):
+        try:
+            compile_pattern(value)
+        except ValueError as exc:
+            assert plain_node is not None
+            problems.append(plain_node.raw[i].problem(str(exc)))
+    values = {k: f.text(k, required=k == "gpus_field") for k in _GENERIC_FIELDS}
+    for key, value in values.items():
+        child = f.child(key)
+        if value is not None and child is not None and any(not s for s in value.split(".")):
+            problems.append(child.problem("must be a dot path like resources.gpus"))
+    unit = f.choice("walltime_unit", WALLTIME_UNITS, default="s")
+    walltime = f.number("default_walltime_s")
+    _positive(f, "default_walltime_s", walltime)
+    if values["walltime_field"] is None and walltime is None and f.ok:
+        problems.append(node.problem("needs walltime_field or default_walltime_s"))
+    if len(problems) > before or paths["submit_path"] is None or values["gpus_field"] is None:
+        return None
+    return GenericOptions(
+        submit_path=paths["submit_path"],
+        gpus_field=values["gpus_field"],
+        job_id_field=values["job_id_field"] or "id",
+        job_path=paths["job_path"],
+        list_path=paths["list_path"],
+        cancel_path=paths["cancel_path"],
+        plain_read_paths=tuple(plain),
+        model_field=values["model_field"],
+        walltime_field=values["walltime_field"],
+        walltime_unit=unit,
+        default_walltime_s=walltime,
+        concurrency_field=values["concurrency_field"],
+        lineage_field=values["lineage_field"],
+        purpose_field=values["purpose_field"],
+        name_field=values["name_field"],
+        list_items_field=values["list_items_field"],
+        list_id_field=values["list_id_field"],
+        default_gpu_model=f.text("default_gpu_model"),
+    )

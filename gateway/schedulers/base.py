@@ -1,0 +1,212 @@
+"""The scheduler adapter port, and the strict body decoding every adapter shares."""
+
+import json
+import math
+import re
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from gateway.core.jobs import JobSpec, JobSpecInvalid
+from gateway.core.routes import Route, RouteMatch
+
+# Counts above this are refused as absurd (no cluster holds a million GPUs for one job).
+MAX_COUNT = 1_000_000
+# A gzip body may expand to at most this many bytes before it is refused.
+MAX_DECODED_BYTES = 16 * 1024 * 1024
+
+
+class SchedulerAdapter(Protocol):
+    """What the proxy needs from one scheduler API: routes, pricing facts, dialect."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def default_gpu_model(self) -> str | None:
+        """The model to price GPUs at when a request names none (pass to `price`)."""
+        ...
+
+    def routes(self) -> tuple[Route, ...]:
+        """Every (method, path) this scheduler allows; anything else is refused."""
+        ...
+
+    def parse_submission(
+        self, match: RouteMatch, content_type: str | None, content_encoding: str | None, body: bytes
+    ) -> JobSpec:
+        """Extract what a job submission asks for; raises JobSpecInvalid."""
+        ...
+
+    def parse_update(
+        self, match: RouteMatch, content_type: str | None, content_encoding: str | None, body: bytes
+    ) -> JobSpec | None:
+        """The new total of a resource-changing update, or None if it changes no resources.
+
+        Raises JobUpdateNotAllowed when resources change but cannot be priced, and
+        JobSpecInvalid when the body cannot be read.
+        """
+        ...
+
+    def job_id_from_response(self, match: RouteMatch, status: int, body: bytes) -> str | None:
+        """The id of the job a successful submission created, as `job_id_of` spells it."""
+        ...
+
+    def job_id_of(self, match: RouteMatch) -> str | None:
+        """The id of the job a job-naming route refers to (the ownership key)."""
+        ...
+
+    def definitive_rejection(self, status: int, body: bytes) -> bool:
+        """Whether the upstream refused the submission in its own dialect (refund is safe)."""
+        ...
+
+    def filter_listing(self, match: RouteMatch, body: bytes, owned: Callable[[str], bool]) -> bytes:
+        """A listing body reduced to the jobs `owned` accepts; unreadable bodies list nothing."""
+        ...
+
+    def refusal(
+        self, code: str, status: int, title: str, detail: str, decision_id: str
+    ) -> tuple[str, bytes] | None:
+        """(content type, body) of a refusal in the scheduler's dialect; None: problem+json."""
+        ...
+
+
+def shown(value: Any) -> str:
+    """A value as echoed in a refusal: its repr, cut short (bodies are attacker-sized)."""
+    text = repr(value)
+    return text if len(text) <= 64 else text[:60] + "...'"
+
+
+def key_name(key: str) -> str:
+    """A client-chosen key as it appears in a field path, cut short."""
+    return key if len(key) <= 64 else key[:60] + "..."
+
+
+def decode_content(content_encoding: str | None, body: bytes) -> bytes:
+    """The body with its Content-Encoding removed: identity, or one bounded gzip member."""
+    encoding = (content_encoding or "").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip"):
+        raise JobSpecInvalid("content-encoding", f"{shown(content_encoding)} is not supported; send identity or gzip")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, MAX_DECODED_BYTES + 1)
+    except zlib.error as exc:
+        raise JobSpecInvalid("content-encoding", f"gzip body cannot be decoded: {exc}") from None
+    if len(out) > MAX_DECODED_BYTES or inflater.unconsumed_tail:
+        raise JobSpecInvalid("content-encoding", "gzip body expands beyond the size limit")
+    if not inflater.eof or inflater.unused_data:
+        # A second member would be decoded by some servers and not by us: refuse.
+        raise JobSpecInvalid("content-encoding", "gzip body must be exactly one complete member")
+    return out
+
+
+def media_type(content_type: str | None) -> str | None:
+    """The lower-cased media type of a Content-Type; a non-UTF-8 charset is refused."""
+    if content_type is None or not content_type.strip():
+        return None
+    kind, _, params = content_type.partition(";")
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise JobSpecInvalid("content-type", f"charset {shown(value.strip())} is not supported; send UTF-8")
+    return kind.strip().lower()
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(f"duplicate key {shown(key)}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def load_json(body: bytes) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no overflowing numbers."""
+    try:
+        text = body.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant, parse_float=_finite)
+    except _Duplicate as exc:
+        raise JobSpecInvalid("body", str(exc)) from None
+    except RecursionError:
+        raise JobSpecInvalid("body", "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise JobSpecInvalid("body", f"not valid JSON: {exc}") from None
+
+
+def load_object(content_encoding: str | None, body: bytes) -> dict[str, Any]:
+    """Decode and parse a body that must be one JSON object."""
+    value = load_json(decode_content(content_encoding, body))
+    if not isinstance(value, dict):
+        raise JobSpecInvalid("body", "the top level must be a JSON object")
+    return value
+
+
+def try_json(body: bytes) -> Any:
+    """A response body parsed leniently enough to read, or None when it is not JSON."""
+    try:
+        return load_json(body)
+    except JobSpecInvalid:
+        return None
+
+
+def dump_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def count(value: Any, field: str, *, strings: bool = True) -> int:
+    """A non-negative integer count: int (not bool) or, if allowed, a string of digits."""
+    if isinstance(value, bool):
+        raise JobSpecInvalid(field, "must be a count, not true/false")
+    if isinstance(value, int):
+        number = value
+    elif strings and isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,12}\s*", value):
+        number = int(value)
+    else:
+        raise JobSpecInvalid(field, f"must be a non-negative integer, not {shown(value)}")
+    if number < 0:
+        raise JobSpecInvalid(field, "must not be negative")
+    if number > MAX_COUNT:
+        raise JobSpecInvalid(field, f"{number} is beyond any real allocation")
+    return number
+
+
+def bounded(total: int, field: str) -> int:
+    """Refuse a multiplied-out GPU total beyond any real allocation."""
+    if total > MAX_COUNT:
+        raise JobSpecInvalid(field, f"{total} GPUs is beyond any real allocation")
+    return total
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string value, else None (for names, lineage and purpose)."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def mapping(value: Any, field: str) -> Mapping[str, Any]:
+    """An optional JSON object: absent/null is empty, anything else but an object is invalid."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise JobSpecInvalid(field, "must be a JSON object")
+    return value
+
+
+def status_ok(status: int) -> bool:
+    return 200 <= status < 300

@@ -1,0 +1,255 @@
+"""Kubernetes API (batch/v1 Jobs, v1 Pods): routes, job extraction, updates, Status refusals."""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
+from gateway.core.routes import Route, RouteKind, RouteMatch
+from gateway.schedulers.base import (
+    decode_content,
+    dump_json,
+    load_json,
+    load_object,
+    media_type,
+    status_ok,
+    try_json,
+)
+from gateway.schedulers.kubernetes_pods import job_spec
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesOptions:
+    """Defaults and label names for pricing Jobs and Pods."""
+
+    default_gpu_model: str | None = None
+    default_walltime_s: float | None = None
+    lineage_label: str = "exportgate.io/model-lineage"
+    purpose_label: str = "exportgate.io/purpose"
+
+
+_JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
+_PODS = "/api/v1/namespaces/{ns}/pods"
+
+ROUTES = (
+    Route.of("k8s.jobs.create", ("POST",), _JOBS, RouteKind.SUBMIT),
+    Route.of("k8s.jobs.list", ("GET",), _JOBS, RouteKind.LIST),
+    Route.of("k8s.job.read", ("GET",), _JOBS + "/{name}", RouteKind.READ),
+    Route.of("k8s.job.status", ("GET",), _JOBS + "/{name}/status", RouteKind.READ),
+    Route.of("k8s.job.delete", ("DELETE",), _JOBS + "/{name}", RouteKind.CANCEL),
+    Route.of("k8s.job.patch", ("PATCH",), _JOBS + "/{name}", RouteKind.UPDATE),
+    Route.of("k8s.job.replace", ("PUT",), _JOBS + "/{name}", RouteKind.UPDATE),
+    Route.of("k8s.pods.create", ("POST",), _PODS, RouteKind.SUBMIT),
+    Route.of("k8s.pods.list", ("GET",), _PODS, RouteKind.LIST),
+    Route.of("k8s.pod.read", ("GET",), _PODS + "/{name}", RouteKind.READ),
+    Route.of("k8s.pod.log", ("GET",), _PODS + "/{name}/log", RouteKind.READ),
+    Route.of("k8s.pod.delete", ("DELETE",), _PODS + "/{name}", RouteKind.CANCEL),
+    Route.of("k8s.pod.patch", ("PATCH",), _PODS + "/{name}", RouteKind.UPDATE),
+    Route.of("k8s.pod.replace", ("PUT",), _PODS + "/{name}", RouteKind.UPDATE),
+    Route.of("k8s.version", ("GET",), "/version", RouteKind.PLAIN_READ),
+    Route.of("k8s.healthz", ("GET",), "/healthz", RouteKind.PLAIN_READ),
+    Route.of("k8s.api", ("GET",), "/api", RouteKind.PLAIN_READ),
+    Route.of("k8s.api.v1", ("GET",), "/api/v1", RouteKind.PLAIN_READ),
+    Route.of("k8s.apis", ("GET",), "/apis", RouteKind.PLAIN_READ),
+    Route.of("k8s.apis.batch", ("GET",), "/apis/batch/v1", RouteKind.PLAIN_READ),
+)
+
+_JSON = "application/json"
+_MERGE_PATCHES = (
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",  # server-side apply; accepted only when the body is JSON
+)
+_JSON_PATCH = "application/json-patch+json"
+# Job spec fields whose change alters what the Job holds: pods at once, pod shape, deadline,
+# and resuming a suspended Job (its deadline timer restarts).
+_RESOURCE_FIELDS = ("parallelism", "template", "activeDeadlineSeconds", "suspend")
+_REASONS = {
+    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+    405: "MethodNotAllowed", 409: "Conflict", 413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests",
+    500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
+}
+
+
+def _is_pods(match: RouteMatch) -> bool:
+    return match.route.pattern.startswith(_PODS)
+
+
+def _reason(status: int) -> str:
+    if status in _REASONS:
+        return _REASONS[status]
+    if 400 <= status < 500:
+        return "Forbidden" if status == 451 else "BadRequest"
+    return "ServiceUnavailable" if status >= 502 else "InternalError"
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesAdapter:
+    """The Kubernetes API's dialect; job ids are "{namespace}/{name}"."""
+
+    options: KubernetesOptions
+    name: ClassVar[str] = "kubernetes"
+
+    @property
+    def default_gpu_model(self) -> str | None:
+        return self.options.default_gpu_model
+
+    def routes(self) -> tuple[Route, ...]:
+        return ROUTES
+
+    def _spec(self, doc: Mapping[str, Any], match: RouteMatch) -> JobSpec:
+        return job_spec(
+            doc,
+            is_pod=_is_pods(match),
+            default_walltime_s=self.options.default_walltime_s,
+            lineage_label=self.options.lineage_label,
+            purpose_label=self.options.purpose_label,
+        )
+
+    def parse_submission(
+        self, match: RouteMatch, content_type: str | None, content_encoding: str | None, body: bytes
+    ) -> JobSpec:
+        _require(content_type, (_JSON,))
+        return self._spec(load_object(content_encoding, body), match)
+
+    def parse_update(
+        self, match: RouteMatch, content_type: str | None, content_encoding: str | None, body: bytes
+    ) -> JobSpec | None:
+        if "PUT" in match.route.methods:
+            _require(content_type, (_JSON,))
+            doc = load_object(content_encoding, body)
+            if _is_pods(match):
+                return None  # a pod's containers and resources are immutable
+            return self._spec(doc, match)  # a full replacement: price the new object
+        kind = _require(content_type, (*_MERGE_PATCHES, _JSON_PATCH))
+        value = load_json(decode_content(content_encoding, body))
+        if _is_pods(match):
+            return None
+        if kind == _JSON_PATCH:
+            if not isinstance(value, list):
+                raise JobSpecInvalid("body", "a JSON patch must be a list of operations")
+            touched = [_op_touches(op) for op in value]
+            reason = next((t for t in touched if t), None)
+        else:
+            if not isinstance(value, dict):
+                raise JobSpecInvalid("body", "a merge patch must be a JSON object")
+            reason = _merge_touches(value)
+        if reason is None:
+            return None
+        # A patch merges into a Job whose current pod template we cannot see (maps merge,
+        # strategic lists merge by name), so the new total cannot be priced from it alone.
+        raise JobUpdateNotAllowed(f"the patch changes {reason}; replace the whole Job with PUT instead")
+
+    def job_id_from_response(self, match: RouteMatch, status: int, body: bytes) -> str | None:
+        doc = try_json(body)
+        if not status_ok(status) or not isinstance(doc, dict):
+            return None
+        metadata = doc.get("metadata")
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+            return None
+        namespace = metadata.get("namespace")
+        ns = namespace if isinstance(namespace, str) and namespace else match.params.get("ns")
+        return f"{ns}/{metadata['name']}" if ns else None
+
+    def job_id_of(self, match: RouteMatch) -> str | None:
+        ns, name = match.params.get("ns"), match.params.get("name")
+        return f"{ns}/{name}" if ns and name else None
+
+    def definitive_rejection(self, status: int, body: bytes) -> bool:
+        doc = try_json(body)
+        return 400 <= status < 500 and isinstance(doc, dict) and doc.get("kind") == "Status"
+
+    def filter_listing(self, match: RouteMatch, body: bytes, owned: Callable[[str], bool]) -> bytes:
+        doc = try_json(body)
+        if not isinstance(doc, dict):
+            return dump_json({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": []})
+        ns = match.params.get("ns", "")
+
+        def keep(obj: Any) -> bool:
+            metadata = obj.get("metadata") if isinstance(obj, dict) else None
+            if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+                return False
+            namespace = metadata.get("namespace") or ns
+            return owned(f"{namespace}/{metadata['name']}")
+
+        if doc.get("kind") == "Table":  # kubectl get asks for server-side tables
+            rows = doc.get("rows")
+            kept = rows if isinstance(rows, list) else []
+            doc["rows"] = [r for r in kept if isinstance(r, dict) and keep(r.get("object"))]
+        else:
+            items = doc.get("items")
+            doc["items"] = [i for i in items if keep(i)] if isinstance(items, list) else []
+        return dump_json(doc)
+
+    def refusal(
+        self, code: str, status: int, title: str, detail: str, decision_id: str
+    ) -> tuple[str, bytes] | None:
+        body = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": f"exportgate: {title}: {detail} (code {code}, decision {decision_id})",
+            "reason": _reason(status),
+            "details": {
+                "causes": [
+                    {"reason": code, "message": detail, "field": "exportgate.code"},
+                    {"reason": "DecisionId", "message": decision_id, "field": "exportgate.decision_id"},
+                ],
+            },
+            "code": status,
+        }
+        return _JSON, dump_json(body)
+
+
+def _require(content_type: str | None, accepted: tuple[str, ...]) -> str:
+    kind = media_type(content_type)
+    if kind not in accepted:
+        raise JobSpecInvalid(
+            "body", f"content type {kind or '(none)'} is not accepted here; send {' or '.join(accepted)}"
+        )
+    return kind
+
+
+def _merge_touches(patch: Mapping[str, Any]) -> str | None:
+    """What resource field a merge or apply patch sets, or None if it sets none."""
+    if any(k.startswith("$") for k in patch):
+        return "the whole object (a $patch directive)"
+    if "spec" not in patch:
+        return None
+    spec = patch["spec"]
+    if not isinstance(spec, dict):
+        return "spec"
+    for key, value in spec.items():
+        if key.startswith("$"):
+            return "spec (a $patch directive)"
+        if key == "suspend" and value is True:
+            continue  # suspending holds fewer resources
+        if key in _RESOURCE_FIELDS:
+            return f"spec.{key}"
+    return None
+
+
+def _op_touches(op: Any) -> str | None:
+    """What resource field a JSON-patch operation changes, or None if it changes none."""
+    if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+        raise JobSpecInvalid("body", "each JSON patch operation needs an op")
+    if op["op"] == "test":
+        return None
+    for key in ("path", "from"):
+        pointer = op.get(key)
+        if pointer is None and key == "from":
+            continue
+        if not isinstance(pointer, str):
+            raise JobSpecInvalid("body", f"JSON patch {key} must be a string")
+        tokens = [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
+        if not tokens or tokens == ["spec"]:
+            return pointer or "the whole object"
+        if tokens[0] != "spec" or tokens[1] not in _RESOURCE_FIELDS:
+            continue
+        suspends = op["op"] in ("add", "replace") and op.get("value") is True
+        if tokens == ["spec", "suspend"] and key == "path" and suspends:
+            continue
+        return f"spec.{tokens[1]}"
+    return None

@@ -1,0 +1,162 @@
+"""Ray Jobs REST API (dashboard): routes, submission extraction, listings."""
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
+from gateway.core.pricing import CANDIDATE_SEPARATOR
+from gateway.core.routes import Route, RouteKind, RouteMatch
+from gateway.schedulers.base import (
+    MAX_COUNT,
+    dump_json,
+    key_name,
+    load_object,
+    mapping,
+    media_type,
+    shown,
+    status_ok,
+    text,
+    try_json,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RayOptions:
+    """Where Ray submissions carry what Ray itself has no field for (walltime, lineage)."""
+
+    walltime_metadata_key: str = "time_limit_min"
+    default_walltime_s: float | None = None
+    default_gpu_model: str | None = None
+    lineage_key: str = "model_lineage"
+    purpose_key: str = "purpose"
+
+
+ROUTES = (
+    Route.of("ray.jobs.submit", ("POST",), "/api/jobs/", RouteKind.SUBMIT),
+    Route.of("ray.jobs.list", ("GET",), "/api/jobs/", RouteKind.LIST),
+    Route.of("ray.job.read", ("GET",), "/api/jobs/{job_id}", RouteKind.READ),
+    Route.of("ray.job.delete", ("DELETE",), "/api/jobs/{job_id}", RouteKind.CANCEL),
+    Route.of("ray.job.stop", ("POST",), "/api/jobs/{job_id}/stop", RouteKind.CANCEL),
+    Route.of("ray.job.logs", ("GET",), "/api/jobs/{job_id}/logs", RouteKind.READ),
+    Route.of("ray.job.tail", ("GET",), "/api/jobs/{job_id}/logs/tail", RouteKind.READ, websocket=True),
+    Route.of("ray.version", ("GET",), "/api/version", RouteKind.PLAIN_READ),
+)
+
+_ACCELERATOR = "accelerator_type:"
+# Statuses with which Ray's dashboard refuses a submission it did not start. A 500 may come
+# after the job was created (or be a duplicate id of a running job): not definitive.
+_DEFINITIVE = frozenset({400, 401, 403, 404, 405, 409, 413, 415, 422})
+
+
+def _gpu_number(value: Any, field: str) -> int:
+    """A Ray resource amount as whole GPUs held: fractions round up (0.5 holds one GPU)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise JobSpecInvalid(field, f"must be a number, not {shown(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise JobSpecInvalid(field, "must be a non-negative number")
+    if value > MAX_COUNT:
+        raise JobSpecInvalid(field, f"{value} GPUs is beyond any real allocation")
+    return math.ceil(value)
+
+
+def _walltime_s(value: Any, field: str) -> float:
+    """Minutes from a metadata string ("120", "90.5") as seconds."""
+    try:
+        minutes = float(value) if isinstance(value, str) else math.nan
+    except ValueError:
+        minutes = math.nan
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise JobSpecInvalid(field, f"must be a positive number of minutes, not {shown(value)}")
+    return minutes * 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RayAdapter:
+    """The Ray dashboard's dialect; job ids are submission ids."""
+
+    options: RayOptions
+    name: ClassVar[str] = "ray"
+
+    @property
+    def default_gpu_model(self) -> str | None:
+        return self.options.default_gpu_model
+
+    def routes(self) -> tuple[Route, ...]:
+        return ROUTES
+
+    def parse_submission(
+        self, match: RouteMatch, content_type: str | None, content_encoding: str | None, body: bytes
+    ) -> JobSpec:
+        media_type(content_type)  # the dashboard parses any body as JSON; only refuse odd charsets
+        doc = load_object(content_encoding, body)
+        for key in doc:
+            if "gpu" in key.lower() and key != "entrypoint_num_gpus":
+                raise JobSpecInvalid(key_name(key), "unrecognised field that may hold GPUs")
+        gpus = 0
+        if doc.get("entrypoint_num_gpus") is not None:
+            gpus = _gpu_number(doc["entrypoint_num_gpus"], "entrypoint_num_gpus")
+        models: list[str] = []
+        for key, value in mapping(doc.get("entrypoint_resources"), "entrypoint_resources").items():
+            where = f"entrypoint_resources.{key_name(key)}"
+            if key.startswith(_ACCELERATOR):
+                amount = _gpu_number(value, where)
+                model = key[len(_ACCELERATOR):]
+                if not model:
+                    raise JobSpecInvalid(where, "names no accelerator type")
+                models.append(model)
+                gpus = max(gpus, amount)
+            elif "gpu" in key.lower():
+                raise JobSpecInvalid(where, "unrecognised resource that may hold GPUs")
+        metadata = mapping(doc.get("metadata"), "metadata")
+        key = self.options.walltime_metadata_key
+        if metadata.get(key) is not None:
+            walltime = _walltime_s(metadata[key], f"metadata.{key}")
+        elif self.options.default_walltime_s is not None:
+            walltime = self.options.default_walltime_s
+        else:
+            raise JobSpecInvalid(f"metadata.{key}", "no walltime: set it in the job's metadata (minutes)")
+        label = CANDIDATE_SEPARATOR.join(sorted(models)) if models else None
+        return JobSpec(
+            parts=(JobPart(gpus, label, 1),) if gpus else (),
+            walltime_s=walltime,
+            purpose=text(metadata.get(self.options.purpose_key)),
+            lineage=text(metadata.get(self.options.lineage_key)),
+            name=text(doc.get("submission_id")) or text(doc.get("job_id")),
+        )
+
+    def parse_update(
+        self, match: RouteMatch, content_type: str | None, content_encoding: str | None, body: bytes
+    ) -> JobSpec | None:
+        raise JobUpdateNotAllowed("Ray jobs cannot be updated")
+
+    def job_id_from_response(self, match: RouteMatch, status: int, body: bytes) -> str | None:
+        doc = try_json(body)
+        if not status_ok(status) or not isinstance(doc, dict):
+            return None
+        return text(doc.get("submission_id")) or text(doc.get("job_id"))
+
+    def job_id_of(self, match: RouteMatch) -> str | None:
+        return match.job_id
+
+    def definitive_rejection(self, status: int, body: bytes) -> bool:
+        return status in _DEFINITIVE
+
+    def filter_listing(self, match: RouteMatch, body: bytes, owned: Callable[[str], bool]) -> bytes:
+        doc = try_json(body)
+        if not isinstance(doc, list):
+            return b"[]"
+        return dump_json([job for job in doc if _owned(job, owned)])
+
+    def refusal(
+        self, code: str, status: int, title: str, detail: str, decision_id: str
+    ) -> tuple[str, bytes] | None:
+        return None
+
+
+def _owned(job: Any, owned: Callable[[str], bool]) -> bool:
+    # Only the submission id: a tenant chooses it, so matching Ray's internal job id as
+    # well would let one tenant claim another's job by naming a submission after it.
+    submission_id = text(job.get("submission_id")) if isinstance(job, Mapping) else None
+    return submission_id is not None and owned(submission_id)

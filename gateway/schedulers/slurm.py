@@ -1,0 +1,388 @@
+"""Slurm REST (slurmrestd v0.0.36..v0.0.42): routes, job extraction, updates, listings."""
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
+from gateway.core.routes import Route, RouteKind, RouteMatch
+from gateway.schedulers.base import (
+    bounded,
+    dump_json,
+    key_name,
+    load_object,
+    media_type,
+    status_ok,
+    text,
+    try_json,
+)
+from gateway.schedulers.slurm_fields import (
+    GpuCounts,
+    array_concurrency,
+    comment_tags,
+    environment,
+    gpu_spec,
+    gres_spec,
+    host_count,
+    node_max,
+    number_struct,
+    time_limit_s,
+)
+
+VERSIONS = ("v0.0.36", "v0.0.37", "v0.0.38", "v0.0.39", "v0.0.40", "v0.0.41", "v0.0.42")
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmOptions:
+    """How to price Slurm jobs that leave things to the cluster.
+
+    `partition_time_limits` (minutes) applies when a job's time limit is absent or
+    infinite; `default_time_limit_min` covers jobs naming no partition or one not listed.
+    """
+
+    partition_time_limits: Mapping[str, int] = field(default_factory=dict)
+    default_time_limit_min: int | None = None
+    default_gpu_model: str | None = None
+    lineage_env: str = "EXPORTGATE_LINEAGE"
+    purpose_env: str = "EXPORTGATE_PURPOSE"
+
+
+# slurmrestd lower-cases job keys (v0.0.38) and accepts sbatch's aliases for some.
+_ALIASES = {
+    "ntasks": "tasks",
+    "ntasks_per_node": "tasks_per_node",
+    "ntasks_per_socket": "tasks_per_socket",
+    "ntasks_per_core": "tasks_per_core",
+    "nodelist": "required_nodes",
+    "node_list": "required_nodes",
+    "job_name": "name",
+}
+# field -> (parser, multiplier): what each GPU-bearing field implies for one copy of a job.
+_GPU_FIELDS: dict[str, tuple[Callable[[Any, str], GpuCounts], str]] = {
+    "gpus": (gpu_spec, "job"),
+    "gpus_per_node": (gpu_spec, "node"),
+    "gpus_per_task": (gpu_spec, "task"),
+    "gpus_per_socket": (gpu_spec, "socket"),
+    "gres": (gres_spec, "node"),
+    "tres_per_job": (gres_spec, "job"),
+    "tres_per_node": (gres_spec, "node"),
+    "tres_per_task": (gres_spec, "task"),
+    "tres_per_socket": (gres_spec, "socket"),
+}
+# Keys naming GPUs that hold none themselves (binding, frequency, per-GPU ratios).
+_BENIGN = frozenset({
+    "cpus_per_gpu", "memory_per_gpu", "mem_per_gpu", "gpu_binding", "gpu_frequency",
+    "gres_flags", "cpus_per_tres", "memory_per_tres", "mem_per_tres", "tres_bind", "tres_freq",
+})
+# Tasks per GPU: with a task count and no GPU field, Slurm derives ceil(tasks / N) GPUs.
+_TASKS_PER_GPU = ("ntasks_per_gpu", "ntasks_per_tres")
+_NODE_KEYS = ("nodes", "minimum_nodes", "maximum_nodes", "required_nodes")
+_TASK_KEYS = ("tasks", "tasks_per_node", "tasks_per_socket", "tasks_per_core")
+_RESOURCE_KEYS = frozenset({
+    *_GPU_FIELDS, *_NODE_KEYS, *_TASK_KEYS, *_TASKS_PER_GPU, "sockets_per_node", "time_limit", "array", "partition",
+})
+
+
+def _route(name: str, methods: tuple[str, ...], tail: str, kind: RouteKind) -> Route:
+    """A route whose `{version}` segment only matches the versions slurmrestd serves."""
+    route = Route.of(name, methods, "/slurm/{version}" + tail, kind)
+    versions = "|".join(re.escape(v) for v in VERSIONS)
+    regex = route.regex.pattern.replace("(?P<version>[^/]+)", f"(?P<version>{versions})", 1)
+    return dataclasses.replace(route, regex=re.compile(regex))
+
+
+ROUTES = (
+    _route("slurm.job.submit", ("POST",), "/job/submit", RouteKind.SUBMIT),
+    _route("slurm.job.read", ("GET",), "/job/{job_id}", RouteKind.READ),
+    _route("slurm.job.update", ("POST",), "/job/{job_id}", RouteKind.UPDATE),
+    _route("slurm.job.cancel", ("DELETE",), "/job/{job_id}", RouteKind.CANCEL),
+    _route("slurm.jobs", ("GET",), "/jobs", RouteKind.LIST),
+    _route("slurm.jobs.slash", ("GET",), "/jobs/", RouteKind.LIST),
+    _route("slurm.ping", ("GET",), "/ping", RouteKind.PLAIN_READ),
+    _route("slurm.diag", ("GET",), "/diag", RouteKind.PLAIN_READ),
+    _route("slurm.partitions", ("GET",), "/partitions", RouteKind.PLAIN_READ),
+    _route("slurm.nodes", ("GET",), "/nodes", RouteKind.PLAIN_READ),
+)
+
+
+def _normalise(job: Any, where: str) -> dict[str, Any]:
+    """Job keys as slurmrestd reads them: lower case, sbatch aliases folded, nulls dropped."""
+    if not isinstance(job, dict):
+        raise JobSpecInvalid(where, "a job description must be a JSON object")
+    out: dict[str, Any] = {}
+    for key, value in job.items():
+        name = key.lower()
+        name = _ALIASES.get(name, name)
+        if name in out:
+            raise JobSpecInvalid(f"{where}.{key_name(key)}", "given twice (directly or through an alias)")
+        if value is not None:
+            out[name] = value
+    for name in out:
+        gpuish = any(word in name for word in ("gpu", "gres", "tres"))
+        if gpuish and name not in _GPU_FIELDS and name not in _BENIGN and name not in _TASKS_PER_GPU:
+            raise JobSpecInvalid(f"{where}.{key_name(name)}", "unrecognised field that may hold GPUs")
+    return out
+
+
+def _merge(totals: list[GpuCounts]) -> GpuCounts:
+    """Combine what several GPU fields imply, never below any one of them.
+
+    One type (or none) across fields: the largest total. Several types: the largest count
+    of each type separately, which over-counts rather than guess how Slurm combines them.
+    """
+    present = [t for t in totals if t]
+    labels = {label for t in present for label in t if label is not None}
+    if len(labels) <= 1:
+        biggest = max((sum(t.values()) for t in present), default=0)
+        return {next(iter(labels), None): biggest} if biggest else {}
+    merged: GpuCounts = {}
+    for t in present:
+        for label, n in t.items():
+            merged[label] = max(merged.get(label, 0), n)
+    return merged
+
+
+def _gpus(job: Mapping[str, Any], where: str) -> GpuCounts:
+    """GPUs one copy of one job component holds, multiplied out over nodes, tasks, sockets."""
+    nodes = 1
+    for key in ("nodes", "minimum_nodes", "maximum_nodes"):
+        value = job.get(key)
+        if value is not None and not isinstance(value, bool):  # v0.0.38 minimum_nodes is a flag
+            nodes = max(nodes, node_max(value, f"{where}.{key}"))
+    if "required_nodes" in job:
+        nodes = max(nodes, host_count(job["required_nodes"], f"{where}.required_nodes"))
+    sockets = number_struct(job["sockets_per_node"], f"{where}.sockets_per_node") if "sockets_per_node" in job else None
+
+    def tasks() -> int:
+        found = [nodes]
+        if "tasks" in job:
+            found.append(number_struct(job["tasks"], f"{where}.tasks") or 0)
+        if "tasks_per_node" in job:
+            found.append((number_struct(job["tasks_per_node"], f"{where}.tasks_per_node") or 0) * nodes)
+        if "tasks_per_socket" in job:
+            if sockets is None and "tasks" not in job:
+                raise JobSpecInvalid(f"{where}.tasks_per_socket", "needs sockets_per_node or tasks to bound GPUs")
+            per = number_struct(job["tasks_per_socket"], f"{where}.tasks_per_socket") or 0
+            found.append(per * (sockets or 0) * nodes)
+        if "tasks_per_core" in job and "tasks" not in job:
+            raise JobSpecInvalid(f"{where}.tasks_per_core", "needs tasks to bound GPUs per task")
+        return max(found)
+
+    totals: list[GpuCounts] = []
+    for key, (parse, per) in _GPU_FIELDS.items():
+        if key not in job:
+            continue
+        counts = parse(job[key], f"{where}.{key}")
+        if per == "node":
+            factor = nodes
+        elif per == "task":
+            factor = tasks()
+        elif per == "socket":
+            if sockets is None:
+                raise JobSpecInvalid(f"{where}.{key}", "needs sockets_per_node to count GPUs")
+            factor = sockets * nodes
+        else:
+            factor = 1
+        totals.append({label: bounded(n * factor, f"{where}.{key}") for label, n in counts.items()})
+    for key in _TASKS_PER_GPU:
+        if key in job:
+            per_gpu = number_struct(job[key], f"{where}.{key}")
+            if not per_gpu:
+                raise JobSpecInvalid(f"{where}.{key}", "must be at least 1")
+            totals.append({None: -(-tasks() // per_gpu)})
+    return _merge(totals)
+
+
+@dataclass(frozen=True, slots=True)
+class _Component:
+    parts: tuple[JobPart, ...]
+    walltime_s: float | None
+    lineage: str | None
+    purpose: str | None
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmAdapter:
+    """slurmrestd's dialect; refusals use problem+json (Slurm clients have no better one)."""
+
+    options: SlurmOptions
+    name: ClassVar[str] = "slurm"
+
+    @property
+    def default_gpu_model(self) -> str | None:
+        return self.options.default_gpu_model
+
+    def routes(self) -> tuple[Route, ...]:
+        return ROUTES
+
+    def _partition_limit_s(self, partition: Any) -> float | None:
+        limits = self.options.partition_time_limits
+        default = self.options.default_time_limit_min
+        names = [p.strip() for p in partition.split(",") if p.strip()] if isinstance(partition, str) else []
+        if not names:
+            return default * 60.0 if default else None
+        found: list[int] = []
+        for name in names:
+            minutes = limits.get(name, default)
+            if not minutes:
+                return None
+            found.append(minutes)
+        return max(found) * 60.0  # a job may run in any partition it names
+
+    def _component(self, raw: Any, where: str, *, partition_default: bool) -> _Component:
+        job = _normalise(raw, where)
+        copies = array_concurrency(job["array"], f"{where}.array") if "array" in job else 1
+        parts = tuple(JobPart(n, label, copies) for label, n in _gpus(job, where).items())
+        walltime = time_limit_s(job.get("time_limit"), f"{where}.time_limit")
+        if walltime is None and partition_default:
+            walltime = self._partition_limit_s(job.get("partition"))
+        env = environment(job.get("environment"))
+        tags = comment_tags(job.get("comment"))
+        return _Component(
+            parts=parts,
+            walltime_s=walltime,
+            lineage=text(env.get(self.options.lineage_env)) or tags.get("lineage"),
+            purpose=text(env.get(self.options.purpose_env)) or tags.get("purpose"),
+            name=text(job.get("name")),
+        )
+
+    def parse_submission(
+        self, match: RouteMatch, content_type: str | None, content_encoding: str | None, body: bytes
+    ) -> JobSpec:
+        _json_only(content_type)
+        doc = load_object(content_encoding, body)
+        if "job" in doc and "jobs" in doc:
+            raise JobSpecInvalid("body", "give either job or jobs, not both")
+        raw = doc.get("job", doc.get("jobs"))
+        if raw is None:
+            raise JobSpecInvalid("job", "the submission holds no job description")
+        raws = raw if isinstance(raw, list) else [raw]
+        if not raws:
+            raise JobSpecInvalid("jobs", "a heterogeneous job needs at least one component")
+        key = "job" if "job" in doc else "jobs"
+        components = [
+            self._component(r, f"{key}[{i}]" if isinstance(raw, list) else key, partition_default=True)
+            for i, r in enumerate(raws)
+        ]
+        walltimes = [c.walltime_s for c in components]
+        if any(w is None for w in walltimes):
+            raise JobSpecInvalid(
+                "time_limit", "no time limit, and no limit is configured for the job's partition"
+            )
+        parts = tuple(p for c in components for p in c.parts)
+        bounded(sum(p.gpus * p.concurrency for p in parts), "gpus")
+        return JobSpec(
+            parts=parts,
+            walltime_s=max(w for w in walltimes if w is not None),
+            purpose=next((c.purpose for c in components if c.purpose), None),
+            lineage=next((c.lineage for c in components if c.lineage), None),
+            name=next((c.name for c in components if c.name), None),
+        )
+
+    def parse_update(
+        self, match: RouteMatch, content_type: str | None, content_encoding: str | None, body: bytes
+    ) -> JobSpec | None:
+        _json_only(content_type)
+        doc = load_object(content_encoding, body)
+        if "jobs" in doc:
+            raise JobUpdateNotAllowed("a heterogeneous job update cannot be priced")
+        raw = doc["job"] if set(doc) == {"job"} else doc
+        job = _normalise(raw, "job")
+        if not _RESOURCE_KEYS & set(job):
+            return None
+        # Only a complete restatement can be priced: the job's current values are unknown.
+        missing = []
+        if not any(k in job for k in _GPU_FIELDS):
+            missing.append("a GPU field")
+        if time_limit_s(job.get("time_limit")) is None:
+            missing.append("a finite time_limit")
+        pers = {_GPU_FIELDS[k][1] for k in job if k in _GPU_FIELDS}
+        if pers & {"node", "socket", "task"} and not ({"nodes", "maximum_nodes"} & set(job)):
+            missing.append("nodes")
+        if "task" in pers and not ({"tasks", "tasks_per_node"} & set(job)):
+            missing.append("tasks")
+        if "socket" in pers and "sockets_per_node" not in job:
+            missing.append("sockets_per_node")
+        if missing:
+            raise JobUpdateNotAllowed(
+                f"the update changes resources but lacks {', '.join(missing)} to price the new total"
+            )
+        c = self._component(raw, "job", partition_default=False)
+        return JobSpec(c.parts, c.walltime_s, c.purpose, c.lineage, c.name)
+
+    def job_id_from_response(self, match: RouteMatch, status: int, body: bytes) -> str | None:
+        doc = try_json(body)
+        if not status_ok(status) or not isinstance(doc, dict):
+            return None
+        result = doc.get("result")
+        for value in (doc.get("job_id"), result.get("job_id") if isinstance(result, dict) else None):
+            job_id = _id_text(value)
+            if job_id is not None:
+                return job_id
+        return None
+
+    def job_id_of(self, match: RouteMatch) -> str | None:
+        raw = match.job_id
+        if raw is None:
+            return None
+        found = re.fullmatch(r"([0-9]+)(?:[_+].*)?", raw)  # array task 12_3, het component 12+1
+        return found[1] if found else raw
+
+    def definitive_rejection(self, status: int, body: bytes) -> bool:
+        if 400 <= status < 500:
+            return True
+        if status != 500:
+            return False
+        doc = try_json(body)
+        errors = doc.get("errors") if isinstance(doc, dict) else None
+        return isinstance(errors, list) and any(_slurm_error(e) for e in errors)
+
+    def filter_listing(self, match: RouteMatch, body: bytes, owned: Callable[[str], bool]) -> bytes:
+        doc = try_json(body)
+        if not isinstance(doc, dict):
+            return dump_json({"jobs": []})
+        jobs = doc.get("jobs")
+        doc["jobs"] = [j for j in jobs if _owned_job(j, owned)] if isinstance(jobs, list) else []
+        return dump_json(doc)
+
+    def refusal(
+        self, code: str, status: int, title: str, detail: str, decision_id: str
+    ) -> tuple[str, bytes] | None:
+        return None
+
+
+def _json_only(content_type: str | None) -> None:
+    kind = media_type(content_type)
+    if kind is not None and kind != "application/json":
+        raise JobSpecInvalid("content-type", f"{kind} is not accepted; send application/json")
+
+
+def _slurm_error(error: Any) -> bool:
+    """An error object as slurmrestd writes it: a numeric error_code or error_number."""
+    if not isinstance(error, dict):
+        return False
+    codes = (error.get("error_code"), error.get("error_number"))
+    return any(isinstance(c, int) and not isinstance(c, bool) for c in codes)
+
+
+def _id_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("number") if value.get("set", True) else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value > 0:
+        return str(value)
+    if isinstance(value, str) and re.fullmatch(r"[1-9][0-9]{0,19}", value):
+        return value
+    return None
+
+
+def _owned_job(job: Any, owned: Callable[[str], bool]) -> bool:
+    if not isinstance(job, dict):
+        return False
+    ids = (_id_text(job.get(k)) for k in ("job_id", "array_job_id", "het_job_id"))
+    return any(i is not None and owned(i) for i in ids)
+

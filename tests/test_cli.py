@@ -1,0 +1,133 @@
+"""The exportgate command: check prints located problems, demo prints the decision table."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from tests.harness import POLICIES, write_config
+
+BAD_CONFIGS = [
+    (
+        "unknown-key",
+        "upstreams:\n  - url: http://x\n    colour: blue\n",
+        "gateway.yaml:3: upstreams[0].colour: unknown key",
+    ),
+    ("bad-url", "upstreams:\n  - url: ftp://x\n", "gateway.yaml:2: upstreams[0]: url: 'ftp://x' is not an http(s) URL"),
+    (
+        "bad-port",
+        "listen: {port: 70000}\nupstreams: [{url: 'http://x'}]\n",
+        "gateway.yaml:1: listen: port: must be 1..65535",
+    ),
+    ("duplicate-key", "upstreams: []\nupstreams: []\n", "gateway.yaml:2: upstreams: duplicate key"),
+    ("no-upstreams", "listen: {port: 8080}\n", "gateway.yaml:1: (top): upstreams: required"),
+    (
+        "hs256-without-secret",
+        "auth:\n  issuers:\n    - {issuer: i, audiences: [a], algorithms: [HS256], jwks_file: k}\n"
+        "upstreams: [{url: 'http://x'}]\n",
+        "gateway.yaml:3: auth.issuers[0]: algorithms: HS256 needs hs256_secret_file",
+    ),
+    (
+        "jwks-file-and-url",
+        "auth:\n  issuers:\n    - {issuer: i, audiences: [a], jwks_file: k, jwks_url: 'https://x/j'}\n"
+        "upstreams: [{url: 'http://x'}]\n",
+        "gateway.yaml:3: auth.issuers[0]: issuer 'i': set jwks_file or jwks_url, not both",
+    ),
+    ("yaml-syntax", "upstreams: [\n", "gateway.yaml:2: (syntax):"),
+    (
+        "workers-need-redis",
+        "workers: 4\nupstreams: [{url: 'http://x'}]\n",
+        "gateway.yaml:1: (top): workers: more than one worker needs quota.store: redis",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_check_reports_file_line_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, text: str, expected: str
+) -> None:
+    """Each bad gateway.yaml is reported as `file:line: field: problem` with exit 1."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(text)
+    assert main(["check", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path}/{expected}" in out, out
+
+
+BAD_PACKS = [
+    ("non-iso-tier3", "tiers.yaml", "  - MO\n", "  - XX\n", "tier3[22]: 'XX' is not an ISO 3166-1 code"),
+    ("norway-unquoted", "tiers.yaml", '"NO"', "NO", "tier1[13]: must be a string, not bool"),
+    ("bad-date", "tiers.yaml", "until: 2026-02-03", "until: someday", "tier3[3].until: must be a date"),
+    (
+        "unknown-rule",
+        "pack.yaml",
+        "  kyc:\n    # The",
+        "  kyx:\n    enforced_from: null\n  kyc:\n    # The",
+        "rules.kyx: unknown rule",
+    ),
+    (
+        "missing-enforced-from",
+        "pack.yaml",
+        '    enforced_from: 2025-05-15\n    citation: "90 FR 4544, 15 CFR',
+        '    citation: "90 FR 4544, 15 CFR',
+        "rules.tenant_cap.enforced_from: required",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "file", "old", "new", "expected"), BAD_PACKS, ids=[c[0] for c in BAD_PACKS])
+def test_check_reports_pack_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, file: str, old: str, new: str, expected: str
+) -> None:
+    """A broken policy pack is reported with the pack file, line and field."""
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    for source in (POLICIES / "ai-diffusion-2025").glob("*.yaml"):
+        (pack / source.name).write_text(source.read_text())
+    target = pack / file
+    assert old in target.read_text()
+    target.write_text(target.read_text().replace(old, new, 1))
+    config = write_config(tmp_path, "http://127.0.0.1:1")
+    config.write_text(config.read_text().replace(str(POLICIES / "ai-diffusion-2025"), str(pack)))
+    assert main(["check", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert f"{target}:" in out and expected in out, out
+
+
+def test_check_reports_registry_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Duplicate identities and bad KYC statuses in the registry are located problems."""
+    config = write_config(tmp_path, "http://127.0.0.1:1")
+    (tmp_path / "tenants.yaml").write_text(
+        "tenants:\n"
+        "  - {id: a, identities: [{issuer: i, subject: s}], location: US, headquarters: US,\n"
+        "     parent_headquarters: US, kyc: {status: verified, verified_at: 2025-01-01}}\n"
+        "  - {id: b, identities: [{issuer: i, subject: s}], location: US, headquarters: US,\n"
+        "     parent_headquarters: US, kyc: {status: maybe}}\n"
+    )
+    assert main(["check", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path}/tenants.yaml:4: tenants[1]: identities: (i, s) already maps to 'a'" in out
+    assert f"{tmp_path}/tenants.yaml:5: tenants[1].kyc.status: 'maybe' is not one of" in out
+
+
+def test_check_passes_on_bundled_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """The embedded defaults validate, with a warning for the example tenant lacking a headquarters."""
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "ok:" in out and "tenant unplaced: headquarters None" in out
+
+
+def test_demo_prints_the_decision_table() -> None:
+    """`exportgate demo` runs a gateway and a stand-in and prints one row per example tenant."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:] if line.strip()}
+    assert rows["acme-us"][1:5] == ["1", "verified", "200", "allow"]
+    assert rows["fjord-se-cn"][1:6] == ["3", "verified", "451", "deny", "tier3_embargoed"]
+    assert rows["selva-br"][-1] == "kyc_not_verified"
+    assert rows["lapsed-in"][-1] == "kyc_expired"
+    assert rows["unplaced"][-1] == "tenant_country_unknown"

@@ -1,0 +1,214 @@
+"""The Ray Jobs adapter on the dashboard's real shapes: routes, GPUs, walltime, listings."""
+
+import json
+from typing import Any
+
+import pytest
+
+from gateway.config.located import Problem, load_text
+from gateway.config.schedulers import load_scheduler_options
+from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
+from gateway.core.routes import RouteKind, RouteMatch, match_route
+from gateway.schedulers import RayAdapter, RayOptions
+
+ADAPTER = RayAdapter(RayOptions())
+
+SUBMISSION: dict[str, Any] = {
+    "entrypoint": "python train.py",
+    "submission_id": "optional-unique-id",
+    "entrypoint_num_gpus": 2,
+    "entrypoint_num_cpus": 0,
+    "entrypoint_resources": {"accelerator_type:H100": 2},
+    "entrypoint_memory": 0,
+    "runtime_env": {"env_vars": {"K": "V"}},
+    "metadata": {"user": "alice", "time_limit_min": "120"},
+}
+
+
+def route(method: str, path: str) -> RouteMatch:
+    found = match_route(ADAPTER.routes(), method, path)
+    assert found is not None, (method, path)
+    return found
+
+
+def submission(adapter: RayAdapter = ADAPTER, **changes: Any) -> JobSpec:
+    doc = {**SUBMISSION, **changes}
+    doc = {k: v for k, v in doc.items() if v is not None}
+    return adapter.parse_submission(route("POST", "/api/jobs/"), "application/json", None, json.dumps(doc).encode())
+
+
+ROUTES = [
+    ("POST", "/api/jobs/", RouteKind.SUBMIT, False), ("GET", "/api/jobs/", RouteKind.LIST, False),
+    ("GET", "/api/jobs/raysubmit_1", RouteKind.READ, False),
+    ("DELETE", "/api/jobs/raysubmit_1", RouteKind.CANCEL, False),
+    ("POST", "/api/jobs/raysubmit_1/stop", RouteKind.CANCEL, False),
+    ("GET", "/api/jobs/raysubmit_1/logs", RouteKind.READ, False),
+    ("GET", "/api/jobs/raysubmit_1/logs/tail", RouteKind.READ, True),
+    ("GET", "/api/version", RouteKind.PLAIN_READ, False),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kind", "websocket"), ROUTES, ids=[f"{r[0]} {r[1]}" for r in ROUTES])
+def test_routes(method: str, path: str, kind: RouteKind, websocket: bool) -> None:
+    """Each Ray Jobs path maps to its kind; only log tailing upgrades to a WebSocket."""
+    found = route(method, path)
+    assert (found.route.kind, found.route.websocket) == (kind, websocket)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/api/jobs"), ("GET", "/api/cluster_status"), ("PUT", "/api/packages/gcs/pkg.zip"),
+     ("GET", "/api/v0/tasks"), ("POST", "/api/jobs/x/logs")],
+    ids=["no-trailing-slash", "cluster-status", "package-upload", "state-api", "post-logs"],
+)
+def test_default_deny(method: str, path: str) -> None:
+    """Dashboard paths outside the Jobs API match no route."""
+    assert match_route(ADAPTER.routes(), method, path) is None
+
+
+GPUS = [
+    pytest.param({}, (2, "H100", 1), id="docs-example"),
+    pytest.param({"entrypoint_num_gpus": 0.5, "entrypoint_resources": None}, (1, None, 1), id="fraction-rounds-up"),
+    pytest.param({"entrypoint_num_gpus": 2, "entrypoint_resources": {"accelerator_type:H100": 0.001}},
+                 (2, "H100", 1), id="accelerator-pin-fraction"),
+    pytest.param({"entrypoint_num_gpus": 2, "entrypoint_resources": {"accelerator_type:A100-80G": 4}},
+                 (4, "A100-80G", 1), id="accelerator-amount-larger"),
+    pytest.param({"entrypoint_num_gpus": None, "entrypoint_resources": {"accelerator_type:B200": 1}},
+                 (1, "B200", 1), id="accelerator-only"),
+    pytest.param({"entrypoint_resources": {"accelerator_type:H100": 1, "accelerator_type:A100": 1}},
+                 (2, "A100|H100", 1), id="two-accelerator-types"),
+    pytest.param({"entrypoint_resources": {"accelerator_type:H100": 1, "custom_disk": 4}},
+                 (2, "H100", 1), id="other-resources-ignored"),
+]
+
+
+@pytest.mark.parametrize(("changes", "part"), GPUS)
+def test_gpus(changes: dict[str, Any], part: tuple[int, str | None, int]) -> None:
+    """GPUs come from entrypoint_num_gpus and accelerator_type resources, whichever is larger."""
+    found = submission(**changes)
+    assert [(p.gpus, p.model, p.concurrency) for p in found.parts] == [part]
+
+
+def test_no_gpus() -> None:
+    """A CPU-only entrypoint has no priced parts."""
+    assert submission(entrypoint_num_gpus=None, entrypoint_resources=None).parts == ()
+
+
+def test_walltime_lineage_purpose() -> None:
+    """Walltime, lineage and purpose come from the metadata keys the operator names."""
+    found = submission(metadata={"time_limit_min": "90.5", "model_lineage": "acme-7b", "purpose": "training"})
+    assert (found.walltime_s, found.lineage, found.purpose, found.name) == (5430.0, "acme-7b", "training",
+                                                                            "optional-unique-id")
+
+
+def test_custom_metadata_keys_and_default_walltime() -> None:
+    """Configured keys are honoured, and a missing walltime falls back to the default."""
+    adapter = RayAdapter(RayOptions(walltime_metadata_key="max_minutes", default_walltime_s=1800, lineage_key="lin"))
+    found = submission(adapter, metadata={"lin": "acme"})
+    assert (found.walltime_s, found.lineage) == (1800, "acme")
+    assert submission(adapter, metadata={"max_minutes": "10"}).walltime_s == 600
+
+
+def raw(body: bytes) -> JobSpec:
+    return ADAPTER.parse_submission(route("POST", "/api/jobs/"), "application/json", None, body)
+
+
+def enc(**changes: Any) -> bytes:
+    return json.dumps({**SUBMISSION, **changes}).encode()
+
+
+INVALID = [
+    pytest.param(enc(entrypoint_num_gpus=-1), "entrypoint_num_gpus", id="negative"),
+    pytest.param(enc(entrypoint_num_gpus="2"), "entrypoint_num_gpus", id="string"),
+    pytest.param(enc(entrypoint_num_gpus=True), "entrypoint_num_gpus", id="bool"),
+    pytest.param(enc(entrypoint_num_gpus=5e6), "entrypoint_num_gpus", id="absurd"),
+    pytest.param(b'{"entrypoint": "x", "entrypoint_num_gpus": NaN}', "body", id="nan"),
+    pytest.param(b'{"entrypoint": "x", "entrypoint_num_gpus": 1, "entrypoint_num_gpus": 8}', "body",
+                 id="duplicate-keys"),
+    pytest.param(b'["python train.py"]', "body", id="not-an-object"),
+    pytest.param(enc(entrypoint_resources={"GPU": 8}), "entrypoint_resources.GPU", id="gpu-resource"),
+    pytest.param(enc(entrypoint_resources={"my_gpus": 8}), "entrypoint_resources.my_gpus", id="custom-gpu-resource"),
+    pytest.param(enc(entrypoint_resources={"accelerator_type:": 1}), "entrypoint_resources.accelerator_type:",
+                 id="accelerator-without-type"),
+    pytest.param(enc(entrypoint_resources={"accelerator_type:H100": "1"}), "entrypoint_resources.accelerator_type:H100",
+                 id="accelerator-amount-string"),
+    pytest.param(enc(entrypoint_resources=[1]), "entrypoint_resources", id="resources-not-object"),
+    pytest.param(enc(num_gpus=8), "num_gpus", id="unknown-gpu-field"),
+    pytest.param(enc(metadata={"user": "alice"}), "metadata.time_limit_min", id="no-walltime"),
+    pytest.param(enc(metadata={"time_limit_min": "soon"}), "metadata.time_limit_min", id="walltime-not-number"),
+    pytest.param(enc(metadata={"time_limit_min": "0"}), "metadata.time_limit_min", id="walltime-zero"),
+    pytest.param(enc(metadata={"time_limit_min": "inf"}), "metadata.time_limit_min", id="walltime-infinite"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), INVALID)
+def test_invalid_submissions(body: bytes, field: str) -> None:
+    """Unreadable GPU amounts, GPUs hidden in other resources and missing walltimes are refused."""
+    with pytest.raises(JobSpecInvalid) as raised:
+        raw(body)
+    assert raised.value.field == field
+
+
+def test_updates_not_allowed() -> None:
+    """Ray has no update route; the adapter refuses any update it is asked to price."""
+    with pytest.raises(JobUpdateNotAllowed):
+        ADAPTER.parse_update(route("GET", "/api/jobs/x"), None, None, b"{}")
+
+
+RESPONSES = [
+    pytest.param(200, b'{"job_id": "raysubmit_a", "submission_id": "raysubmit_a"}', "raysubmit_a", id="both"),
+    pytest.param(200, b'{"submission_id": "mine-1", "job_id": "02000000"}', "mine-1", id="submission-id-first"),
+    pytest.param(200, b'{"job_id": "raysubmit_b"}', "raysubmit_b", id="job-id-only"),
+    pytest.param(500, b"Traceback (most recent call last): ...", None, id="traceback"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "job_id"), RESPONSES)
+def test_job_id_from_response(status: int, body: bytes, job_id: str | None) -> None:
+    """The job id is the submission id the dashboard answers with."""
+    assert ADAPTER.job_id_from_response(route("POST", "/api/jobs/"), status, body) == job_id
+
+
+def test_job_id_of() -> None:
+    """Job routes name the job by its submission id."""
+    assert ADAPTER.job_id_of(route("POST", "/api/jobs/raysubmit_9/stop")) == "raysubmit_9"
+
+
+@pytest.mark.parametrize(
+    ("status", "definitive"),
+    [(400, True), (404, True), (409, True), (422, True), (500, False), (502, False), (503, False), (200, False)],
+    ids=["400", "404", "409", "422", "500-traceback", "502", "503", "200"],
+)
+def test_definitive_rejection(status: int, definitive: bool) -> None:
+    """Client errors are definitive; a 500 traceback (maybe a duplicate of a live job) is not."""
+    assert ADAPTER.definitive_rejection(status, b"Traceback ...") is definitive
+
+
+def test_filter_listing() -> None:
+    """A job listing keeps only owned submission ids, never matching Ray's internal job ids."""
+    jobs = [
+        {"type": "SUBMISSION", "submission_id": "raysubmit_a", "job_id": "01000000", "status": "RUNNING"},
+        {"type": "SUBMISSION", "submission_id": "raysubmit_b", "job_id": "02000000", "status": "PENDING"},
+        {"type": "DRIVER", "submission_id": None, "job_id": "03000000"},
+    ]
+    owned = {"raysubmit_a", "02000000", "03000000"}.__contains__
+    out = json.loads(ADAPTER.filter_listing(route("GET", "/api/jobs/"), json.dumps(jobs).encode(), owned))
+    assert [j["submission_id"] for j in out] == ["raysubmit_a"]
+
+
+@pytest.mark.parametrize("body", [b"oops", b'{"jobs": []}'], ids=["text", "object"])
+def test_filter_listing_unreadable(body: bytes) -> None:
+    """A listing that is not a JSON array lists nothing."""
+    assert ADAPTER.filter_listing(route("GET", "/api/jobs/"), body, lambda _: True) == b"[]"
+
+
+def test_options_loader() -> None:
+    """scheduler_options for Ray load into RayOptions; a non-positive default walltime is located."""
+    problems: list[Problem] = []
+    node = load_text("walltime_metadata_key: max_min\ndefault_walltime_s: 3600\ndefault_gpu_model: H100\n", "g.yaml")
+    assert load_scheduler_options("ray", node, problems) == RayOptions("max_min", 3600.0, "H100")
+    assert problems == []
+    bad: list[Problem] = []
+    assert load_scheduler_options("ray", load_text("default_walltime_s: -1\n", "g.yaml"), bad) is None
+    assert [str(p) for p in bad] == ["g.yaml:1: default_walltime_s: must be positive"]
+    assert load_scheduler_options("ray", None, []) == RayOptions()
