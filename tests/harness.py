@@ -22,14 +22,9 @@ POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 SLURM_ROUTES = """
     routes:
-      - {name: submit, methods: [POST], path: "/slurm/{version}/job/submit", kind: submit}
-      - {name: job, methods: [GET], path: "/slurm/{version}/job/{job_id}", kind: read}
-      - {name: cancel, methods: [DELETE], path: "/slurm/{version}/job/{job_id}", kind: cancel}
-      - {name: jobs, methods: [GET], path: "/slurm/{version}/jobs", kind: list}
-      - {name: ping, methods: [GET], path: "/slurm/{version}/ping", kind: plain_read}
       - {name: big, methods: [GET], path: "/standin/big", kind: plain_read}
       - {name: hang, methods: [GET], path: "/standin/hang", kind: plain_read}
-      - {name: tail, methods: [GET], path: "/api/jobs/{job_id}/logs/tail", kind: read, websocket: true}
+      - {name: tail, methods: [GET], path: "/api/jobs/{job_id}/logs/tail", kind: plain_read, websocket: true}
 """
 
 
@@ -104,7 +99,7 @@ auth:
 upstreams:
   - name: slurm
     url: {upstream_url}
-    scheduler: none
+    scheduler: slurm
     timeout_s: {timeout_s}
     connect_timeout_s: 1
     headers:

@@ -94,7 +94,7 @@ async def test_unlisted_route_is_404(stack: Stack) -> None:
     """Default deny: a route no table lists is route_not_allowed."""
     async with (
         aiohttp.ClientSession() as client,
-        client.get(stack.url + "/slurm/v0.0.38/diag", headers=stack.auth("acme-us")) as resp,
+        client.get(stack.url + "/slurmdb/v0.0.38/accounts", headers=stack.auth("acme-us")) as resp,
     ):
         body = await resp.json(content_type=None)
     assert (resp.status, body["code"]) == (404, "route_not_allowed")

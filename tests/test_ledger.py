@@ -33,9 +33,10 @@ async def test_every_decision_is_chained(tmp_path: Path) -> None:
             await (await client.get(stack.url + "/slurm/v0.0.38/ping", headers=stack.auth("acme-us"))).read()
         await asyncio.sleep(0.05)  # access records ride the next batch
         records = ledger_records(stack)
-        assert [r["decision"] for r in records] == ["allow", "deny", "allow"]
-        assert [r["kind"] for r in records] == ["decision", "decision", "access"]
         assert chain_problems(records) == []
+        assert [r["kind"] for r in records] == ["decision", "settle", "decision", "access"]
+        assert [r.get("decision") for r in records] == ["allow", None, "deny", "allow"]
+        assert records[1]["decision_id"] == records[0]["decision_id"] and records[1]["job_id"] == "1"
         first = records[0]
         assert first["countries"] == {"location": "US", "headquarters": "US", "parent": "US"}
         assert first["policy"]["name"] == "ai-diffusion-2025" and len(first["policy"]["hash"]) == 64
@@ -48,10 +49,10 @@ async def test_chain_continues_across_restart(tmp_path: Path) -> None:
         await post(stack, "acme-us")
     async for stack in run_stack(tmp_path):
         await post(stack, "acme-us")
-        records = ledger_records(stack)
-        assert [r["seq"] for r in records] == [1, 2]
-        assert {r["instance"] for r in records} == {"test-gw"}
-        assert chain_problems(records) == []
+    records = ledger_records(stack)  # read after shutdown: the settle records have been drained
+    assert [r["seq"] for r in records] == [1, 2, 3, 4]
+    assert {r["instance"] for r in records} == {"test-gw"}
+    assert chain_problems(records) == []
 
 
 async def test_torn_tail_is_moved_aside_and_recorded(tmp_path: Path) -> None:

@@ -156,11 +156,14 @@ class LedgerWriter:
             if self.batch_window_s > 0 and not self._closing:
                 await asyncio.sleep(self.batch_window_s)
             while self._pending:
-                await self._commit_batch()
+                if not await self._commit_batch() and self._closing:
+                    log.error("ledger: closing with %d records that could not be written", len(self._pending))
+                    return
             if self._closing:
                 return
 
-    async def _commit_batch(self) -> None:
+    async def _commit_batch(self) -> bool:
+        """Write and fsync one batch; False if it failed (access records stay queued)."""
         batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
         seq, head = self._seq, self._head
         sealed = []
@@ -182,15 +185,16 @@ class LedgerWriter:
                 if fut is not None and not fut.done():
                     fut.set_exception(LedgerUnavailable(f"ledger write failed: {exc.strerror}"))
             self._pending.extendleft(reversed(kept))  # access records are kept, never dropped
-            if kept:
+            if kept and not self._closing:
                 await asyncio.sleep(0.5)
-            return
+            return False
         self._seq, self._head = seq, head
         self.healthy = True
         self._on_commit(len(sealed), time.perf_counter() - started)
         for record, (_, fut) in zip(sealed, batch, strict=True):
             if fut is not None and not fut.done():
                 fut.set_result(record)
+        return True
 
     def _write(self, data: bytes) -> None:
         before = os.lseek(self._fd, 0, os.SEEK_END)

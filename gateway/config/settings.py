@@ -188,6 +188,9 @@ def _upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[
                 headers=_headers(fields.child("headers"), base, problems),
             )
         )
+    for upstream, item in zip(out, node.elements(), strict=True):
+        if upstream.scheduler == "none" and any(r.kind is not RouteKind.PLAIN_READ for r in upstream.routes):
+            problems.append(item.problem("routes: without a scheduler adapter only plain_read routes are allowed"))
     names = [u.name for u in out]
     if len(set(names)) != len(names):
         problems.append(node.problem("upstream names must be unique"))

@@ -27,6 +27,7 @@ def decision_body(
     cost: Mapping[str, Any] | None = None,
     quota_before: Mapping[str, float] | None = None,
     quota_after: Mapping[str, float] | None = None,
+    licences: list[str] | None = None,
     kind: str = "decision",
 ) -> dict[str, Any]:
     """One decision as the ledger keeps it (`kind` is `decision` or `access`)."""
@@ -46,6 +47,7 @@ def decision_body(
         "path": path,
         "upstream": upstream,
         "basis": decision.basis,
+        "licences": licences or [],
         "job": dict(job) if job is not None else None,
         "cost": dict(cost) if cost is not None else None,
         "decision": decision.outcome.value,

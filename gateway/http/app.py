@@ -13,6 +13,9 @@ from gateway.adapters.auth import Authenticator
 from gateway.adapters.ledger import LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
+from gateway.adapters.quota import QuotaStore
+from gateway.adapters.quota_memory import MemoryQuotaStore
+from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.adapters.upstream import Upstream
 from gateway.config.settings import Settings, UpstreamSettings
 from gateway.http.admin import admin_app
@@ -41,6 +44,7 @@ class Server:
         self.auth: Authenticator | None = None
         self.ledger: LedgerWriter | None = None
         self.gateway: Gateway | None = None
+        self.store: QuotaStore | None = None
         self.upstreams: list[Upstream] = []
         self._runners: list[web.AppRunner] = []
         self._ledger_ok = False
@@ -84,12 +88,22 @@ class Server:
             upstream = Upstream(u, (*(adapter.routes() if adapter else ()), *u.routes), adapter)
             await upstream.start(self.env)
             self.upstreams.append(upstream)
-        self.gateway = Gateway(s, self.policy, self.auth, self.ledger, self.metrics, self.upstreams, self.clock)
+        self.store = self._quota_store()
+        self.gateway = Gateway(
+            s, self.policy, self.auth, self.ledger, self.metrics, self.upstreams, self.store, self.clock
+        )
         proxy = web.Application(client_max_size=s.max_body_bytes)
         proxy.router.add_route("*", "/{tail:.*}", self.gateway.handle)
         await self._listen(proxy, s.listen_host, s.listen_port)
         await self._listen(admin_app(self.metrics, self.ready), s.admin_host, s.admin_port)
         self.policy.start_watching(s.reload_interval_s)
+
+    def _quota_store(self) -> QuotaStore:
+        q = self.settings.quota
+        if q.store == "redis":
+            assert q.redis_url is not None
+            return RedisQuotaStore.from_url(q.redis_url, cluster=q.cluster, timeout_s=q.timeout_s, prefix=q.prefix)
+        return MemoryQuotaStore()
 
     def _on_commit(self, records: int, seconds: float) -> None:
         self.metrics.ledger_records.inc(records)
@@ -118,6 +132,8 @@ class Server:
             await upstream.close()
         if self.auth is not None:
             await self.auth.close()
+        if self.store is not None:
+            await self.store.close()
         if self.ledger is not None and self._ledger_ok:
             await self.ledger.close()
 

@@ -3,6 +3,7 @@
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ from gateway.adapters.auth import Authenticator, AuthError
 from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
+from gateway.adapters.quota import QuotaStore
 from gateway.adapters.upstream import Upstream, pick_upstream
 from gateway.config.settings import Settings
 from gateway.core.codes import Code
@@ -23,6 +25,7 @@ from gateway.core.routes import RouteKind, RouteMatch, match_route
 from gateway.core.tenants import Identity, Tenant
 from gateway.http import forward
 from gateway.http.headers import client_ip, forwarded_headers, upstream_request_headers
+from gateway.http.jobs import JobFlows
 from gateway.http.problems import refusal
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ class Gateway:
         ledger: LedgerWriter,
         metrics: Metrics,
         upstreams: list[Upstream],
-        clock: Any = time.time,
+        store: QuotaStore,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.policy = policy
@@ -70,6 +74,7 @@ class Gateway:
         self.metrics = metrics
         self.upstreams = upstreams
         self.clock = clock
+        self.jobs = JobFlows(self, store)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.raw_path.split("?", 1)[0]
@@ -92,14 +97,14 @@ class Gateway:
         try:
             ex.identity = await self.auth.authenticate(request.headers.get("Authorization"))
         except AuthError as exc:
-            return await self._refuse(request, ex, refuse(exc.code, exc.detail))
+            return await self.refuse_with(request, ex, refuse(exc.code, exc.detail))
         pack, registry = self.policy.pack, self.policy.registry
         ex.tenant = registry.lookup(ex.identity)
         now = datetime.fromtimestamp(ex.now, UTC)
         if ex.tenant is None:
-            return await self._refuse(request, ex, decide(Facts(now, None, RouteKind.PLAIN_READ), pack))
+            return await self.refuse_with(request, ex, decide(Facts(now, None, RouteKind.PLAIN_READ), pack))
         if canonical_or_none(ex.path) is None:
-            return await self._refuse(
+            return await self.refuse_with(
                 request,
                 ex,
                 refuse(
@@ -108,24 +113,34 @@ class Gateway:
             )
         ex.match = match_route(ex.upstream.routes, request.method, ex.path)
         if ex.match is None:
-            return await self._refuse(
+            return await self.refuse_with(
                 request, ex, refuse(Code.ROUTE_NOT_ALLOWED, f"{request.method} {ex.path} is not an allowed route")
             )
         decision = decide(Facts(now, ex.tenant, ex.match.route.kind), pack)
         if not decision.forwards:
-            return await self._refuse(request, ex, decision)
-        if ex.match.route.kind.changes_jobs:
-            return await self._submit(request, ex, decision)
-        return await self._access(request, ex, decision)
+            return await self.refuse_with(request, ex, decision)
+        kind = ex.match.route.kind
+        if kind is RouteKind.PLAIN_READ:
+            return await self.access(request, ex, decision)
+        if ex.upstream.adapter is None:  # the config loader allows only plain reads without one
+            return await self.refuse_with(request, ex, refuse(Code.ROUTE_NOT_ALLOWED, "no scheduler adapter"))
+        flow = {
+            RouteKind.SUBMIT: self.jobs.submit,
+            RouteKind.UPDATE: self.jobs.update,
+            RouteKind.CANCEL: self.jobs.cancel,
+            RouteKind.READ: self.jobs.read,
+            RouteKind.LIST: self.jobs.listing,
+        }[kind]
+        return await flow(request, ex, decision)
 
     # -- the three paths ------------------------------------------------------------------
 
-    async def _refuse(self, request: web.Request, ex: Exchange, decision: Decision) -> web.StreamResponse:
+    async def refuse_with(self, request: web.Request, ex: Exchange, decision: Decision) -> web.StreamResponse:
         """Record the refusal durably (best effort if the ledger is down), then answer."""
         code = decision.code or Code.BACKEND_UNAVAILABLE
-        self._count(decision)
+        self.count(decision)
         try:
-            await self.ledger.append(self._record(request, ex, decision), wait=True)
+            await self.ledger.append(self.record(request, ex, decision), wait=True)
         except LedgerUnavailable:
             self.metrics.backend_errors.labels("ledger").inc()
         reason = next((r for r in decision.reasons if r.enforced), None)
@@ -137,34 +152,18 @@ class Gateway:
             retry_after=ex.extra.get("retry_after"),
         )
 
-    async def _submit(self, request: web.Request, ex: Exchange, decision: Decision) -> web.StreamResponse:
-        """Job-changing requests: read the bounded body, record durably, then forward."""
-        body = await self._read_body(request)
-        if body is None:
-            return await self._refuse(
-                request,
-                ex,
-                refuse(Code.BODY_TOO_LARGE, f"the body exceeds {self.settings.max_body_bytes} bytes", decision.tier),
-            )
-        try:
-            await self.ledger.append(self._record(request, ex, decision), wait=True)
-        except LedgerUnavailable as exc:
-            return await self._backend_down(request, ex, decision, "ledger", str(exc))
-        self._count(decision)
-        return await self._forward(request, ex, decision, body)
-
-    async def _access(self, request: web.Request, ex: Exchange, decision: Decision) -> web.StreamResponse:
+    async def access(self, request: web.Request, ex: Exchange, decision: Decision) -> web.StreamResponse:
         """Reads: append the access record to the next batch without waiting, then forward."""
         try:
-            await self.ledger.append(self._record(request, ex, decision, kind="access"), wait=False)
+            await self.ledger.append(self.record(request, ex, decision, kind="access"), wait=False)
         except LedgerUnavailable as exc:
-            return await self._backend_down(request, ex, decision, "ledger", str(exc))
-        self._count(decision)
-        return await self._forward(request, ex, decision, None)
+            return await self.backend_down(request, ex, decision, "ledger", str(exc))
+        self.count(decision)
+        return await self.forward(request, ex, decision, None)
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _backend_down(
+    async def backend_down(
         self, request: web.Request, ex: Exchange, decision: Decision, backend: str, detail: str
     ) -> web.StreamResponse:
         self.metrics.backend_errors.labels(backend).inc()
@@ -172,17 +171,17 @@ class Gateway:
         down = refuse(
             Code.BACKEND_UNAVAILABLE, f"the {backend} cannot record this decision; nothing was forwarded", decision.tier
         )
-        self._count(down)
+        self.count(down)
         return refusal(Code.BACKEND_UNAVAILABLE, down.reasons[0].detail, ex.decision_id)
 
-    async def _read_body(self, request: web.Request) -> bytes | None:
+    async def read_body(self, request: web.Request) -> bytes | None:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return None
         data = await request.content.read(limit + 1)
         return None if len(data) > limit else data
 
-    def _upstream_headers(self, request: web.Request, ex: Exchange, decision: Decision) -> Any:
+    def upstream_headers(self, request: web.Request, ex: Exchange, decision: Decision) -> Any:
         headers = upstream_request_headers(request.headers)
         headers.update(
             forwarded_headers(
@@ -200,13 +199,13 @@ class Gateway:
         headers["X-Exportgate-Decision-Id"] = ex.decision_id
         return headers
 
-    async def _forward(
+    async def forward(
         self, request: web.Request, ex: Exchange, decision: Decision, body: bytes | None
     ) -> web.StreamResponse:
         session = ex.upstream.session
         assert session is not None and ex.match is not None
         url = ex.upstream.url_for(request.raw_path)  # already checked to be in normal form
-        headers = self._upstream_headers(request, ex, decision)
+        headers = self.upstream_headers(request, ex, decision)
         observe = self.metrics.upstream_seconds.labels(ex.upstream.name).observe
         try:
             if ex.match.route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
@@ -217,7 +216,8 @@ class Gateway:
         except forward.UpstreamFailure as exc:
             return refusal(exc.code, exc.detail, ex.decision_id)
 
-    def _record(self, request: web.Request, ex: Exchange, decision: Decision, kind: str = "decision") -> dict[str, Any]:
+    def record(self, request: web.Request, ex: Exchange, decision: Decision, kind: str = "decision") -> dict[str, Any]:
+        quota = ex.extra.get("quota")
         return decision_body(
             decision_id=ex.decision_id,
             ts=ex.now,
@@ -234,10 +234,13 @@ class Gateway:
             registry_version=self.policy.registry.version,
             job=ex.job,
             cost=ex.cost,
+            quota_before={k: v["before"] for k, v in quota.items()} if quota else None,
+            quota_after={k: v["after"] for k, v in quota.items()} if quota else None,
+            licences=ex.extra.get("licences"),
             kind=kind,
         )
 
-    def _count(self, decision: Decision) -> None:
+    def count(self, decision: Decision) -> None:
         tier = str(int(decision.tier)) if decision.tier is not None else "none"
         code = decision.code.value if decision.code else ""
         self.metrics.decisions.labels(decision.outcome.value, code, tier).inc()

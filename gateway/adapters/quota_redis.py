@@ -1,0 +1,296 @@
+"""RedisQuotaStore: one Lua script per reservation, on Redis or Redis Cluster, keys tagged by country."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+
+from gateway.adapters.quota import (
+    DEFAULT_IDEMPOTENCY_WINDOW_S,
+    DEFAULT_OWNERSHIP_TTL_S,
+    BackendUnavailable,
+    lease_ref,
+)
+from gateway.core.leases import (
+    CounterKind,
+    CounterState,
+    LeaseRef,
+    Owner,
+    Plan,
+    ReserveResult,
+    ReserveStatus,
+    StoredResponse,
+)
+
+Client = Redis | RedisCluster
+
+
+def _script(name: str) -> str:
+    return (resources.files("gateway.adapters") / "lua" / name).read_text(encoding="utf-8")
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _num(value: float) -> str:
+    """A float as Redis and Lua parse it back exactly."""
+    return repr(float(value))
+
+
+def _opt(value: float | None) -> str:
+    return "" if value is None else _num(value)
+
+
+class RedisQuotaStore:
+    """Counters, leases and idempotency records in Redis; all of a reservation in one script.
+
+    Every key of a tenant and of the country aggregate it draws on is `<prefix>{<country>}:...`,
+    so each script touches one Cluster slot. Ownership records are keyed by (upstream, job id)
+    and by (upstream, tenant) instead, outside that slot, because lookups know only those.
+    The client must use `decode_responses=False` (stored bodies are bytes).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "eg:",
+        idempotency_window_s: float = DEFAULT_IDEMPOTENCY_WINDOW_S,
+        ownership_ttl_s: float = DEFAULT_OWNERSHIP_TTL_S,
+        deadline_s: float | None = 1.0,
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the key prefix must not contain a hash tag")
+        self._client = client
+        self._prefix = prefix
+        self._window = idempotency_window_s
+        self._ownership_ttl = ownership_ttl_s
+        self._deadline = deadline_s
+        self._reserve = client.register_script(_script("quota_reserve.lua"))
+        self._release = client.register_script(_script("quota_release.lua"))
+        self._refund = client.register_script(_script("quota_refund.lua"))
+        self._complete = client.register_script(_script("quota_complete.lua"))
+        self._value = client.register_script(_script("quota_value.lua"))
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool,
+        timeout_s: float = 0.25,
+        prefix: str = "eg:",
+        idempotency_window_s: float = DEFAULT_IDEMPOTENCY_WINDOW_S,
+        ownership_ttl_s: float = DEFAULT_OWNERSHIP_TTL_S,
+        max_connections: int = 1024,
+    ) -> "RedisQuotaStore":
+        """A store on its own client with bounded timeouts and no command retries.
+
+        A retried script could apply twice, so the client never retries; MOVED and ASK
+        redirections (the command did not run) are still followed. `max_connections` bounds
+        each Cluster node's pool (requests beyond it fail as BackendUnavailable rather than
+        queue); a standalone client's pool grows as needed.
+        """
+        client: Client
+        if cluster:
+            client = RedisCluster.from_url(
+                url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=False,
+                max_connections=max_connections,
+            )
+        else:
+            client = Redis.from_url(
+                url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+                decode_responses=False,
+            )
+        # Worst case: connect, NOSCRIPT, SCRIPT LOAD, EVALSHA.
+        deadline = 4 * timeout_s
+        return cls(
+            client,
+            prefix=prefix,
+            idempotency_window_s=idempotency_window_s,
+            ownership_ttl_s=ownership_ttl_s,
+            deadline_s=deadline,
+        )
+
+    @asynccontextmanager
+    async def _io(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._deadline):
+                yield
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"quota store: {type(exc).__name__}: {exc}") from exc
+
+    def _key(self, tag: str, suffix: str) -> str:
+        return f"{self._prefix}{{{tag}}}:{suffix}"
+
+    def _counter_keys(self, tag: str, key: str) -> list[str]:
+        return [self._key(tag, f"v:{key}"), self._key(tag, f"z:{key}"), self._key(tag, f"a:{key}")]
+
+    def _idem_key(self, tag: str, tenant_id: str, idempotency_key: str | None) -> str:
+        suffix = "-" if idempotency_key is None else quote(idempotency_key, safe="")
+        return self._key(tag, f"idem:{quote(tenant_id, safe='')}:{suffix}")
+
+    def _owner_key(self, upstream: str, job_id: str) -> str:
+        return f"{self._prefix}own:{quote(upstream, safe='')}:{quote(job_id, safe='')}"
+
+    def _owned_key(self, upstream: str, tenant_id: str) -> str:
+        return f"{self._prefix}owned:{quote(upstream, safe='')}:{quote(tenant_id, safe='')}"
+
+    async def reserve(self, plan: Plan, now: float) -> ReserveResult:
+        tag = plan.hash_tag
+        keys = [self._key(tag, f"lease:{plan.decision_id}"), self._idem_key(tag, plan.tenant_id, plan.idempotency_key)]
+        args = [
+            _num(now),
+            _num(plan.lease_end),
+            plan.decision_id,
+            plan.tenant_id,
+            plan.idempotency_key or "",
+            _num(self._window),
+            str(len(plan.counters)),
+        ]
+        for c in plan.counters:
+            keys.extend(self._counter_keys(tag, c.key))
+            reach, enforced = "1" if c.reach_refuses else "0", "1" if c.enforced else "0"
+            args.extend(
+                [c.key, c.kind.value, _num(c.amount), _opt(c.cap), _num(c.base), reach, enforced, c.share.value]
+            )
+        async with self._io():
+            raw = await self._reserve(keys=keys, args=args)
+        return _reserve_result(raw, plan, now)
+
+    async def complete(
+        self,
+        ref: Plan | LeaseRef,
+        *,
+        upstream: str,
+        job_id: str | None,
+        response: StoredResponse,
+        now: float,
+    ) -> None:
+        lease = lease_ref(ref)
+        tag = lease.hash_tag
+        async with self._io():
+            if job_id is not None:
+                # Ownership first: once the response can be replayed, the job must be owned.
+                ttl = max(1, int(self._ownership_ttl))
+                await self._client.set(self._owner_key(upstream, job_id), _owner_json(lease), ex=ttl)
+                owned = self._owned_key(upstream, lease.tenant_id)
+                await self._client.zadd(owned, {job_id: now})
+                await self._client.zremrangebyscore(owned, "-inf", _num(now - self._ownership_ttl))
+                await self._client.expire(owned, ttl)
+            keys = [
+                self._key(tag, f"lease:{lease.lease_id}"),
+                self._idem_key(tag, lease.tenant_id, lease.idempotency_key),
+            ]
+            args: list[str | bytes] = [
+                lease.lease_id,
+                "0" if lease.idempotency_key is None else "1",
+                _num(now),
+                _num(self._window),
+                str(response.status),
+                json.dumps([list(h) for h in response.headers]),
+                response.body,
+                upstream,
+                job_id or "",
+            ]
+            await self._complete(keys=keys, args=args)
+
+    async def refund(self, ref: Plan | LeaseRef, now: float) -> bool:
+        lease = lease_ref(ref)
+        tag = lease.hash_tag
+        keys = [self._key(tag, f"lease:{lease.lease_id}"), self._idem_key(tag, lease.tenant_id, lease.idempotency_key)]
+        args = [lease.lease_id]
+        for key, kind in lease.counters:
+            keys.extend(self._counter_keys(tag, key))
+            args.extend([key, kind.value])
+        async with self._io():
+            done = await self._refund(keys=keys, args=args)
+        return bool(int(done))
+
+    async def release_job(self, upstream: str, job_id: str, now: float) -> bool:
+        owner = await self.owner_of(upstream, job_id)
+        if owner is None:
+            return False
+        lease = owner.lease
+        keys = [self._key(lease.hash_tag, f"lease:{lease.lease_id}")]
+        for key, kind in lease.counters:
+            if kind is CounterKind.HELD:
+                keys.extend(self._counter_keys(lease.hash_tag, key))
+        async with self._io():
+            gave = await self._release(keys=keys, args=[lease.lease_id])
+        return bool(int(gave))
+
+    async def owner_of(self, upstream: str, job_id: str) -> Owner | None:
+        async with self._io():
+            raw = await self._client.get(self._owner_key(upstream, job_id))
+        return None if raw is None else _owner_from_json(raw)
+
+    async def owned_jobs(self, upstream: str, tenant_id: str) -> set[str]:
+        async with self._io():
+            raw = await self._client.zrange(self._owned_key(upstream, tenant_id), 0, -1)
+        return {_text(member) for member in raw}
+
+    async def counter_value(self, hash_tag: str, key: str, now: float) -> float:
+        async with self._io():
+            raw = await self._value(keys=self._counter_keys(hash_tag, key), args=[_num(now)])
+        return float(_text(raw))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _reserve_result(raw: Sequence[Any], plan: Plan, now: float) -> ReserveResult:
+    status = _text(raw[0])
+    if status == "in_progress":
+        return ReserveResult(ReserveStatus.IN_PROGRESS)
+    if status == "replay":
+        headers = tuple((str(k), str(v)) for k, v in json.loads(_text(raw[2])))
+        body = raw[3] if isinstance(raw[3], bytes) else _text(raw[3]).encode()
+        return ReserveResult(ReserveStatus.REPLAY, response=StoredResponse(int(_text(raw[1])), headers, body))
+    shadow = tuple(_text(k) for k in raw[3])
+    befores = [float(_text(b)) for b in raw[4]]
+    takes = [float(_text(t)) for t in raw[5]]
+    if status == "admitted":
+        states = tuple(CounterState(c.key, b, t, b + t) for c, b, t in zip(plan.counters, befores, takes, strict=True))
+        return ReserveResult(ReserveStatus.ADMITTED, states, None, shadow)
+    states = tuple(CounterState(c.key, b, t, b) for c, b, t in zip(plan.counters, befores, takes, strict=True))
+    earliest = float(_text(raw[2])) if _text(raw[2]) else None
+    retry = None if earliest is None else max(0.0, earliest - now)
+    return ReserveResult(ReserveStatus.DENIED, states, _text(raw[1]), shadow, earliest, retry)
+
+
+def _owner_json(lease: LeaseRef) -> str:
+    return json.dumps(
+        {
+            "tenant": lease.tenant_id,
+            "tag": lease.hash_tag,
+            "lease": lease.lease_id,
+            "idem": lease.idempotency_key,
+            "counters": [[key, kind.value] for key, kind in lease.counters],
+        }
+    )
+
+
+def _owner_from_json(raw: Any) -> Owner:
+    data = json.loads(_text(raw))
+    counters = tuple((str(key), CounterKind(kind)) for key, kind in data["counters"])
+    lease = LeaseRef(data["tag"], data["tenant"], data["lease"], data["idem"], counters)
+    return Owner(data["tenant"], lease)

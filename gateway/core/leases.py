@@ -1,0 +1,157 @@
+"""What a quota store is asked and answers: counters, plans, lease references and results."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.core.codes import Code
+from gateway.core.policy import RuleId
+from gateway.core.tiers import Tier
+
+MAX_STORED_BODY = 64 * 1024
+
+
+class CounterKind(StrEnum):
+    """HELD counters give back when a lease ends; CUMULATIVE ones only on refund."""
+
+    HELD = "held"
+    CUMULATIVE = "cumulative"
+
+
+class Share(StrEnum):
+    """How a counter's debit is sized when a job's TPP is split between allowances.
+
+    FIXED debits `amount`. HEADROOM counters, in plan order, each take as much of `amount`
+    as still fits under their cap and never refuse. OVERFLOW counters take what the HEADROOM
+    counters before them left over (all of `amount` if there were none).
+    """
+
+    FIXED = "fixed"
+    HEADROOM = "headroom"
+    OVERFLOW = "overflow"
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One counter a reservation debits, with its cap and the refusal it raises."""
+
+    key: str
+    amount: float
+    cap: float | None
+    kind: CounterKind
+    code: Code
+    rule: RuleId
+    enforced: bool
+    base: float = 0.0
+    reach_refuses: bool = False
+    share: Share = Share.FIXED
+    citation: str = ""
+
+    def refuses(self, before: float, amount: float) -> bool:
+        """True if debiting `amount` onto `before` (plus `base`) passes, or reaches, the cap."""
+        if self.cap is None or amount <= 0:
+            return False
+        total = before + self.base + amount
+        return total >= self.cap if self.reach_refuses else total > self.cap
+
+
+def split_amounts(counters: Sequence[Counter], befores: Sequence[float]) -> tuple[float, ...]:
+    """What each counter is debited, given the stored values (mirrored in quota_reserve.lua)."""
+    out: list[float] = []
+    rest: float | None = None
+    for counter, before in zip(counters, befores, strict=True):
+        if counter.share is Share.HEADROOM:
+            pool = counter.amount if rest is None else rest
+            room = pool if counter.cap is None else max(0.0, counter.cap - counter.base - before)
+            take = min(pool, room)
+            out.append(take)
+            rest = pool - take
+        elif counter.share is Share.OVERFLOW:
+            out.append(counter.amount if rest is None else rest)
+        else:
+            out.append(counter.amount)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRef:
+    """Enough to find a lease again: its slot, tenant, id, idempotency key and counters."""
+
+    hash_tag: str
+    tenant_id: str
+    lease_id: str
+    idempotency_key: str | None
+    counters: tuple[tuple[str, CounterKind], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything one atomic reservation does: the counters, the lease and the idempotency key."""
+
+    hash_tag: str
+    tenant_id: str
+    decision_id: str
+    idempotency_key: str | None
+    upstream: str
+    tier: Tier
+    lease_end: float
+    counters: tuple[Counter, ...]
+    basis: str
+    allowance_basis: str
+    licence_ids: tuple[str, ...]
+
+    @property
+    def ref(self) -> LeaseRef:
+        kinds = tuple((c.key, c.kind) for c in self.counters)
+        return LeaseRef(self.hash_tag, self.tenant_id, self.decision_id, self.idempotency_key, kinds)
+
+
+class ReserveStatus(StrEnum):
+    ADMITTED = "admitted"
+    DENIED = "denied"
+    IN_PROGRESS = "in_progress"
+    REPLAY = "replay"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """The first attempt's response, replayed to retries with the same idempotency key."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.body) > MAX_STORED_BODY:
+            raise ValueError(f"stored response body over {MAX_STORED_BODY} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class CounterState:
+    """One counter as the reservation found and left it (after == before when not debited)."""
+
+    key: str
+    before: float
+    amount: float
+    after: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    """A store's answer to one reservation."""
+
+    status: ReserveStatus
+    counters: tuple[CounterState, ...] = ()
+    failing: str | None = None
+    shadow: tuple[str, ...] = ()
+    earliest_end: float | None = None
+    retry_after_s: float | None = None
+    response: StoredResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who owns an upstream job, and the lease its capacity is held under."""
+
+    tenant_id: str
+    lease: LeaseRef

@@ -1,0 +1,319 @@
+"""Quota arithmetic: the counters a job debits under which caps, and what a store's answer means."""
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from gateway.core.caps import CapSettings, LppCount, VeuStep
+from gateway.core.codes import Code
+from gateway.core.decide import Decision, Outcome, Reason, refuse, verdict
+from gateway.core.jobs import Cost
+from gateway.core.leases import (
+    Counter,
+    CounterKind,
+    CounterState,
+    LeaseRef,
+    Owner,
+    Plan,
+    ReserveResult,
+    ReserveStatus,
+    Share,
+    StoredResponse,
+    split_amounts,
+)
+from gateway.core.policy import Pack, RuleId
+from gateway.core.tenants import BudgetPeriod, Licence, LicenceScope, Tenant, Veu
+from gateway.core.tiers import Tier
+
+TOTAL_LINEAGE = "*"
+
+# Re-exported: the quota vocabulary is read through this module.
+__all__ = [
+    "CapSettings", "Counter", "CounterKind", "CounterState", "LeaseRef", "LppCount", "Owner",
+    "Plan", "ReserveResult", "ReserveStatus", "Share", "StoredResponse", "VeuStep",
+    "interpret", "plan_reservation", "split_amounts",
+]  # fmt: skip
+
+
+def cap_country(tenant: Tenant) -> str | None:
+    """The country whose caps and Redis slot a tenant draws on: its group's HQ, else its own."""
+    return tenant.parent_headquarters if tenant.parent_entity else tenant.headquarters
+
+
+def epoch(now: datetime) -> float:
+    """Seconds since the epoch; a naive `now` is taken as UTC."""
+    return (now if now.tzinfo else now.replace(tzinfo=UTC)).timestamp()
+
+
+def _valid(licence: Licence, day: date) -> bool:
+    # Same convention as KYC: the expiry date itself is no longer covered.
+    return licence.expires is None or day < licence.expires
+
+
+def _rule(pack: Pack, rule_id: RuleId, now: datetime) -> tuple[bool, str]:
+    rule = pack.rule(rule_id)
+    return rule.enforced_on(now), rule.citation
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    counters: tuple[Counter, ...]
+    basis: str
+    allowance_basis: str
+    licence_ids: tuple[str, ...]
+
+
+def _held(tenant: Tenant, tier: Tier, tpp: float, pack: Pack, caps: CapSettings, now: datetime, cc: str) -> _Held:
+    enforced, citation = _rule(pack, RuleId.TENANT_CAP, now)
+
+    def tenant_counter(key: str, cap: float | None, kind: CounterKind, share: Share) -> Counter:
+        return Counter(
+            key,
+            tpp,
+            cap,
+            kind,
+            Code.QUOTA_TENANT_TPP,
+            RuleId.TENANT_CAP,
+            enforced,
+            share=share,
+            citation=citation,
+        )
+
+    override = tenant.tpp_cap
+    subject = f"group:{tenant.parent_entity}" if tenant.parent_entity else f"tenant:{tenant.id}"
+    if tier is Tier.ONE or tenant.veu is not Veu.NONE:
+        if tier is Tier.ONE:
+            key, cap = subject, caps.tier1_cap_tpp
+            basis = "tier1_uncapped" if cap is None else "tier1_cap"
+        elif tenant.veu is Veu.NATIONAL:
+            key, cap, basis = f"veu:{tenant.id}", caps.national_veu_cap(now.date()), "veu_national"
+        else:
+            key, cap, basis = f"veu:{tenant.id}", caps.universal_veu_cap_tpp, "veu_universal"
+        if override is not None:
+            cap, basis = override, "override"
+        counter = tenant_counter(key, cap, CounterKind.HELD, Share.FIXED)
+        return _Held((counter,), basis, basis, ())
+    allowance = caps.lpp_tpp if override is None else override
+    allowance_basis = "lpp" if override is None else "override"
+    licensed_key, kind = f"licensed:{subject}", CounterKind.HELD
+    if caps.lpp_count is LppCount.CALENDAR_YEAR:
+        subject, kind = f"{subject}:{now.year:04d}", CounterKind.CUMULATIVE
+    day = now.date()
+    valid = [lic for lic in tenant.licences if _valid(lic, day)]
+    lifting = [lic for lic in valid if LicenceScope.TENANT_CAP in lic.lifts]
+    if not lifting:
+        counter = tenant_counter(subject, allowance, kind, Share.FIXED)
+        return _Held((counter,), allowance_basis, allowance_basis, ())
+    # Capacity within the allowance draws on no country cap; what a licence grants beyond it
+    # draws on both the licensed allotment and the cap country's allocation.
+    allotments = [lic.tpp for lic in lifting]
+    licensed_cap = None if any(a is None for a in allotments) else sum(a or 0.0 for a in allotments)
+    country_lifters = [lic for lic in valid if LicenceScope.COUNTRY_CAP in lic.lifts]
+    country_enforced, country_citation = _rule(pack, RuleId.COUNTRY_CAP, now)
+    country = Counter(
+        f"country:{cc}",
+        tpp,
+        None if country_lifters else caps.country_cap(cc),
+        CounterKind.HELD,
+        Code.QUOTA_COUNTRY_TPP,
+        RuleId.COUNTRY_CAP,
+        country_enforced,
+        share=Share.OVERFLOW,
+        citation=country_citation,
+    )
+    counters = (
+        tenant_counter(subject, allowance, kind, Share.HEADROOM),
+        tenant_counter(licensed_key, licensed_cap, CounterKind.HELD, Share.OVERFLOW),
+        country,
+    )
+    ids = tuple(dict.fromkeys(lic.id for lic in [*lifting, *country_lifters]))
+    basis = "licence:" + "+".join(lic.id for lic in lifting)
+    return _Held(counters, basis, allowance_basis, ids)
+
+
+def _ops(
+    tenant: Tenant,
+    tier: Tier,
+    ops: float,
+    lineage: str | None,
+    purpose: str | None,
+    pack: Pack,
+    caps: CapSettings,
+    now: datetime,
+) -> tuple[tuple[Counter, ...], tuple[str, ...]]:
+    name = lineage or "default"
+    if tier is Tier.ONE or ops <= 0 or name in caps.exempt_lineages:
+        return (), ()
+    if purpose is not None and purpose in caps.exempt_purposes:
+        return (), ()
+    enforced, citation = _rule(pack, RuleId.TRAINING_THRESHOLD, now)
+    day = now.date()
+    licences = [lic for lic in tenant.licences if _valid(lic, day) and LicenceScope.TRAINING_THRESHOLD in lic.lifts]
+
+    def covered(lin: str) -> list[Licence]:
+        return [lic for lic in licences if lic.lineage is None or lic.lineage == lin]
+
+    def counter(key: str, cap: float | None, base: float, reach: bool) -> Counter:
+        return Counter(
+            key,
+            ops,
+            cap,
+            CounterKind.CUMULATIVE,
+            Code.LICENCE_REQUIRED,
+            RuleId.TRAINING_THRESHOLD,
+            enforced,
+            base,
+            reach,
+            citation=citation,
+        )
+
+    declared = tenant.declared_training_ops
+    mine = covered(name)
+    if mine:
+        # A licence lifts the threshold for its lineage: metered, capped only by its allotment,
+        # and kept out of the across-lineage total that catches renamed models.
+        allotments = [lic.training_ops for lic in mine]
+        cap = None if any(a is None for a in allotments) else max(a or 0.0 for a in allotments)
+        key = f"ops:{tenant.id}:{name}"
+        return (counter(key, cap, declared.get(name, 0.0), False),), tuple(lic.id for lic in mine)
+    threshold = caps.training_threshold_ops
+    out = [counter(f"ops:{tenant.id}:{name}", threshold, declared.get(name, 0.0), True)]
+    if caps.per_tenant_total:
+        base = sum(v for k, v in declared.items() if k != TOTAL_LINEAGE and not covered(k))
+        out.append(counter(f"ops:{tenant.id}:{TOTAL_LINEAGE}", threshold, base, True))
+    return tuple(out), ()
+
+
+def _budget(tenant: Tenant, cost: Cost, pack: Pack, now: datetime) -> tuple[Counter, ...]:
+    budget = tenant.budget
+    if budget is None:
+        return ()
+    enforced, citation = _rule(pack, RuleId.BUDGET, now)
+    period = f"{now.year:04d}-{now.month:02d}" if budget.period is BudgetPeriod.MONTH else f"{now.year:04d}"
+    return (
+        Counter(
+            f"budget:{tenant.id}:{period}",
+            cost.tpp_hours,
+            budget.tpp_hours,
+            CounterKind.CUMULATIVE,
+            Code.QUOTA_BUDGET_EXHAUSTED,
+            RuleId.BUDGET,
+            enforced,
+            citation=citation,
+        ),
+    )
+
+
+def plan_reservation(
+    tenant: Tenant,
+    tier: Tier,
+    cost: Cost,
+    lineage: str | None,
+    purpose: str | None,
+    pack: Pack,
+    caps: CapSettings,
+    now: datetime,
+    *,
+    decision_id: str,
+    idempotency_key: str | None,
+    upstream: str,
+) -> Plan | Decision:
+    """The counters a job debits and the lease it takes, or a refusal that needs no counter.
+
+    `tier` is the tenant's resolved tier (the most restrictive of its three countries). A
+    Tier 3 tenant only gets here when the Tier 3 rule is in shadow; it is then mapped like
+    Tier 2, so its capacity is still counted.
+    """
+    cc = cap_country(tenant)
+    if not cc:
+        return refuse(
+            Code.TENANT_COUNTRY_UNKNOWN,
+            "the country whose caps the tenant draws on is unknown",
+            tier,
+        )
+    amounts = (cost.held_tpp, cost.tpp_hours, cost.training_ops, cost.walltime_s)
+    if any(not math.isfinite(a) or a < 0 for a in amounts):
+        return refuse(Code.JOB_SPEC_INVALID, "the job's price is negative or not a finite number", tier)
+    if lineage == TOTAL_LINEAGE:
+        return refuse(Code.JOB_SPEC_INVALID, f"lineage {TOTAL_LINEAGE!r} is reserved", tier)
+    utc = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+    held = _held(tenant, tier, cost.held_tpp, pack, caps, utc, cc)
+    ops, ops_licences = _ops(tenant, tier, cost.training_ops, lineage, purpose, pack, caps, utc)
+    counters = tuple(c for c in (*held.counters, *ops, *_budget(tenant, cost, pack, utc)) if c.amount > 0)
+    return Plan(
+        hash_tag=cc,
+        tenant_id=tenant.id,
+        decision_id=decision_id,
+        idempotency_key=idempotency_key,
+        upstream=upstream,
+        tier=tier,
+        lease_end=epoch(utc) + cost.walltime_s + caps.pending_allowance_s,
+        counters=counters,
+        basis=held.basis,
+        allowance_basis=held.allowance_basis,
+        licence_ids=tuple(dict.fromkeys((*held.licence_ids, *ops_licences))),
+    )
+
+
+def _detail(counter: Counter, state: CounterState | None) -> str:
+    total = counter.base + (state.before + state.amount if state else counter.amount)
+    cap = counter.cap or 0.0
+    if counter.code is Code.QUOTA_COUNTRY_TPP:
+        return "the TPP allocation of the country the tenant's capacity draws on is used up"
+    if counter.code is Code.LICENCE_REQUIRED:
+        lineage = counter.key.rsplit(":", 1)[-1]
+        scope = "across all lineages" if lineage == TOTAL_LINEAGE else f"for lineage {lineage!r}"
+        return f"training operations {scope} would be {total:.4g}, against a cap of {cap:.4g}, without a licence"
+    if counter.code is Code.QUOTA_BUDGET_EXHAUSTED:
+        return f"TPP-hours this period would be {total:,.0f}, over the budget of {cap:,.0f}"
+    return f"TPP held at once would be {total:,.0f}, over the cap of {cap:,.0f}"
+
+
+def interpret(plan: Plan, result: ReserveResult, now: datetime) -> Decision:
+    """The decision a store's answer amounts to; Retry-After only where waiting can help."""
+    if result.status is ReserveStatus.IN_PROGRESS:
+        reason = Reason(
+            Code.REQUEST_IN_PROGRESS,
+            None,
+            True,
+            "a request with this idempotency key is still being decided",
+        )
+        return Decision(Outcome.DENY, plan.tier, (reason,), plan.basis)
+    if result.status is ReserveStatus.REPLAY:
+        return Decision(Outcome.ALLOW, plan.tier, (), plan.basis, {"replay": result.response})
+    by_key = {c.key: c for c in plan.counters}
+    states = {s.key: s for s in result.counters}
+    quota = {
+        s.key: {"before": s.before, "amount": s.amount, "after": s.after, "cap": by_key[s.key].cap}
+        for s in result.counters
+        if s.key in by_key
+    }
+    extra: dict[str, object] = {
+        "quota": quota,
+        "lease_end": plan.lease_end,
+        "licence_ids": plan.licence_ids,
+    }
+    reasons = [
+        Reason(c.code, c.rule, False, _detail(c, states.get(c.key)), c.citation)
+        for c in (by_key[k] for k in result.shadow if k in by_key)
+    ]
+    if result.status is ReserveStatus.DENIED:
+        failing = by_key.get(result.failing or "")
+        if failing is None:
+            return refuse(
+                Code.BACKEND_UNAVAILABLE,
+                "the quota store refused without naming a counter",
+                plan.tier,
+            )
+        state = states.get(failing.key)
+        reasons.insert(0, Reason(failing.code, failing.rule, True, _detail(failing, state), failing.citation))
+        amount = state.amount if state else failing.amount
+        alone_fits = failing.cap is not None and failing.base + amount <= failing.cap
+        if failing.kind is CounterKind.HELD and alone_fits and result.earliest_end is not None:
+            extra["retry_after_s"] = max(1, math.ceil(result.earliest_end - epoch(now)))
+        decision = verdict(plan.tier, tuple(reasons), plan.basis)
+        return Decision(decision.outcome, decision.tier, decision.reasons, decision.basis, extra)
+    spilled = any(states[c.key].amount > 0 for c in plan.counters if c.share is Share.OVERFLOW and c.key in states)
+    basis = plan.basis if spilled else plan.allowance_basis
+    decision = verdict(plan.tier, tuple(reasons), basis)
+    return Decision(decision.outcome, decision.tier, decision.reasons, decision.basis, extra)

@@ -1,0 +1,275 @@
+"""One contract for every QuotaStore: in memory, on Redis, and on a three-master Redis Cluster."""
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from gateway.adapters.quota import QuotaStore, StoredResponse
+from gateway.adapters.quota_memory import MemoryQuotaStore
+from gateway.adapters.quota_redis import RedisQuotaStore
+from gateway.core.codes import Code
+from gateway.core.leases import Counter, CounterKind, Plan, ReserveStatus, Share
+from gateway.core.policy import RuleId
+from gateway.core.tiers import Tier
+from tests.redis_cluster import RedisClusterProcesses, start_cluster
+
+NOW = 1_800_000_000.0
+WINDOW = 24 * 3600.0
+TAG = "FR"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterProcesses]:
+    """A three-master Redis Cluster for this module."""
+    nodes = start_cluster()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Which store to build, and the URL of its server (started only when needed)."""
+    kind: str = request.param
+    if kind == "memory":
+        return kind, ""
+    server = request.getfixturevalue("redis_server" if kind == "redis" else "cluster")
+    return kind, server.url
+
+
+@pytest.fixture
+async def store(backend: tuple[str, str]) -> AsyncIterator[QuotaStore]:
+    """A fresh store; Redis-backed ones get a key prefix of their own on the shared server."""
+    kind, url = backend
+    built: QuotaStore
+    if kind == "memory":
+        built = MemoryQuotaStore(idempotency_window_s=WINDOW)
+    else:
+        prefix = f"t{uuid.uuid4().hex[:10]}:"
+        built = RedisQuotaStore.from_url(url, cluster=kind == "cluster", prefix=prefix, idempotency_window_s=WINDOW)
+    yield built
+    await built.close()
+
+
+def held(key: str, amount: float, cap: float | None, *, enforced: bool = True, share: Share = Share.FIXED) -> Counter:
+    code = Code.QUOTA_COUNTRY_TPP if key.startswith("country:") else Code.QUOTA_TENANT_TPP
+    return Counter(key, amount, cap, CounterKind.HELD, code, RuleId.TENANT_CAP, enforced, share=share)
+
+
+def ops(key: str, amount: float, cap: float | None, *, base: float = 0.0) -> Counter:
+    return Counter(
+        key, amount, cap, CounterKind.CUMULATIVE, Code.LICENCE_REQUIRED, RuleId.TRAINING_THRESHOLD, True, base, True
+    )
+
+
+def make_plan(
+    *counters: Counter, idem: str | None = None, tenant: str = "t1", end: float = NOW + 3600, decision: str = ""
+) -> Plan:
+    return Plan(
+        hash_tag=TAG,
+        tenant_id=tenant,
+        decision_id=decision or uuid.uuid4().hex,
+        idempotency_key=idem,
+        upstream="slurm",
+        tier=Tier.TWO,
+        lease_end=end,
+        counters=counters,
+        basis="lpp",
+        allowance_basis="lpp",
+        licence_ids=(),
+    )
+
+
+RESPONSE = StoredResponse(200, (("content-type", "application/json"), ("x-slurm", "1")), b'{"job_id": 42}\x00\xff')
+
+
+async def test_admit_within_cap(store: QuotaStore) -> None:
+    """A job within every cap is admitted and debited."""
+    result = await store.reserve(make_plan(held("tenant:t1", 40.0, 100.0)), NOW)
+    assert result.status is ReserveStatus.ADMITTED
+    assert [(s.key, s.before, s.amount, s.after) for s in result.counters] == [("tenant:t1", 0.0, 40.0, 40.0)]
+    assert await store.counter_value(TAG, "tenant:t1", NOW) == 40.0
+
+
+async def test_tpp_cap_exactly_reached_is_allowed(store: QuotaStore) -> None:
+    """Holding exactly the cap is allowed; one TPP more is refused."""
+    assert (await store.reserve(make_plan(held("tenant:t1", 60.0, 100.0)), NOW)).status is ReserveStatus.ADMITTED
+    assert (await store.reserve(make_plan(held("tenant:t1", 40.0, 100.0)), NOW)).status is ReserveStatus.ADMITTED
+    refused = await store.reserve(make_plan(held("tenant:t1", 1.0, 100.0)), NOW)
+    assert (refused.status, refused.failing) == (ReserveStatus.DENIED, "tenant:t1")
+    assert await store.counter_value(TAG, "tenant:t1", NOW) == 100.0
+
+
+async def test_training_threshold_refuses_on_reaching(store: QuotaStore) -> None:
+    """Training operations may approach the threshold but never reach it; declared ops count."""
+    assert (await store.reserve(make_plan(ops("ops:t1:a", 60.0, 100.0)), NOW)).status is ReserveStatus.ADMITTED
+    refused = await store.reserve(make_plan(ops("ops:t1:a", 40.0, 100.0)), NOW)
+    assert (refused.status, refused.failing) == (ReserveStatus.DENIED, "ops:t1:a")
+    assert (await store.reserve(make_plan(ops("ops:t1:b", 39.0, 100.0, base=60.0)), NOW)).status is (
+        ReserveStatus.ADMITTED
+    )
+    assert (await store.reserve(make_plan(ops("ops:t1:b", 1.0, 100.0, base=60.0)), NOW)).status is (
+        ReserveStatus.DENIED
+    )
+    assert await store.counter_value(TAG, "ops:t1:a", NOW) == 60.0
+
+
+async def test_big_operation_counts_keep_precision(store: QuotaStore) -> None:
+    """Counts near 1e26 (beyond int64) keep every bit, so the threshold boundary is exact."""
+    assert (await store.reserve(make_plan(ops("ops:t1:a", 5e25, 1e26)), NOW)).status is ReserveStatus.ADMITTED
+    assert (await store.reserve(make_plan(ops("ops:t1:a", 5e25, 1e26)), NOW)).status is ReserveStatus.DENIED
+    assert (await store.reserve(make_plan(ops("ops:t1:a", 4.9e25, 1e26)), NOW)).status is ReserveStatus.ADMITTED
+    assert await store.counter_value(TAG, "ops:t1:a", NOW) == 5e25 + 4.9e25
+    third = 1e26 / 3
+    await store.reserve(make_plan(ops("ops:t1:b", third, None)), NOW)
+    await store.reserve(make_plan(ops("ops:t1:b", third, None)), NOW)
+    assert await store.counter_value(TAG, "ops:t1:b", NOW) == third + third
+
+
+async def test_all_or_nothing(store: QuotaStore) -> None:
+    """A failing counter leaves every other counter of the reservation unchanged."""
+    await store.reserve(make_plan(held("country:FR", 90.0, 100.0), tenant="other"), NOW)
+    plan = make_plan(held("tenant:t1", 20.0, 1000.0), held("country:FR", 20.0, 100.0), ops("ops:t1:a", 5.0, 1e26))
+    refused = await store.reserve(plan, NOW)
+    assert (refused.status, refused.failing) == (ReserveStatus.DENIED, "country:FR")
+    assert [(s.before, s.after) for s in refused.counters] == [(0.0, 0.0), (90.0, 90.0), (0.0, 0.0)]
+    assert await store.counter_value(TAG, "tenant:t1", NOW) == 0.0
+    assert await store.counter_value(TAG, "country:FR", NOW) == 90.0
+    assert await store.counter_value(TAG, "ops:t1:a", NOW) == 0.0
+
+
+async def test_spill_fills_allowance_then_licence_and_country(store: QuotaStore) -> None:
+    """Capacity beyond the allowance draws on the licence and the country; a full country refuses."""
+
+    def job(tpp: float) -> Plan:
+        return make_plan(
+            held("tenant:t1", tpp, 100.0, share=Share.HEADROOM),
+            held("licensed:tenant:t1", tpp, 1000.0, share=Share.OVERFLOW),
+            held("country:FR", tpp, 150.0, share=Share.OVERFLOW),
+        )
+
+    first = await store.reserve(job(80.0), NOW)
+    assert [s.amount for s in first.counters] == [80.0, 0.0, 0.0]
+    second = await store.reserve(job(80.0), NOW)
+    assert [s.amount for s in second.counters] == [20.0, 60.0, 60.0]
+    third = await store.reserve(job(100.0), NOW)
+    assert (third.status, third.failing) == (ReserveStatus.DENIED, "country:FR")
+    assert [await store.counter_value(TAG, k, NOW) for k in ("tenant:t1", "licensed:tenant:t1", "country:FR")] == [
+        100.0,
+        60.0,
+        60.0,
+    ]
+
+
+async def test_idempotent_retry_replays_and_debits_once(store: QuotaStore) -> None:
+    """A retry of a completed submission gets the stored response and is not debited again."""
+    first = make_plan(held("tenant:t1", 10.0, 100.0), idem="key-1")
+    assert (await store.reserve(first, NOW)).status is ReserveStatus.ADMITTED
+    await store.complete(first, upstream="slurm", job_id="42", response=RESPONSE, now=NOW + 1)
+    retry = await store.reserve(make_plan(held("tenant:t1", 10.0, 100.0), idem="key-1"), NOW + 2)
+    assert (retry.status, retry.response) == (ReserveStatus.REPLAY, RESPONSE)
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 2) == 10.0
+    other_tenant = await store.reserve(make_plan(held("tenant:t2", 10.0, 100.0), idem="key-1", tenant="t2"), NOW)
+    assert other_tenant.status is ReserveStatus.ADMITTED
+
+
+async def test_idempotency_window_lapses(store: QuotaStore) -> None:
+    """After the window a key is new again, judged on the caller's clock."""
+    first = make_plan(held("tenant:t1", 10.0, 100.0), idem="key-1")
+    await store.reserve(first, NOW)
+    await store.complete(first, upstream="slurm", job_id="42", response=RESPONSE, now=NOW)
+    later = await store.reserve(make_plan(held("tenant:t1", 10.0, 100.0), idem="key-1"), NOW + WINDOW + 1)
+    assert later.status is ReserveStatus.ADMITTED
+
+
+async def test_concurrent_retry_is_in_progress(store: QuotaStore) -> None:
+    """A retry while the first attempt is in flight is refused without a debit."""
+    first = make_plan(held("tenant:t1", 10.0, 100.0), idem="key-1")
+    assert (await store.reserve(first, NOW)).status is ReserveStatus.ADMITTED
+    retry = await store.reserve(make_plan(held("tenant:t1", 10.0, 100.0), idem="key-1"), NOW + 1)
+    assert retry.status is ReserveStatus.IN_PROGRESS
+    same_decision = await store.reserve(make_plan(held("tenant:t1", 10.0, 100.0), decision=first.decision_id), NOW)
+    assert same_decision.status is ReserveStatus.IN_PROGRESS
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 1) == 10.0
+
+
+async def test_refund_gives_everything_back_once(store: QuotaStore) -> None:
+    """A refund returns held and cumulative debits once and lets the key be retried afresh."""
+    plan = make_plan(held("tenant:t1", 10.0, 100.0), ops("ops:t1:a", 5.0, 100.0), idem="key-1")
+    await store.reserve(plan, NOW)
+    assert await store.refund(plan.ref, NOW + 1) is True
+    assert await store.refund(plan, NOW + 1) is False
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 1) == 0.0
+    assert await store.counter_value(TAG, "ops:t1:a", NOW + 1) == 0.0
+    retry = await store.reserve(make_plan(held("tenant:t1", 10.0, 100.0), idem="key-1"), NOW + 2)
+    assert retry.status is ReserveStatus.ADMITTED
+
+
+async def test_refund_after_lease_end_returns_cumulative_only(store: QuotaStore) -> None:
+    """Held capacity a lease already gave back at its end is not given back twice."""
+    plan = make_plan(held("tenant:t1", 10.0, 100.0), ops("ops:t1:a", 5.0, 100.0), end=NOW + 10)
+    await store.reserve(plan, NOW)
+    await store.reserve(make_plan(held("tenant:t1", 30.0, 100.0)), NOW + 20)
+    assert await store.refund(plan, NOW + 30) is True
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 30) == 30.0
+    assert await store.counter_value(TAG, "ops:t1:a", NOW + 30) == 0.0
+
+
+async def test_release_on_cancel(store: QuotaStore) -> None:
+    """Cancelling a job returns its held TPP once; its cumulative debits stay."""
+    plan = make_plan(held("tenant:t1", 10.0, 100.0), ops("ops:t1:a", 5.0, 100.0))
+    await store.reserve(plan, NOW)
+    await store.complete(plan, upstream="slurm", job_id="42", response=RESPONSE, now=NOW)
+    assert await store.release_job("slurm", "42", NOW + 1) is True
+    assert await store.release_job("slurm", "42", NOW + 1) is False
+    assert await store.release_job("slurm", "unknown", NOW + 1) is False
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 1) == 0.0
+    assert await store.counter_value(TAG, "ops:t1:a", NOW + 1) == 5.0
+
+
+async def test_capacity_returns_at_lease_end(store: QuotaStore) -> None:
+    """When a lease ends on the caller's clock its capacity is free again."""
+    await store.reserve(make_plan(held("tenant:t1", 100.0, 100.0), end=NOW + 10), NOW)
+    assert (await store.reserve(make_plan(held("tenant:t1", 1.0, 100.0)), NOW + 9.5)).status is ReserveStatus.DENIED
+    assert (await store.reserve(make_plan(held("tenant:t1", 1.0, 100.0)), NOW + 10)).status is ReserveStatus.ADMITTED
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 10) == 1.0
+
+
+async def test_retry_after_is_earliest_lease_end(store: QuotaStore) -> None:
+    """A held cap refusal reports when the earliest lease on that counter ends."""
+    await store.reserve(make_plan(held("tenant:t1", 50.0, 100.0), end=NOW + 50), NOW)
+    await store.reserve(make_plan(held("tenant:t1", 50.0, 100.0), end=NOW + 20.5), NOW)
+    refused = await store.reserve(make_plan(held("tenant:t1", 10.0, 100.0)), NOW + 0.5)
+    assert (refused.status, refused.earliest_end, refused.retry_after_s) == (ReserveStatus.DENIED, NOW + 20.5, 20.0)
+
+
+async def test_ownership(store: QuotaStore) -> None:
+    """Completed jobs are owned by their tenant, per upstream, and listed for that tenant only."""
+    for job_id, tenant in (("1", "t1"), ("2", "t1"), ("3", "t2")):
+        plan = make_plan(held(f"tenant:{tenant}", 1.0, 100.0), tenant=tenant)
+        await store.reserve(plan, NOW)
+        await store.complete(plan, upstream="slurm", job_id=job_id, response=RESPONSE, now=NOW)
+    owner = await store.owner_of("slurm", "1")
+    assert owner is not None
+    assert (owner.tenant_id, owner.lease.hash_tag) == ("t1", TAG)
+    assert await store.owner_of("slurm", "4") is None
+    assert await store.owner_of("ray", "1") is None
+    assert await store.owned_jobs("slurm", "t1") == {"1", "2"}
+    assert await store.owned_jobs("slurm", "t2") == {"3"}
+    assert await store.owned_jobs("ray", "t1") == set()
+
+
+async def test_shadow_overrun_admits_and_reports(store: QuotaStore) -> None:
+    """During a grace period an overrun is debited anyway and reported as shadow."""
+    await store.reserve(make_plan(held("tenant:t1", 90.0, 100.0, enforced=False)), NOW)
+    result = await store.reserve(make_plan(held("tenant:t1", 20.0, 100.0, enforced=False)), NOW)
+    assert (result.status, result.shadow) == (ReserveStatus.ADMITTED, ("tenant:t1",))
+    assert await store.counter_value(TAG, "tenant:t1", NOW) == 110.0
+
+
+async def test_enforced_refusal_still_reports_shadow(store: QuotaStore) -> None:
+    """An enforced refusal also lists the unenforced counters that would have overrun."""
+    plan = make_plan(held("tenant:t1", 20.0, 10.0, enforced=False), ops("ops:t1:a", 200.0, 100.0))
+    result = await store.reserve(plan, NOW)
+    assert (result.status, result.failing, result.shadow) == (ReserveStatus.DENIED, "ops:t1:a", ("tenant:t1",))
+    assert await store.counter_value(TAG, "tenant:t1", NOW) == 0.0
