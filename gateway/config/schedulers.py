@@ -44,7 +44,10 @@ def load_scheduler_options(
         return None
     before = len(problems)
     loaders: dict[str, Callable[[Node, list[Problem]], SchedulerOptions | None]] = {
-        "slurm": _slurm, "kubernetes": _kubernetes, "ray": _ray, "generic": _generic,
+        "slurm": _slurm,
+        "kubernetes": _kubernetes,
+        "ray": _ray,
+        "generic": _generic,
     }
     options = loaders[kind](node, problems)
     return options if len(problems) == before else None
@@ -118,14 +121,28 @@ def _ray(node: Node, problems: list[Problem]) -> RayOptions:
 
 _GENERIC_PATHS = ("submit_path", "job_path", "list_path", "cancel_path")
 _GENERIC_FIELDS = (
-    "gpus_field", "job_id_field", "model_field", "walltime_field", "concurrency_field",
-    "lineage_field", "purpose_field", "name_field", "list_items_field", "list_id_field",
+    "gpus_field",
+    "job_id_field",
+    "model_field",
+    "walltime_field",
+    "concurrency_field",
+    "lineage_field",
+    "purpose_field",
+    "name_field",
+    "list_items_field",
+    "list_id_field",
 )
 
 
 def _generic(node: Node, problems: list[Problem]) -> GenericOptions | None:
-    keys = (*_GENERIC_PATHS, *_GENERIC_FIELDS, "plain_read_paths", "walltime_unit",
-            "default_walltime_s", "default_gpu_model")
+    keys = (
+        *_GENERIC_PATHS,
+        *_GENERIC_FIELDS,
+        "plain_read_paths",
+        "walltime_unit",
+        "default_walltime_s",
+        "default_gpu_model",
+    )
     f = Fields(node, problems, keys)
     before = len(problems)
     paths = {k: f.text(k, required=k == "submit_path") for k in _GENERIC_PATHS}

@@ -27,6 +27,7 @@ class JobSpec:
     purpose: str | None = None
     lineage: str | None = None
     name: str | None = None
+    idempotency_key: str | None = None
 
     @property
     def total_gpus(self) -> int:

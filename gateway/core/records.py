@@ -28,6 +28,7 @@ def decision_body(
     quota_before: Mapping[str, float] | None = None,
     quota_after: Mapping[str, float] | None = None,
     licences: list[str] | None = None,
+    lease: Mapping[str, Any] | None = None,
     kind: str = "decision",
 ) -> dict[str, Any]:
     """One decision as the ledger keeps it (`kind` is `decision` or `access`)."""
@@ -60,6 +61,7 @@ def decision_body(
         "registry": registry_version,
         "quota_before": dict(quota_before) if quota_before is not None else None,
         "quota_after": dict(quota_after) if quota_after is not None else None,
+        "lease": dict(lease) if lease is not None else None,
     }
 
 

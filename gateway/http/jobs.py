@@ -18,7 +18,6 @@ from gateway.core.pricing import price
 from gateway.core.quota import interpret, plan_reservation
 from gateway.core.records import followup_body
 from gateway.http import forward
-from gateway.http.problems import refusal
 from gateway.schedulers import SchedulerAdapter
 
 if TYPE_CHECKING:
@@ -39,10 +38,25 @@ def _job_record(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def _stored(result: forward.Buffered) -> StoredResponse:
+def _stored(result: forward.Buffered, decision_id: str) -> StoredResponse:
     headers = tuple((h, result.headers[h]) for h in STORED_HEADERS if h in result.headers)
+    headers += (("X-Exportgate-Decision-Id", decision_id),)
     body = result.body if len(result.body) <= MAX_STORED_BODY else b""
     return StoredResponse(result.status, headers, body)
+
+
+def lease_record(planned: Plan, quota: Decision, replaces: str | None) -> dict[str, Any]:
+    """What the ledger needs to rebuild this reservation: slot, end, debits, idempotency key."""
+    amounts = {k: v["amount"] for k, v in (quota.extra.get("quota") or {}).items()}  # type: ignore[attr-defined]
+    return {
+        "hash_tag": planned.hash_tag,
+        "lease_end": planned.lease_end,
+        "idempotency_key": planned.idempotency_key,
+        "replaces_job": replaces,
+        "counters": [
+            {"key": c.key, "kind": c.kind.value, "amount": amounts.get(c.key, c.amount)} for c in planned.counters
+        ],
+    }
 
 
 def _respond(result: forward.Buffered, decision_id: str) -> web.Response:
@@ -67,16 +81,16 @@ class JobFlows:
         body = await self.gw.read_body(request)
         if body is None:
             return await self._too_large(request, ex, admission)
-        idem = request.headers.get("Idempotency-Key")
-        if idem is not None and not IDEMPOTENCY_KEY.match(idem):
-            detail = "Idempotency-Key: 1 to 128 letters, digits, '.', '_', ':' or '-'"
-            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_SPEC_INVALID, detail, admission.tier))
         try:
             spec = adapter.parse_submission(
                 ex.match, request.headers.get("Content-Type"), request.headers.get("Content-Encoding"), body
             )
         except JobSpecInvalid as exc:
             return await self.gw.refuse_with(request, ex, refuse(Code.JOB_SPEC_INVALID, str(exc), admission.tier))
+        idem = request.headers.get("Idempotency-Key") or spec.idempotency_key
+        if idem is not None and not IDEMPOTENCY_KEY.match(idem):
+            detail = "Idempotency-Key: 1 to 128 letters, digits, '.', '_', ':' or '-'"
+            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_SPEC_INVALID, detail, admission.tier))
         return await self._reserve_and_forward(request, ex, admission, adapter, spec, body, idem, replaces=None)
 
     async def update(self, request: web.Request, ex: "Exchange", admission: Decision) -> web.StreamResponse:
@@ -189,6 +203,7 @@ class JobFlows:
         ex.extra["quota"] = quota.extra.get("quota")
         ex.extra["retry_after"] = quota.extra.get("retry_after_s")
         ex.extra["licences"] = list(planned.licence_ids)
+        ex.extra["lease"] = lease_record(planned, quota, replaces)
         decision = verdict(admission.tier, admission.reasons + quota.reasons, quota.basis)
         if not decision.forwards:
             return await self.gw.refuse_with(request, ex, decision)
@@ -219,7 +234,7 @@ class JobFlows:
                 await self._followup("unsettled", ex, reason=exc.code.value)
             else:
                 await self._refund(planned, ex, exc.code.value)
-            return refusal(exc.code, exc.detail, ex.decision_id)
+            return self.gw.reply(ex, exc.code, exc.detail)
         if adapter.definitive_rejection(result.status, result.body):
             await self._refund(planned, ex, f"upstream rejected with {result.status}")
             return _respond(result, ex.decision_id)
@@ -231,7 +246,11 @@ class JobFlows:
             if replaces is not None and ok:
                 await self.store.release_job(ex.upstream.name, replaces, self.gw.clock())
             await self.store.complete(
-                planned, upstream=ex.upstream.name, job_id=job_id, response=_stored(result), now=self.gw.clock()
+                planned,
+                upstream=ex.upstream.name,
+                job_id=job_id,
+                response=_stored(result, ex.decision_id),
+                now=self.gw.clock(),
             )
         except BackendUnavailable:
             self.gw.metrics.backend_errors.labels("quota").inc()
@@ -241,9 +260,9 @@ class JobFlows:
 
     async def _replay(self, ex: "Exchange", admission: Decision, stored: StoredResponse) -> web.StreamResponse:
         """A retry of a completed submission gets the first answer again; nothing is forwarded."""
-        await self._followup("replay", ex)
-        response = web.Response(status=stored.status, body=stored.body, headers=dict(stored.headers))
-        response.headers["X-Exportgate-Decision-Id"] = ex.decision_id
+        headers = dict(stored.headers)
+        await self._followup("replay", ex, first_decision_id=headers.get("X-Exportgate-Decision-Id"))
+        response = web.Response(status=stored.status, body=stored.body, headers=headers)
         response.headers["X-Exportgate-Replayed"] = "true"
         return response
 
@@ -309,7 +328,7 @@ class JobFlows:
         try:
             return await self._fetch(request, ex, decision, body, limit)
         except forward.UpstreamFailure as exc:
-            return refusal(exc.code, exc.detail, ex.decision_id)
+            return self.gw.reply(ex, exc.code, exc.detail)
 
     async def _recorded_forward(
         self, request: web.Request, ex: "Exchange", decision: Decision, body: bytes

@@ -144,12 +144,26 @@ class Gateway:
         except LedgerUnavailable:
             self.metrics.backend_errors.labels("ledger").inc()
         reason = next((r for r in decision.reasons if r.enforced), None)
-        return refusal(
+        return self.reply(
+            ex,
             code,
             reason.detail if reason else code.value,
-            ex.decision_id,
             citation=reason.citation if reason else "",
             retry_after=ex.extra.get("retry_after"),
+        )
+
+    def reply(
+        self, ex: Exchange, code: Code, detail: str, *, citation: str = "", retry_after: int | None = None
+    ) -> web.Response:
+        """A refusal in the upstream scheduler's dialect when it has one, else problem+json."""
+        adapter = ex.upstream.adapter
+        return refusal(
+            code,
+            detail,
+            ex.decision_id,
+            citation=citation,
+            retry_after=retry_after,
+            dialect=adapter.refusal if adapter is not None else None,
         )
 
     async def access(self, request: web.Request, ex: Exchange, decision: Decision) -> web.StreamResponse:
@@ -172,7 +186,7 @@ class Gateway:
             Code.BACKEND_UNAVAILABLE, f"the {backend} cannot record this decision; nothing was forwarded", decision.tier
         )
         self.count(down)
-        return refusal(Code.BACKEND_UNAVAILABLE, down.reasons[0].detail, ex.decision_id)
+        return self.reply(ex, Code.BACKEND_UNAVAILABLE, down.reasons[0].detail)
 
     async def read_body(self, request: web.Request) -> bytes | None:
         limit = self.settings.max_body_bytes
@@ -214,7 +228,7 @@ class Gateway:
                 request, session, url, headers, body, observe, {"X-Exportgate-Decision-Id": ex.decision_id}
             )
         except forward.UpstreamFailure as exc:
-            return refusal(exc.code, exc.detail, ex.decision_id)
+            return self.reply(ex, exc.code, exc.detail)
 
     def record(self, request: web.Request, ex: Exchange, decision: Decision, kind: str = "decision") -> dict[str, Any]:
         quota = ex.extra.get("quota")
@@ -237,6 +251,7 @@ class Gateway:
             quota_before={k: v["before"] for k, v in quota.items()} if quota else None,
             quota_after={k: v["after"] for k, v in quota.items()} if quota else None,
             licences=ex.extra.get("licences"),
+            lease=ex.extra.get("lease"),
             kind=kind,
         )
 

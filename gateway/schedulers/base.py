@@ -63,9 +63,7 @@ class SchedulerAdapter(Protocol):
         """A listing body reduced to the jobs `owned` accepts; unreadable bodies list nothing."""
         ...
 
-    def refusal(
-        self, code: str, status: int, title: str, detail: str, decision_id: str
-    ) -> tuple[str, bytes] | None:
+    def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         """(content type, body) of a refusal in the scheduler's dialect; None: problem+json."""
         ...
 

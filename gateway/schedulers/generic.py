@@ -180,9 +180,7 @@ class GenericAdapter:
             return dump_json({})
         return dump_json(doc)
 
-    def refusal(
-        self, code: str, status: int, title: str, detail: str, decision_id: str
-    ) -> tuple[str, bytes] | None:
+    def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None
 
 

@@ -65,10 +65,19 @@ _JSON_PATCH = "application/json-patch+json"
 # and resuming a suspended Job (its deadline timer restarts).
 _RESOURCE_FIELDS = ("parallelism", "template", "activeDeadlineSeconds", "suspend")
 _REASONS = {
-    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-    405: "MethodNotAllowed", 409: "Conflict", 413: "RequestEntityTooLarge",
-    415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests",
-    500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
 }
 
 
@@ -182,9 +191,7 @@ class KubernetesAdapter:
             doc["items"] = [i for i in items if keep(i)] if isinstance(items, list) else []
         return dump_json(doc)
 
-    def refusal(
-        self, code: str, status: int, title: str, detail: str, decision_id: str
-    ) -> tuple[str, bytes] | None:
+    def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         body = {
             "kind": "Status",
             "apiVersion": "v1",

@@ -57,8 +57,7 @@ def pod_gpus(spec: Mapping[str, Any], where: str) -> int:
     sum + max over-counts that on purpose, so no pod holds more than it was priced at.
     """
     main = sum(
-        _container_gpus(c, f"{where}.containers[{i}]")
-        for i, c in enumerate(_containers(spec, "containers", where))
+        _container_gpus(c, f"{where}.containers[{i}]") for i, c in enumerate(_containers(spec, "containers", where))
     )
     sidecars = 0
     largest_init = 0

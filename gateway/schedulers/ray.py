@@ -102,7 +102,7 @@ class RayAdapter:
             where = f"entrypoint_resources.{key_name(key)}"
             if key.startswith(_ACCELERATOR):
                 amount = _gpu_number(value, where)
-                model = key[len(_ACCELERATOR):]
+                model = key[len(_ACCELERATOR) :]
                 if not model:
                     raise JobSpecInvalid(where, "names no accelerator type")
                 models.append(model)
@@ -124,6 +124,7 @@ class RayAdapter:
             purpose=text(metadata.get(self.options.purpose_key)),
             lineage=text(metadata.get(self.options.lineage_key)),
             name=text(doc.get("submission_id")) or text(doc.get("job_id")),
+            idempotency_key=text(doc.get("submission_id")),
         )
 
     def parse_update(
@@ -149,9 +150,7 @@ class RayAdapter:
             return b"[]"
         return dump_json([job for job in doc if _owned(job, owned)])
 
-    def refusal(
-        self, code: str, status: int, title: str, detail: str, decision_id: str
-    ) -> tuple[str, bytes] | None:
+    def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None
 
 

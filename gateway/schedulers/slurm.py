@@ -72,17 +72,37 @@ _GPU_FIELDS: dict[str, tuple[Callable[[Any, str], GpuCounts], str]] = {
     "tres_per_socket": (gres_spec, "socket"),
 }
 # Keys naming GPUs that hold none themselves (binding, frequency, per-GPU ratios).
-_BENIGN = frozenset({
-    "cpus_per_gpu", "memory_per_gpu", "mem_per_gpu", "gpu_binding", "gpu_frequency",
-    "gres_flags", "cpus_per_tres", "memory_per_tres", "mem_per_tres", "tres_bind", "tres_freq",
-})
+_BENIGN = frozenset(
+    {
+        "cpus_per_gpu",
+        "memory_per_gpu",
+        "mem_per_gpu",
+        "gpu_binding",
+        "gpu_frequency",
+        "gres_flags",
+        "cpus_per_tres",
+        "memory_per_tres",
+        "mem_per_tres",
+        "tres_bind",
+        "tres_freq",
+    }
+)
 # Tasks per GPU: with a task count and no GPU field, Slurm derives ceil(tasks / N) GPUs.
 _TASKS_PER_GPU = ("ntasks_per_gpu", "ntasks_per_tres")
 _NODE_KEYS = ("nodes", "minimum_nodes", "maximum_nodes", "required_nodes")
 _TASK_KEYS = ("tasks", "tasks_per_node", "tasks_per_socket", "tasks_per_core")
-_RESOURCE_KEYS = frozenset({
-    *_GPU_FIELDS, *_NODE_KEYS, *_TASK_KEYS, *_TASKS_PER_GPU, "sockets_per_node", "time_limit", "array", "partition",
-})
+_RESOURCE_KEYS = frozenset(
+    {
+        *_GPU_FIELDS,
+        *_NODE_KEYS,
+        *_TASK_KEYS,
+        *_TASKS_PER_GPU,
+        "sockets_per_node",
+        "time_limit",
+        "array",
+        "partition",
+    }
+)
 
 
 def _route(name: str, methods: tuple[str, ...], tail: str, kind: RouteKind) -> Route:
@@ -269,9 +289,7 @@ class SlurmAdapter:
         ]
         walltimes = [c.walltime_s for c in components]
         if any(w is None for w in walltimes):
-            raise JobSpecInvalid(
-                "time_limit", "no time limit, and no limit is configured for the job's partition"
-            )
+            raise JobSpecInvalid("time_limit", "no time limit, and no limit is configured for the job's partition")
         parts = tuple(p for c in components for p in c.parts)
         bounded(sum(p.gpus * p.concurrency for p in parts), "gpus")
         return JobSpec(
@@ -348,9 +366,7 @@ class SlurmAdapter:
         doc["jobs"] = [j for j in jobs if _owned_job(j, owned)] if isinstance(jobs, list) else []
         return dump_json(doc)
 
-    def refusal(
-        self, code: str, status: int, title: str, detail: str, decision_id: str
-    ) -> tuple[str, bytes] | None:
+    def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None
 
 
@@ -385,4 +401,3 @@ def _owned_job(job: Any, owned: Callable[[str], bool]) -> bool:
         return False
     ids = (_id_text(job.get(k)) for k in ("job_id", "array_job_id", "het_job_id"))
     return any(i is not None and owned(i) for i in ids)
-

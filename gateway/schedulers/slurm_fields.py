@@ -52,7 +52,7 @@ def gpu_spec(value: Any, field: str) -> GpuCounts:
         lowered = item.lower()
         for prefix in ("gres/gpu:", "gres:gpu:", "gpu:"):
             if lowered.startswith(prefix):
-                item = item[len(prefix):]
+                item = item[len(prefix) :]
                 break
         found = _GPU_ITEM.fullmatch(item)
         if found is None:
@@ -79,8 +79,8 @@ def gres_spec(value: Any, field: str) -> GpuCounts:
         lowered = item.lower()
         for prefix in ("gres/", "gres:"):
             if lowered.startswith(prefix):
-                item = item[len(prefix):]
-                lowered = lowered[len(prefix):]
+                item = item[len(prefix) :]
+                lowered = lowered[len(prefix) :]
                 break
         name = re.split(r"[:=]", item, maxsplit=1)[0]
         lname = name.lower()
@@ -88,7 +88,7 @@ def gres_spec(value: Any, field: str) -> GpuCounts:
             if any(word in lname for word in _GPU_LIKE):
                 raise JobSpecInvalid(field, f"cannot price GPU resource {shown(raw.strip())}")
             continue
-        found = _GRES_REST.fullmatch(item[len(name):])
+        found = _GRES_REST.fullmatch(item[len(name) :])
         if found is None:
             raise JobSpecInvalid(field, f"cannot read GPU request {shown(raw.strip())}")
         label, n = found["type"], found["count"]
