@@ -1,10 +1,12 @@
-"""The `exportgate` command: serve, check, demo."""
+"""The `exportgate` command; each group of subcommands lives in its own module."""
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from gateway.config.located import ConfigError
 from gateway.config.pack import load_pack
@@ -78,7 +80,21 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check)
     demo = sub.add_parser("demo", help="run a gateway and a stand-in scheduler and print decisions")
     demo.set_defaults(func=_demo)
+    for module in _command_modules():
+        module.register(sub)
     return root
+
+
+def _command_modules() -> list[ModuleType]:
+    """Subcommand groups that register themselves (`register(subparsers)`), if present."""
+    found: list[ModuleType] = []
+    for name in ("gateway.cli_ledger", "gateway.cli_quota", "gateway.cli_workers"):
+        try:
+            found.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
