@@ -43,6 +43,18 @@ def _free_port() -> int:
         return port
 
 
+def scenarios(tenant_ids: list[str]) -> list[tuple[str, int]]:
+    """One 8-GPU job per tenant, then jobs that show the caps: Tier 1 is metered but uncapped,
+    and two affiliates of one group share the 26.9M TPP LPP allowance (about 1,699 H100s)."""
+    return [(t, 8) for t in tenant_ids] + [("acme-us", 4096), ("falcon-ae", 1600), ("falcon-sg", 256)]
+
+
+def _token(key: ec.EllipticCurvePrivateKey, subject: str) -> str:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": subject, "iat": now, "exp": now + 300}
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": "demo-1"})
+
+
 def _config(workdir: Path, upstream_port: int, jwks: Path) -> Path:
     path = workdir / "gateway.yaml"
     path.write_text(f"""
@@ -90,33 +102,26 @@ async def run_demo() -> list[dict[str, Any]]:
         try:
             assert server.policy is not None
             url = f"http://127.0.0.1:{settings.listen_port}/slurm/v0.0.38/job/submit"
+            tenants = server.policy.registry.tenants
             async with aiohttp.ClientSession() as client:
-                for tenant in server.policy.registry.tenants.values():
-                    now = int(time.time())
-                    token = jwt.encode(
+                for tenant_id, gpus in scenarios(list(tenants)):
+                    tenant = tenants[tenant_id]
+                    token = _token(key, tenant.identities[0].subject)
+                    body = json.loads(json.dumps(SUBMISSION))
+                    body["job"]["gpus"] = f"h100:{gpus}"
+                    async with client.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as resp:
+                        answer = await resp.json(content_type=None)
+                    rows.append(
                         {
-                            "iss": ISSUER,
-                            "aud": AUDIENCE,
-                            "sub": tenant.identities[0].subject,
-                            "iat": now,
-                            "exp": now + 300,
-                        },
-                        key,
-                        algorithm="ES256",
-                        headers={"kid": "demo-1"},
+                            "tenant": tenant.id,
+                            "tier": _tier_of(server, tenant.id),
+                            "kyc": tenant.kyc.status.value,
+                            "gpus": f"{gpus} x H100",
+                            "status": resp.status,
+                            "decision": "allow" if resp.status < 300 else "deny",
+                            "code": answer.get("code", "") if isinstance(answer, dict) else "",
+                        }
                     )
-                    async with client.post(url, json=SUBMISSION, headers={"Authorization": f"Bearer {token}"}) as resp:
-                        body = await resp.json(content_type=None)
-                        rows.append(
-                            {
-                                "tenant": tenant.id,
-                                "tier": resp.headers.get("X-Exportgate-Tier") or _tier_of(server, tenant.id),
-                                "kyc": tenant.kyc.status.value,
-                                "status": resp.status,
-                                "decision": "allow" if resp.status < 300 else "deny",
-                                "code": body.get("code", "") if isinstance(body, dict) else "",
-                            }
-                        )
         finally:
             await server.stop()
             await runner.cleanup()
@@ -136,7 +141,7 @@ def _tier_of(server: Server, tenant_id: str) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["tenant", "tier", "kyc", "status", "decision", "code"]
+    headers = ["tenant", "tier", "kyc", "gpus", "status", "decision", "code"]
     widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

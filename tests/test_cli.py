@@ -125,9 +125,13 @@ def test_demo_prints_the_decision_table() -> None:
         [sys.executable, "-m", "gateway", "demo"], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:] if line.strip()}
-    assert rows["acme-us"][1:5] == ["1", "verified", "200", "allow"]
-    assert rows["fjord-se-cn"][1:6] == ["3", "verified", "451", "deny", "tier3_embargoed"]
-    assert rows["selva-br"][-1] == "kyc_not_verified"
-    assert rows["lapsed-in"][-1] == "kyc_expired"
-    assert rows["unplaced"][-1] == "tenant_country_unknown"
+    lines = [line.split() for line in result.stdout.splitlines()[2:] if line.strip()]
+    rows = {(cells[0], cells[3]): cells for cells in lines}
+    assert rows[("acme-us", "8")][1:7] == ["1", "verified", "8", "x", "H100", "200"]
+    assert rows[("fjord-se-cn", "8")][-3:] == ["451", "deny", "tier3_embargoed"]
+    assert rows[("selva-br", "8")][-1] == "kyc_not_verified"
+    assert rows[("lapsed-in", "8")][-1] == "kyc_expired"
+    assert rows[("unplaced", "8")][-1] == "tenant_country_unknown"
+    assert rows[("acme-us", "4096")][-2:] == ["200", "allow"]  # Tier 1: metered, not capped
+    assert rows[("falcon-ae", "1600")][-2:] == ["200", "allow"]
+    assert rows[("falcon-sg", "256")][-3:] == ["429", "deny", "quota_tenant_tpp"]  # the group's shared cap
