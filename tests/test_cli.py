@@ -35,6 +35,11 @@ BAD_CONFIGS = [
         "upstreams: [{url: 'http://x'}]\n",
         "gateway.yaml:3: auth.issuers[0]: issuer 'i': set jwks_file or jwks_url, not both",
     ),
+    (
+        "slurm-jwt-needs-user",
+        "upstreams:\n  - url: 'http://x'\n    headers:\n      X-SLURM-USER-TOKEN: {file: t, slurm_jwt_key_file: k}\n",
+        "gateway.yaml:4: upstreams[0].headers.X-SLURM-USER-TOKEN: slurm_jwt_key_file mints a token for a user",
+    ),
     ("yaml-syntax", "upstreams: [\n", "gateway.yaml:2: (syntax):"),
     (
         "workers-need-redis",

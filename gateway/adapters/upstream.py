@@ -1,10 +1,13 @@
 """Upstream schedulers: one aiohttp ClientSession each, route table and credential headers."""
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
+import jwt
 
 from gateway.config.settings import HeaderSource, UpstreamSettings
 from gateway.core.routes import Route
@@ -31,6 +34,36 @@ def read_static(name: str, source: HeaderSource, env: Mapping[str, str]) -> str 
     return None
 
 
+def read_key(name: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CredentialError(f"header {name}: cannot read {path}: {exc.strerror}") from exc
+
+
+class SlurmTokens:
+    """Mints slurmrestd JWTs (HS256, claim `sun`) for mapped users with the cluster's key."""
+
+    def __init__(self, key: bytes, lifespan_s: float) -> None:
+        if len(key) < 16:
+            raise CredentialError("the Slurm JWT key is shorter than 16 bytes")
+        self._key = key
+        self._lifespan = lifespan_s
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    def token(self, user: str, now: float) -> str:
+        """A token for `user`, reused until half its life has passed."""
+        cached = self._cache.get(user)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        issued = int(now)
+        token = jwt.encode({"sun": user, "iat": issued, "exp": issued + int(self._lifespan)}, self._key, "HS256")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[user] = (token, now + self._lifespan / 2)
+        return token
+
+
 @dataclass
 class Upstream:
     """A scheduler endpoint the gateway forwards to, with the credentials it holds for it."""
@@ -40,6 +73,8 @@ class Upstream:
     adapter: SchedulerAdapter | None = None
     static_headers: dict[str, str] = field(default_factory=dict)
     session: aiohttp.ClientSession | None = None
+    clock: Callable[[], float] = time.time
+    _minters: dict[str, "SlurmTokens"] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -48,6 +83,9 @@ class Upstream:
     async def start(self, env: Mapping[str, str] | None = None) -> None:
         env = dict(os.environ) if env is None else env
         for name, source in self.settings.headers.items():
+            if source.slurm_jwt_key_file is not None:
+                self._minters[name] = SlurmTokens(read_key(name, source.slurm_jwt_key_file), source.lifespan_s)
+                continue
             value = read_static(name, source, env)
             if value is not None:
                 self.static_headers[name] = value
@@ -70,8 +108,10 @@ class Upstream:
         for name, source in self.settings.headers.items():
             if source.from_tenant is not None:
                 value = tenant.upstream_identity.get(source.from_tenant)
-                if value is not None:
-                    out[name] = source.prefix + value
+                if value is None:
+                    continue
+                minter = self._minters.get(name)
+                out[name] = source.prefix + (minter.token(value, self.clock()) if minter else value)
         return out
 
     def url_for(self, raw_path_and_query: str) -> str:

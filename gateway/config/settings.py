@@ -29,6 +29,8 @@ class HeaderSource:
     env: str | None = None
     from_tenant: str | None = None
     prefix: str = ""
+    slurm_jwt_key_file: Path | None = None
+    lifespan_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +134,21 @@ def _headers(node: Node | None, base: Path, problems: list[Problem]) -> dict[str
         return {}
     out = {}
     for name, child in node.items():
-        fields = Fields(child, problems, ("file", "env", "from_tenant", "prefix"))
+        fields = Fields(child, problems, ("file", "env", "from_tenant", "prefix", "slurm_jwt_key_file", "lifespan_s"))
         source = HeaderSource(
             _resolve(base, fields.text("file")),
             fields.text("env"),
             fields.text("from_tenant"),
             fields.text("prefix", ""),
+            _resolve(base, fields.text("slurm_jwt_key_file")),
+            fields.number("lifespan_s", 600.0),
         )
         if sum(x is not None for x in (source.file, source.env, source.from_tenant)) != 1:
             problems.append(child.problem("exactly one of file, env, from_tenant"))
+        if source.slurm_jwt_key_file is not None and source.from_tenant is None:
+            problems.append(child.problem("slurm_jwt_key_file mints a token for a user: set from_tenant"))
+        if not 30 <= source.lifespan_s <= 86400:
+            problems.append(child.problem("lifespan_s: must be 30..86400"))
         out[name] = source
     return out
 

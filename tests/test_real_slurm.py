@@ -1,0 +1,188 @@
+"""The gateway in front of a real slurmctld + slurmrestd 22.05 (8 fake H100s) on loopback."""
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.config.settings import load_settings
+from gateway.http.app import Server
+from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp
+from tests.redis_server import free_port
+
+SCRIPT = Path(__file__).parent / "peers" / "slurm.sh"
+API = "/slurm/v0.0.38"
+
+
+def _ensure_installed() -> None:
+    if shutil.which("slurmctld") and shutil.which("slurmrestd"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.fail("Slurm is required: install slurmctld slurmd slurm-client slurmrestd slurm-wlm-jwt-plugin munge")
+    subprocess.run(["bash", str(SCRIPT), "install"], check=True, capture_output=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[dict[str, Any]]:
+    """A real Slurm cluster with slurmrestd, in its own directory and on free ports."""
+    _ensure_installed()
+    base = Path(tempfile.mkdtemp(prefix="eg-slurm-"))
+    base.chmod(0o755)  # munged runs as the munge user and must reach its socket directory
+    env = {
+        **os.environ,
+        "BASE": str(base),
+        "REST_PORT": str(free_port()),
+        "CTLD_PORT": str(free_port()),
+        "SLURMD_PORT": str(free_port()),
+    }
+    started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        jobs = base / "jobs"
+        jobs.mkdir(exist_ok=True)
+        jobs.chmod(0o1777)
+        yield {"base": base, "url": f"http://127.0.0.1:{env['REST_PORT']}", "jobs": jobs}
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+REGISTRY = """
+tenants:
+  - id: acme-us
+    identities: [{issuer: "https://idp.example.com", subject: acme-us}]
+    location: US
+    headquarters: US
+    parent_headquarters: US
+    kyc: {status: verified, verified_at: 2025-01-20, expires_at: 2030-01-20}
+    upstream_identity: {slurm_user: root}
+  - id: nordlys-se
+    identities: [{issuer: "https://idp.example.com", subject: nordlys-se}]
+    location: SE
+    headquarters: SE
+    parent_headquarters: SE
+    kyc: {status: verified, verified_at: 2025-01-20, expires_at: 2030-01-20}
+    upstream_identity: {slurm_user: root}
+  - id: fjord-se-cn
+    identities: [{issuer: "https://idp.example.com", subject: fjord-se-cn}]
+    location: SE
+    headquarters: SE
+    parent_headquarters: CN
+    kyc: {status: verified, verified_at: 2025-01-20, expires_at: 2030-01-20}
+    upstream_identity: {slurm_user: root}
+"""
+
+
+@pytest.fixture
+async def gateway(slurm: dict[str, Any], tmp_path: Path) -> AsyncIterator[tuple[Server, Idp]]:
+    """A gateway whose upstream is the real slurmrestd, minting Slurm JWTs with the cluster key."""
+    idp = Idp()
+    (tmp_path / "jwks.json").write_text(json.dumps(idp.jwks()))
+    (tmp_path / "tenants.yaml").write_text(REGISTRY)
+    key = slurm["base"] / "state" / "jwt_hs256.key"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"""
+listen: {{host: 127.0.0.1, port: {free_port()}}}
+admin: {{host: 127.0.0.1, port: {free_port()}}}
+instance_id: real-slurm
+policy: {{pack: {POLICIES / "ai-diffusion-2025"}, registry: {tmp_path / "tenants.yaml"}}}
+ledger: {{dir: {tmp_path / "ledger"}}}
+auth:
+  issuers:
+    - {{issuer: "{ISSUER}", audiences: ["{AUDIENCE}"], algorithms: [RS256], jwks_file: {tmp_path / "jwks.json"}}}
+upstreams:
+  - name: slurm
+    url: {slurm["url"]}
+    scheduler: slurm
+    timeout_s: 20
+    headers:
+      X-SLURM-USER-NAME: {{from_tenant: slurm_user}}
+      X-SLURM-USER-TOKEN: {{from_tenant: slurm_user, slurm_jwt_key_file: {key}, lifespan_s: 300}}
+""")
+    server = Server(load_settings(config, env={}), env={})
+    await server.start()
+    try:
+        yield server, idp
+    finally:
+        await server.stop()
+
+
+def job(slurm: dict[str, Any], gpus: int, name: str = "eg-real") -> dict[str, Any]:
+    return {
+        "job": {
+            "name": name,
+            "partition": "gpu",
+            "time_limit": 10,
+            "tasks": 1,
+            "gpus": f"h100:{gpus}",
+            "current_working_directory": str(slurm["jobs"]),
+            "standard_output": f"{slurm['jobs']}/%j.out",
+            "environment": {"PATH": "/usr/bin:/bin"},
+        },
+        "script": "#!/bin/bash\nsleep 30",
+    }
+
+
+async def call(server: Server, idp: Idp, sub: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    url = f"http://127.0.0.1:{server.settings.listen_port}{path}"
+    headers = {"Authorization": f"Bearer {idp.token(sub)}"}
+    async with aiohttp.ClientSession() as client, client.request(method, url, json=body, headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def held(server: Server, tenant: str) -> float:
+    assert server.store is not None
+    return await server.store.counter_value("US", f"tenant:{tenant}", server.clock())
+
+
+async def test_submit_read_list_cancel_against_real_slurmrestd(slurm: dict[str, Any], gateway: tuple[Server, Idp]) -> None:
+    """A 2-GPU job is admitted, created by slurmrestd, readable only by its owner, and released on cancel."""
+    server, idp = gateway
+    status, body = await call(server, idp, "acme-us", "POST", f"{API}/job/submit", job(slurm, 2))
+    assert status == 200, body
+    job_id = body["job_id"]
+    assert isinstance(job_id, int) and body["errors"] == []
+    assert await held(server, "acme-us") == 2 * 15832
+    status, body = await call(server, idp, "acme-us", "GET", f"{API}/job/{job_id}")
+    assert status == 200 and body["jobs"][0]["job_id"] == job_id
+    assert body["jobs"][0]["job_state"] in ("PENDING", "RUNNING", "CONFIGURING")
+    status, body = await call(server, idp, "nordlys-se", "GET", f"{API}/job/{job_id}")
+    assert (status, body["code"]) == (404, "job_not_owned")
+    status, body = await call(server, idp, "nordlys-se", "GET", f"{API}/jobs")
+    assert status == 200 and all(j["job_id"] != job_id for j in body["jobs"])
+    status, body = await call(server, idp, "acme-us", "GET", f"{API}/jobs")
+    assert status == 200 and [j["job_id"] for j in body["jobs"]] == [job_id]
+    status, body = await call(server, idp, "acme-us", "DELETE", f"{API}/job/{job_id}")
+    assert status == 200, body
+    assert await held(server, "acme-us") == 0
+    for _ in range(20):  # slurmctld marks the job cancelled shortly after
+        status, body = await call(server, idp, "acme-us", "GET", f"{API}/job/{job_id}")
+        if body["jobs"][0]["job_state"] == "CANCELLED":
+            break
+        await asyncio.sleep(0.25)
+    assert body["jobs"][0]["job_state"] == "CANCELLED"
+
+
+async def test_slurm_rejection_is_refunded(slurm: dict[str, Any], gateway: tuple[Server, Idp]) -> None:
+    """slurmrestd's HTTP 500 with an errors array (16 GPUs on an 8-GPU node) is definitive: the lease is refunded."""
+    server, idp = gateway
+    status, body = await call(server, idp, "acme-us", "POST", f"{API}/job/submit", job(slurm, 16, "too-big"))
+    assert status == 500 and body["errors"], body
+    assert await held(server, "acme-us") == 0
+
+
+async def test_tier3_parent_never_reaches_slurm(slurm: dict[str, Any], gateway: tuple[Server, Idp]) -> None:
+    """A tenant with a Tier 3 parent is refused 451 and slurmrestd sees no job."""
+    server, idp = gateway
+    status, body = await call(server, idp, "fjord-se-cn", "POST", f"{API}/job/submit", job(slurm, 1, "fjord"))
+    assert (status, body["code"]) == (451, "tier3_embargoed")
+    status, body = await call(server, idp, "acme-us", "GET", f"{API}/jobs")
+    assert all(j["name"] != "fjord" for j in body["jobs"])
