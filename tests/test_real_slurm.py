@@ -143,7 +143,9 @@ async def held(server: Server, tenant: str) -> float:
     return await server.store.counter_value("US", f"tenant:{tenant}", server.clock())
 
 
-async def test_submit_read_list_cancel_against_real_slurmrestd(slurm: dict[str, Any], gateway: tuple[Server, Idp]) -> None:
+async def test_submit_read_list_cancel_against_real_slurmrestd(
+    slurm: dict[str, Any], gateway: tuple[Server, Idp]
+) -> None:
     """A 2-GPU job is admitted, created by slurmrestd, readable only by its owner, and released on cancel."""
     server, idp = gateway
     status, body = await call(server, idp, "acme-us", "POST", f"{API}/job/submit", job(slurm, 2))
