@@ -47,7 +47,8 @@ def _stored(result: forward.Buffered, decision_id: str) -> StoredResponse:
 
 def lease_record(planned: Plan, quota: Decision, replaces: str | None) -> dict[str, Any]:
     """What the ledger needs to rebuild this reservation: slot, end, debits, idempotency key."""
-    amounts = {k: v["amount"] for k, v in (quota.extra.get("quota") or {}).items()}  # type: ignore[attr-defined]
+    states = quota.extra.get("quota")
+    amounts = {k: v["amount"] for k, v in states.items()} if isinstance(states, dict) else {}
     return {
         "hash_tag": planned.hash_tag,
         "lease_end": planned.lease_end,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.adapters.auth import Authenticator, AuthError
 from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
@@ -195,7 +196,7 @@ class Gateway:
         data = await request.content.read(limit + 1)
         return None if len(data) > limit else data
 
-    def upstream_headers(self, request: web.Request, ex: Exchange, decision: Decision) -> Any:
+    def upstream_headers(self, request: web.Request, ex: Exchange, decision: Decision) -> CIMultiDict[str]:
         headers = upstream_request_headers(request.headers)
         headers.update(
             forwarded_headers(
