@@ -88,7 +88,11 @@ class Gateway:
             upstream=pick_upstream(self.upstreams, raw_path),
             path=raw_path,
         )
-        response = await self._handle(request, ex)
+        try:
+            response = await self._handle(request, ex)
+        except Exception:  # the last line of defence: a bug answers problem+json, never a traceback or a 500
+            log.exception("unexpected error on %s %s (decision %s)", request.method, ex.path[:256], ex.decision_id)
+            response = self.reply(ex, Code.BACKEND_UNAVAILABLE, "the gateway could not complete this request")
         kind = ex.kind.value if ex.kind else "none"
         self.metrics.requests.labels(kind, f"{response.status // 100}xx").inc()
         self.metrics.request_seconds.labels(kind).observe(time.perf_counter() - ex.started)
