@@ -17,6 +17,7 @@ from gateway.core.leases import MAX_STORED_BODY, Plan, ReserveStatus, StoredResp
 from gateway.core.pricing import price
 from gateway.core.quota import interpret, plan_reservation
 from gateway.core.records import followup_body
+from gateway.core.routes import RouteMatch
 from gateway.http import forward
 from gateway.schedulers import SchedulerAdapter
 
@@ -58,6 +59,11 @@ def lease_record(planned: Plan, quota: Decision, replaces: str | None) -> dict[s
             {"key": c.key, "kind": c.kind.value, "amount": amounts.get(c.key, c.amount)} for c in planned.counters
         ],
     }
+
+
+def _whole_job(match: RouteMatch, job_id: str | None) -> bool:
+    """Whether the route names the whole owned job, not one part of it (Slurm's `12_3`, `12+1`)."""
+    return match.job_id is None or match.job_id == job_id
 
 
 def _respond(result: forward.Buffered, decision_id: str) -> web.Response:
@@ -115,6 +121,10 @@ class JobFlows:
         if spec is None:
             return await self._recorded_forward(request, ex, admission, body)
         job_id = adapter.job_id_of(ex.match)
+        if not _whole_job(ex.match, job_id):
+            # Its new total would replace the whole job's lease while pricing only the part.
+            detail = f"the update changes the resources of part of job {job_id}; update the whole job"
+            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_UPDATE_NOT_ALLOWED, detail, admission.tier))
         return await self._reserve_and_forward(request, ex, admission, adapter, spec, body, None, replaces=job_id)
 
     async def cancel(self, request: web.Request, ex: "Exchange", admission: Decision) -> web.StreamResponse:
@@ -129,14 +139,16 @@ class JobFlows:
         if isinstance(result, web.StreamResponse):
             return result
         if 200 <= result.status < 300 and job_id is not None:
-            now = self.gw.clock()
+            whole = _whole_job(ex.match, job_id)
+            released = False
             try:
-                released = await self.store.release_job(ex.upstream.name, job_id, now)
+                # Cancelling one array task or het component leaves the rest running: hold it all.
+                if whole:
+                    released = await self.store.release_job(ex.upstream.name, job_id, self.gw.clock())
             except BackendUnavailable:
                 self.gw.metrics.backend_errors.labels("quota").inc()
-                released = False
                 log.error("cancel of %s went through but its lease could not be released yet", job_id)
-            await self._followup("release", ex, job_id=job_id, released=released)
+            await self._followup("release", ex, job_id=job_id, released=released, whole_job=whole)
         return _respond(result, ex.decision_id)
 
     async def read(self, request: web.Request, ex: "Exchange", admission: Decision) -> web.StreamResponse:

@@ -1,0 +1,373 @@
+"""End to end on Slurm: exact quotas, leases, refunds, idempotent retries and job ownership."""
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.harness import E2E_TENANTS, Clock, Reply, Stack, call, ledger_records, run_stack, wait_for_record
+from tests.redis_server import RedisProcess, free_port
+
+SUBMIT = "/slurm/v0.0.38/job/submit"
+H100 = 15832.0  # TPP of one H100 (gpus.yaml)
+LEASE_S = 60 * 60 + 3600  # a 60-minute job plus caps.yaml leases.pending_allowance_s
+
+
+def job(name: str = "t", gpus: str = "h100:1", time_limit: int | None = 60, lineage: str | None = None) -> Any:
+    """A v0.0.38 submission body."""
+    env = {"PATH": "/usr/bin"} | ({"EXPORTGATE_LINEAGE": lineage} if lineage else {})
+    spec: dict[str, Any] = {"name": name, "partition": "gpu", "gpus": gpus, "environment": env}
+    if time_limit is not None:
+        spec["time_limit"] = time_limit
+    return {"job": spec, "script": "#!/bin/bash\ntrue"}
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """The gateway's clock; tests move it to end leases."""
+    return Clock()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, clock: Clock) -> AsyncIterator[Stack]:
+    async for s in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS):
+        yield s
+
+
+async def submit(stack: Stack, sub: str, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
+    return await call(stack, "POST", SUBMIT, sub, payload=job() if body is None else body, headers=headers)
+
+
+async def held(stack: Stack, tag: str, key: str) -> float:
+    """A counter's value in the gateway's own store, at the gateway's time."""
+    store = stack.server.store
+    assert store is not None
+    return await store.counter_value(tag, key, stack.server.clock())
+
+
+def submissions(stack: Stack) -> list[dict[str, Any]]:
+    return [r for r in stack.standin.requests if r["path"] == SUBMIT]
+
+
+def decision(stack: Stack, decision_id: str) -> dict[str, Any]:
+    return next(r for r in ledger_records(stack) if r["kind"] == "decision" and r["decision_id"] == decision_id)
+
+
+async def until(condition: Callable[[], object], timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+# -- idempotency ------------------------------------------------------------------------------
+
+
+async def test_retry_with_same_idempotency_key_is_replayed_and_debited_once(stack: Stack) -> None:
+    """A retry gets the first answer and decision id back, marked replayed; nothing is forwarded or debited twice."""
+    key = {"Idempotency-Key": "train-42:attempt"}
+    first = await submit(stack, "capped-ae", headers=key)
+    again = await submit(stack, "capped-ae", headers=key)
+    assert first[0] == again[0] == 200 and first[1] == again[1] == {**first[1], "job_id": 1}
+    assert again[2]["X-Exportgate-Decision-Id"] == first[2]["X-Exportgate-Decision-Id"]
+    assert again[2]["X-Exportgate-Replayed"] == "true" and "X-Exportgate-Replayed" not in first[2]
+    assert len(submissions(stack)) == 1
+    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    await wait_for_record(stack, "replay", first_decision_id=first[2]["X-Exportgate-Decision-Id"])
+
+
+async def test_idempotency_keys_belong_to_one_tenant(stack: Stack) -> None:
+    """Another tenant sending the same key is a new submission, never the first tenant's stored answer."""
+    key = {"Idempotency-Key": "shared-key"}
+    first = await submit(stack, "us-one", headers=key)
+    other = await submit(stack, "us-two", headers=key)
+    assert (first[1]["job_id"], other[1]["job_id"]) == (1, 2)
+    assert "X-Exportgate-Replayed" not in other[2]
+    assert len(submissions(stack)) == 2
+
+
+async def test_retry_while_first_is_in_flight_is_409(stack: Stack) -> None:
+    """A retry while the first attempt waits on the scheduler is request_in_progress; after it, a replay."""
+    stack.standin.slow_s = 0.5
+    key = {"Idempotency-Key": "slow-1"}
+    first = asyncio.create_task(submit(stack, "capped-ae", job(name="slow-me"), key))
+    await until(lambda: submissions(stack))
+    status, body, headers = await submit(stack, "capped-ae", job(name="slow-me"), key)
+    assert (status, body["code"]) == (409, "request_in_progress")
+    assert headers["Content-Type"] == "application/problem+json"
+    assert (await first)[0] == 200
+    replay = await submit(stack, "capped-ae", job(name="slow-me"), key)
+    assert replay[0] == 200 and replay[2]["X-Exportgate-Replayed"] == "true"
+    assert len(submissions(stack)) == 1
+    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    assert decision(stack, body["decision_id"])["code"] == "request_in_progress"
+
+
+# -- upstream failures: refund when the scheduler surely did nothing, hold when in doubt -----------
+
+FAILURES = [
+    ("slurm-definitive-500", {}, "reject-me", 500, None, "refund", 0.0),
+    ("upstream-timeout", {"timeout_s": 0.3}, "slow-me", 504, "upstream_timeout", "unsettled", H100),
+    ("upstream-unreachable", {"upstream_url": "nothing-listens"}, "t", 502, "upstream_unreachable", "refund", 0.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "config", "name", "status", "code", "record", "after"), FAILURES, ids=[f[0] for f in FAILURES]
+)
+async def test_upstream_failure_refunds_or_holds(
+    tmp_path: Path,
+    case: str,
+    config: dict[str, Any],
+    name: str,
+    status: int,
+    code: str | None,
+    record: str,
+    after: float,
+) -> None:
+    """A definitive rejection or a refused connection refunds; a timeout keeps the lease, marked unsettled."""
+    if config.get("upstream_url") == "nothing-listens":
+        config = {"upstream_url": f"http://127.0.0.1:{free_port()}"}
+    async for stack in run_stack(tmp_path, registry=E2E_TENANTS, **config):
+        stack.standin.slow_s = 1.0
+        got, body, headers = await submit(stack, "capped-ae", job(name=name))
+        assert got == status
+        if code is None:  # the scheduler's own answer is passed through
+            assert body["errors"][0]["error_code"] == 2014
+        else:
+            assert body["code"] == code
+        decision_id = headers["X-Exportgate-Decision-Id"]
+        assert decision(stack, decision_id)["decision"] == "allow"
+        followup = await wait_for_record(stack, record, decision_id=decision_id)
+        assert followup.get("refunded", True) is True
+        assert await held(stack, "AE", "tenant:capped-ae") == after
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+async def test_cancel_through_gateway_releases_capacity(stack: Stack) -> None:
+    """A cancelled job's TPP is given back at once, so a job that did not fit now fits."""
+    for _ in range(2):
+        assert (await submit(stack, "capped-ae"))[0] == 200
+    assert (await submit(stack, "capped-ae"))[0] == 429
+    status, _, headers = await call(stack, "DELETE", "/slurm/v0.0.38/job/1", "capped-ae")
+    assert status == 200 and stack.standin.jobs["1"]["job_state"] == "CANCELLED"
+    released = await wait_for_record(stack, "release", decision_id=headers["X-Exportgate-Decision-Id"])
+    assert (released["job_id"], released["released"]) == ("1", True)
+    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    assert (await submit(stack, "capped-ae"))[0] == 200
+
+
+async def test_one_array_task_cannot_release_or_reprice_the_whole_job(stack: Stack) -> None:
+    """Cancelling or resizing one array task keeps the whole job's lease held; cancelling the job frees it."""
+    spec = job(gpus="h100:1")
+    spec["job"]["array"] = "0-3"
+    assert (await submit(stack, "us-one", spec))[1]["job_id"] == 1
+    assert await held(stack, "US", "tenant:us-one") == 4 * H100
+    status, _, headers = await call(stack, "DELETE", "/slurm/v0.0.38/job/1_2", "us-one")
+    assert status == 200 and stack.standin.jobs["1"]["cancelled_tasks"] == ["2"]
+    released = await wait_for_record(stack, "release", decision_id=headers["X-Exportgate-Decision-Id"])
+    assert (released["released"], released["whole_job"]) == (False, False)
+    assert await held(stack, "US", "tenant:us-one") == 4 * H100
+    update = {"job": {"gpus": "h100:1", "time_limit": 60}}  # would replace the whole array's lease
+    status, body, _ = await call(stack, "POST", "/slurm/v0.0.38/job/1_3", "us-one", payload=update)
+    assert (status, body["code"]) == (403, "job_update_not_allowed")
+    assert await held(stack, "US", "tenant:us-one") == 4 * H100
+    status, _, _ = await call(stack, "DELETE", "/slurm/v0.0.38/job/1", "us-one")
+    assert status == 200 and await held(stack, "US", "tenant:us-one") == 0.0
+
+
+async def test_lease_end_returns_capacity(stack: Stack, clock: Clock) -> None:
+    """Capacity comes back exactly at admission + walltime + the pending allowance, as Retry-After said."""
+    for _ in range(2):
+        assert (await submit(stack, "capped-ae"))[0] == 200
+    clock.advance(LEASE_S - 1)
+    status, body, headers = await submit(stack, "capped-ae")
+    assert (status, body["code"], headers["Retry-After"]) == (429, "quota_tenant_tpp", "1")
+    clock.advance(1)
+    assert (await submit(stack, "capped-ae"))[0] == 200
+    assert await held(stack, "AE", "tenant:capped-ae") == H100
+
+
+# -- caps ------------------------------------------------------------------------------------
+
+CAPS = [
+    ("tier2-capped", "capped-ae", "AE", [200, 200, 429]),
+    ("tier1-metered-uncapped", "us-one", "US", [200, 200, 200]),
+]
+
+
+@pytest.mark.parametrize(("case", "sub", "tag", "statuses"), CAPS, ids=[c[0] for c in CAPS])
+async def test_tenant_cap(stack: Stack, case: str, sub: str, tag: str, statuses: list[int]) -> None:
+    """A Tier 2 tenant is refused past its cap with Retry-After to the earliest lease end; Tier 1 is only metered."""
+    replies = [await submit(stack, sub) for _ in statuses]
+    assert [r[0] for r in replies] == statuses
+    admitted = statuses.count(200)
+    assert await held(stack, tag, f"tenant:{sub}") == admitted * H100
+    assert len(submissions(stack)) == admitted
+    if 429 in statuses:
+        _, body, headers = replies[-1]
+        assert body["code"] == "quota_tenant_tpp" and "740.27" in body["citation"]
+        assert headers["Retry-After"] == str(LEASE_S)
+        record = decision(stack, body["decision_id"])
+        assert (record["decision"], record["quota_before"][f"tenant:{sub}"]) == ("deny", 2 * H100)
+
+
+AFFILIATES = [("ae-then-sg", "falcon-ae", "falcon-sg"), ("sg-then-ae", "falcon-sg", "falcon-ae")]
+
+
+@pytest.mark.parametrize(("case", "big", "small"), AFFILIATES, ids=[a[0] for a in AFFILIATES])
+async def test_affiliates_share_one_cap(stack: Stack, case: str, big: str, small: str) -> None:
+    """Affiliates under one parent_entity draw on one LPP allowance in the parent's country slot."""
+    assert (await submit(stack, big, job(gpus="h100:1699")))[0] == 200  # 26,898,568 of 26,900,000 TPP
+    status, body, headers = await submit(stack, small)
+    assert (status, body["code"]) == (429, "quota_tenant_tpp")
+    assert int(headers["Retry-After"]) > 0
+    assert await held(stack, "AE", "group:falcon-group") == 1699 * H100
+    assert await held(stack, "SG", f"tenant:{small}") == 0.0
+
+
+# -- ownership -------------------------------------------------------------------------------
+
+FOREIGN = [
+    ("read", "GET", None),
+    ("update", "POST", {"job": {"name": "mine-now"}}),
+    ("cancel", "DELETE", None),
+]
+
+
+@pytest.mark.parametrize(("case", "method", "payload"), FOREIGN, ids=[f[0] for f in FOREIGN])
+async def test_other_tenants_job_is_not_found(stack: Stack, case: str, method: str, payload: Any) -> None:
+    """Tenant B reading, updating or cancelling tenant A's job gets job_not_owned; the scheduler never hears of it."""
+    assert (await submit(stack, "us-one"))[1]["job_id"] == 1
+    status, body, _ = await call(stack, method, "/slurm/v0.0.38/job/1", "us-two", payload=payload)
+    assert (status, body["code"]) == (404, "job_not_owned")
+    assert [r for r in stack.standin.requests if r["path"] != SUBMIT] == []
+    assert stack.standin.jobs["1"]["job_state"] == "PENDING"
+    assert await held(stack, "US", "tenant:us-one") == H100
+
+
+async def test_listing_shows_only_own_jobs(stack: Stack) -> None:
+    """The jobs listing is cut down to the caller's own submissions."""
+    for sub in ("us-one", "us-two", "us-one"):
+        assert (await submit(stack, sub))[0] == 200
+    listed = {}
+    for sub in ("us-one", "us-two", "capped-ae"):
+        status, body, _ = await call(stack, "GET", "/slurm/v0.0.38/jobs", sub)
+        assert status == 200 and body["errors"] == []
+        listed[sub] = sorted(j["job_id"] for j in body["jobs"])
+    assert listed == {"us-one": [1, 3], "us-two": [2], "capped-ae": []}
+    status, body, _ = await call(stack, "GET", "/slurm/v0.0.38/job/3", "us-one")
+    assert status == 200 and body["jobs"][0]["job_id"] == 3
+
+
+# -- submissions and updates that cannot be priced -------------------------------------------
+
+ENV = '"environment": {"PATH": "/bin"}}}'
+INVALID = [
+    ("unknown-gpu-model", '{"job": {"time_limit": 60, "gpus": "z9000:1", ' + ENV, "unknown GPU model"),
+    ("duplicate-keys", '{"job": {"time_limit": 60, "gpus": "h100:1", "gpus": "h100:512", ' + ENV, "duplicate"),
+    ("no-time-limit", '{"job": {"partition": "gpu", "gpus": "h100:1", ' + ENV, "time_limit"),
+    ("negative-gres", '{"job": {"time_limit": 60, "gres": "gpu:h100:-1", ' + ENV, "gres"),
+    ("not-json", '{"job": {"time_limit": 60,', "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize(("case", "raw", "hint"), INVALID, ids=[i[0] for i in INVALID])
+async def test_unpriceable_submission_is_job_spec_invalid(stack: Stack, case: str, raw: str, hint: str) -> None:
+    """A submission that cannot be priced is refused 400 job_spec_invalid, recorded, and never forwarded."""
+    headers = {"Content-Type": "application/json"}
+    status, body, _ = await call(stack, "POST", SUBMIT, "capped-ae", data=raw.encode(), headers=headers)
+    assert (status, body["code"]) == (400, "job_spec_invalid")
+    assert hint in body["detail"]
+    assert decision(stack, body["decision_id"])["code"] == "job_spec_invalid"
+    assert stack.standin.requests == []
+    assert await held(stack, "AE", "tenant:capped-ae") == 0.0
+
+
+UPDATES = [
+    ("resources-without-time-limit", {"job": {"gpus": "h100:4"}}, 403, "job_update_not_allowed", H100),
+    ("heterogeneous", {"jobs": [{"gpus": "h100:1", "time_limit": 60}]}, 403, "job_update_not_allowed", H100),
+    ("full-restatement", {"job": {"gpus": "h100:3", "time_limit": 60}}, 200, None, 3 * H100),
+    ("rename-only", {"job": {"name": "renamed"}}, 200, None, H100),
+]
+
+
+@pytest.mark.parametrize(("case", "payload", "status", "code", "after"), UPDATES, ids=[u[0] for u in UPDATES])
+async def test_job_update_is_priced_as_new_total_or_refused(
+    stack: Stack, case: str, payload: Any, status: int, code: str | None, after: float
+) -> None:
+    """An owned update is forwarded when it changes no resources or restates them all; otherwise refused."""
+    assert (await submit(stack, "us-one"))[1]["job_id"] == 1
+    got, body, _ = await call(stack, "POST", "/slurm/v0.0.38/job/1", "us-one", payload=payload)
+    assert got == status
+    updates = [r for r in stack.standin.requests if r["path"] == "/slurm/v0.0.38/job/1"]
+    if code is not None:
+        assert body["code"] == code and updates == []
+    else:
+        assert body["errors"] == [] and len(updates) == 1
+    assert await held(stack, "US", "tenant:us-one") == after
+
+
+# -- the training threshold ------------------------------------------------------------------
+
+TRAINING = [
+    ("just-below", "below-ae", "llama-x", 200, []),
+    ("crosses", "cross-ae", "llama-x", 403, []),
+    ("renamed-lineage", "cross-ae", "llama-x-v2", 403, []),
+    ("licensed-lineage", "licensed-ae", "llama-x", 200, ["D-1001"]),
+    ("licence-for-another-lineage", "mislicensed-ae", "llama-x", 403, []),
+    ("tier1-not-counted", "us-one", "llama-x", 200, []),
+]
+
+
+@pytest.mark.parametrize(("case", "sub", "lineage", "status", "licences"), TRAINING, ids=[t[0] for t in TRAINING])
+async def test_training_threshold(
+    stack: Stack, case: str, sub: str, lineage: str, status: int, licences: list[str]
+) -> None:
+    """One H100-hour that takes a lineage (or the tenant's total) to 1e26 ops needs a licence for that lineage."""
+    got, body, headers = await submit(stack, sub, job(lineage=lineage))
+    assert got == status
+    record = decision(stack, headers["X-Exportgate-Decision-Id"])
+    if status == 403:
+        assert body["code"] == "licence_required" and "4E091" in body["citation"]
+        assert "Retry-After" not in headers
+        assert submissions(stack) == []
+    else:
+        assert record["decision"] == "allow" and record["licences"] == licences
+
+
+# -- the Redis store failing closed ----------------------------------------------------------
+
+
+async def backend_errors(stack: Stack) -> float:
+    async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/metrics") as resp:
+        text = await resp.text()
+    found = re.search(r'^exportgate_backend_errors_total\{backend="quota"\} (\S+)$', text, re.M)
+    return float(found[1]) if found else 0.0
+
+
+async def test_redis_outage_fails_closed_then_recovers(tmp_path: Path, fresh_redis: RedisProcess) -> None:
+    """With Redis down, routes needing the store are 503 backend_unavailable within a second; restarted, all works."""
+    quota = f"quota: {{store: redis, redis_url: '{fresh_redis.url}', timeout_ms: 200}}"
+    async for stack in run_stack(tmp_path, registry=E2E_TENANTS, extra=quota):
+        assert (await submit(stack, "capped-ae"))[0] == 200
+        assert await held(stack, "AE", "tenant:capped-ae") == H100
+        fresh_redis.kill()
+        for method, path in [("POST", SUBMIT), ("GET", "/slurm/v0.0.38/job/1"), ("GET", "/slurm/v0.0.38/jobs")]:
+            started = time.monotonic()
+            status, body, _ = await call(stack, method, path, "capped-ae", payload=job() if method == "POST" else None)
+            assert time.monotonic() - started < 1.5
+            assert (status, body["code"]) == (503, "backend_unavailable"), path
+        assert len(submissions(stack)) == 1 and len(stack.standin.requests) == 1
+        assert await backend_errors(stack) >= 3
+        fresh_redis.start()
+        status, body, _ = await submit(stack, "capped-ae")
+        assert (status, body["job_id"]) == (200, 2)
+        assert await held(stack, "AE", "tenant:capped-ae") == H100  # the restarted Redis kept nothing
