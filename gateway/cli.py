@@ -1,7 +1,6 @@
 """The `exportgate` command; each group of subcommands lives in its own module."""
 
 import argparse
-import asyncio
 import importlib
 import logging
 import sys
@@ -22,11 +21,15 @@ def _serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    logging.getLogger(__name__).info("starting: %s", describe(settings))
-    from gateway.http.app import serve_forever
+    from gateway.workers import serve, with_workers
 
-    asyncio.run(serve_forever(settings))
-    return 0
+    settings, refusal = with_workers(settings, args.workers)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 1
+    if args.worker_index is None:
+        logging.getLogger(__name__).info("starting: %s", describe(settings))
+    return serve(settings, args.config, args.worker_index)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -74,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, help="gateway.yaml (default: embedded defaults)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: gateway.yaml's workers, else 1)")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
     serve.set_defaults(func=_serve)
     check = sub.add_parser("check", help="validate config, pack and registry offline")
     check.add_argument("--config", type=Path)
