@@ -1,21 +1,22 @@
-"""The ledger writer: one hash chain per instance, group-committed with fsync, never dropping."""
+"""The ledger writer: one hash chain per instance in rotating segments, group-committed with fsync, never dropping."""
 
 import asyncio
 import contextlib
-import json
+import errno
 import logging
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.core.ledger import GENESIS, line_of, seal
+from gateway.adapters import ledger_files as files
+from gateway.adapters.signing import Signer
+from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, checkpoint_body, checkpoint_payload, line_of, seal
 
 log = logging.getLogger(__name__)
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class LedgerUnavailable(Exception):
@@ -24,30 +25,34 @@ class LedgerUnavailable(Exception):
 
 def instance_dir(root: Path, instance: str) -> Path:
     """Each instance writes its own directory, so writers never contend for a file."""
-    return root / _SAFE.sub("_", instance)
+    return root / files.safe_name(instance)
 
 
-def _last_line(path: Path) -> tuple[bytes, int]:
-    """The file's last line (without newline) and the offset where it starts."""
-    with path.open("rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        pos = size
-        chunk = b""
-        while pos > 0:
-            step = min(4096, pos)
-            pos -= step
-            fh.seek(pos)
-            chunk = fh.read(step) + chunk
-            body = chunk[:-1] if chunk.endswith(b"\n") else chunk
-            cut = body.rfind(b"\n")
-            if cut >= 0:
-                return body[cut + 1 :], pos + cut + 1
-        body = chunk[:-1] if chunk.endswith(b"\n") else chunk
-        return body, 0
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """A queue entry asking for a checkpoint (at open, on the interval, at close)."""
+
+    reason: str
+
+
+_Item = tuple[Mapping[str, Any] | _Mark, "asyncio.Future[dict[str, Any]] | None"]
+
+
+@dataclass(slots=True)
+class _Sealed:
+    """One batch sealed in memory; the writer's state moves to it only once it is on disk."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any] | None] = field(default_factory=list)
+    seq: int = 0
+    head: str = GENESIS
+    since: int = 0
+    cp_time: float = 0.0
+    checkpoint: dict[str, Any] | None = None
 
 
 class LedgerWriter:
-    """Appends records to `<dir>/<instance>/<segment>.jsonl` in fsynced batches."""
+    """Appends records to `<dir>/<instance>/<segment>.jsonl` in fsynced batches, with signed checkpoints."""
 
     def __init__(
         self,
@@ -59,6 +64,14 @@ class LedgerWriter:
         queue_limit: int = 10_000,
         on_commit: Callable[[int, float], None] = lambda n, s: None,
         on_error: Callable[[], None] = lambda: None,
+        segment_max_bytes: int = 64 << 20,
+        segment_max_age_s: float = 86_400.0,
+        signer: Signer | None = None,
+        checkpoint_every_records: int = 1000,
+        checkpoint_every_s: float = 60.0,
+        anchor_dir: Path | None = None,
+        on_checkpoint: Callable[[dict[str, Any]], None] = lambda record: None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = root
         self.instance = instance
@@ -66,17 +79,34 @@ class LedgerWriter:
         self.batch_window_s = batch_window_s
         self.max_batch = max_batch
         self.queue_limit = queue_limit
+        self.segment_max_bytes = segment_max_bytes
+        self.segment_max_age_s = segment_max_age_s
+        self.signer = signer
+        self.checkpoint_every_records = checkpoint_every_records
+        self.checkpoint_every_s = checkpoint_every_s
+        self.anchor_dir = anchor_dir
+        self.clock = clock
         self._on_commit = on_commit
         self._on_error = on_error
-        self._pending: deque[tuple[Mapping[str, Any], asyncio.Future[dict[str, Any]] | None]] = deque()
+        self._on_checkpoint = on_checkpoint
+        self._pending: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._fd = -1
+        self._lock_fd = -1
         self._seq = 0
         self._head = GENESIS
+        self._since_cp = 0
+        self._cp_time = 0.0
+        self._checkpoint: dict[str, Any] | None = None
+        self._closed_segments: list[dict[str, Any]] = []
+        self._segment_first: int | None = None
+        self._segment_opened = 0.0
+        self._segment_bytes = 0
         self.segment: Path | None = None
         self.healthy = False
         self._closing = False
+        self._broken = False
 
     @property
     def head(self) -> tuple[int, str]:
@@ -85,56 +115,65 @@ class LedgerWriter:
 
     async def open(self) -> None:
         """Recover the chain head from disk (repairing a torn tail) and start committing."""
-        repair = await asyncio.to_thread(self._open_sync)
+        if self.signer is None:
+            log.warning(
+                "ledger: no signing_key_file configured, so no signed checkpoints are written; "
+                "the hash chain alone cannot show a rewritten or truncated tail"
+            )
+        opened = False
+        try:
+            repair = await asyncio.to_thread(self._open_sync)
+            opened = True
+        except BlockingIOError:
+            raise LedgerUnavailable(f"{self.dir}: another process is writing this instance's chain") from None
+        except files.ChainHeadUnknown as exc:
+            raise LedgerUnavailable(str(exc)) from None
+        finally:
+            if not opened:
+                self._release()
         self.healthy = True
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
         if repair is not None:
             await self.append(repair, wait=True)
+        if self.signer is not None and self._since_cp:
+            self._pending.append((_Mark("open"), None))  # sign what the last run (or a crash) left unsigned
+            self._wake.set()
 
     def _open_sync(self) -> dict[str, Any] | None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        segments = sorted(self.dir.glob("*.jsonl"))
-        self.segment = segments[-1] if segments else self.dir / "000001.jsonl"
-        repair: dict[str, Any] | None = None
-        if self.segment.exists():
-            repair = self._recover(self.segment)
+        self._lock_fd = files.lock_writer(self.dir)
+        manifest = files.read_json(self.dir / files.MANIFEST) or {}
+        found = files.segments(self.dir)
+        self.segment = found[-1] if found else self.dir / files.segment_name(1)
+        repair = files.repair_torn_tail(self.segment, self.clock()) if self.segment.exists() else None
+        self._seq, self._head, head_kind = files.head_from_disk(self.dir, found)
+        claimed = manifest.get("head") or {}
+        if isinstance(claimed.get("seq"), int) and (
+            claimed["seq"] > self._seq or (claimed["seq"] == self._seq and claimed.get("hash") != self._head)
+        ):
+            raise LedgerUnavailable(
+                f"{self.dir / files.MANIFEST}: says the chain reaches seq {claimed['seq']}, but the segments end at "
+                f"seq {self._seq}: committed records are missing; refusing to continue this chain"
+            )
+        self._closed_segments = [files.segment_entry(p) for p in found[:-1]]
+        entries = {e.get("name"): e for e in manifest.get("segments") or [] if isinstance(e, dict)}
+        first = files.parse(files.first_line(self.segment)) if self.segment.exists() else None
+        self._segment_first = first.get("seq") if first else None
+        now = self.clock()
+        opened = (entries.get(self.segment.name) or {}).get("opened") or (first or {}).get("ts")
+        self._segment_opened = float(opened) if isinstance(opened, int | float) else now
+        done = manifest.get("checkpoint")
+        self._checkpoint = done if isinstance(done, dict) and isinstance(done.get("seq"), int) else None
+        if self._seq == 0 or head_kind in (CHECKPOINT, PRUNE):
+            self._since_cp = 0
+        else:
+            self._since_cp = max(1, self._seq - (self._checkpoint or {}).get("seq", 0))
+        self._cp_time = now
         self._fd = os.open(self.segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self._segment_bytes = os.fstat(self._fd).st_size
+        files.fsync_dir(self.dir)
+        self._write_manifest(self._manifest())
         return repair
-
-    def _recover(self, segment: Path) -> dict[str, Any] | None:
-        line, offset = _last_line(segment)
-        if not line:
-            return None
-        try:
-            record = json.loads(line)
-            self._seq, self._head = int(record["seq"]), str(record["hash"])
-            with segment.open("rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                if fh.tell() == offset + len(line):  # complete record but no newline: torn write
-                    raise ValueError("missing newline")
-            return None
-        except (ValueError, KeyError, TypeError):
-            aside = segment.with_suffix(f".torn-{int(time.time())}")
-            aside.write_bytes(line)
-            os.truncate(segment, offset)
-            log.error("ledger: torn last line of %s moved to %s", segment, aside)
-            if offset:
-                prev, _ = _last_line(segment)
-                record = json.loads(prev)
-                self._seq, self._head = int(record["seq"]), str(record["hash"])
-            return {
-                "kind": "repair",
-                "ts": time.time(),
-                "segment": segment.name,
-                "offset": offset,
-                "moved_to": aside.name,
-                "bytes": len(line),
-            }
 
     async def append(self, body: Mapping[str, Any], *, wait: bool) -> dict[str, Any] | None:
         """Queue a record; with `wait`, return it sealed once its batch is on disk."""
@@ -149,52 +188,121 @@ class LedgerWriter:
         self._wake.set()
         return None if future is None else await future
 
+    def _idle_timeout(self) -> float | None:
+        """Seconds until an interval checkpoint is due for records already written, or None."""
+        if self.signer is None or not self._since_cp:
+            return None
+        return max(0.0, self._cp_time + self.checkpoint_every_s - self.clock())
+
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            timeout = self._idle_timeout()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
-            if self.batch_window_s > 0 and not self._closing:
+            if self._pending and self.batch_window_s > 0 and not self._closing:
                 await asyncio.sleep(self.batch_window_s)
+            due = self._idle_timeout()
+            if not self._pending and due is not None and due <= 0.001:
+                self._pending.append((_Mark("interval"), None))
             while self._pending:
                 if not await self._commit_batch() and self._closing:
                     log.error("ledger: closing with %d records that could not be written", len(self._pending))
                     return
             if self._closing:
+                if self.signer is not None and self._since_cp:
+                    self._pending.append((_Mark("close"), None))
+                    await self._commit_batch()
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(self._write_manifest, self._manifest())
                 return
 
-    async def _commit_batch(self) -> bool:
-        """Write and fsync one batch; False if it failed (access records stay queued)."""
-        batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
-        seq, head = self._seq, self._head
-        sealed = []
+    def _make_checkpoint(self, seq: int, head: str, now: float, reason: str) -> dict[str, Any]:
+        assert self.signer is not None
+        key_id = self.signer.key_id
+        sig = self.signer.sign(
+            checkpoint_payload(instance=self.instance, head_seq=seq, head_hash=head, ts=now, key_id=key_id)
+        )
+        body = checkpoint_body(head_seq=seq, head_hash=head, ts=now, reason=reason, key_id=key_id, sig=sig)
+        return seal(body, instance=self.instance, seq=seq + 1, prev_hash=head)
+
+    def _seal(self, batch: list[_Item], now: float, trailing: str | None = None) -> _Sealed:
+        """Chain the batch, inserting a checkpoint after every N records and when the interval is up."""
+        out = _Sealed(seq=self._seq, head=self._head, since=self._since_cp, cp_time=self._cp_time)
+
+        def add(record: dict[str, Any]) -> None:
+            out.records.append(record)
+            out.seq, out.head = record["seq"], record["hash"]
+
+        def checkpoint(reason: str) -> None:
+            if self.signer is not None and out.since > 0:
+                out.checkpoint = self._make_checkpoint(out.seq, out.head, now, reason)
+                add(out.checkpoint)
+                out.since, out.cp_time = 0, now
+
         for body, _ in batch:
-            seq += 1
-            record = seal(body, instance=self.instance, seq=seq, prev_hash=head)
-            head = record["hash"]
-            sealed.append(record)
-        data = b"".join(line_of(r) for r in sealed)
+            if isinstance(body, _Mark):
+                checkpoint(body.reason)
+                out.results.append(None)
+                continue
+            record = seal(body, instance=self.instance, seq=out.seq + 1, prev_hash=out.head)
+            add(record)
+            out.results.append(record)
+            out.since += 1
+            if out.since >= self.checkpoint_every_records:
+                checkpoint("records")
+        if trailing is not None or now - out.cp_time >= self.checkpoint_every_s:
+            checkpoint(trailing or "interval")
+        return out
+
+    async def _commit_batch(self) -> bool:
+        """Write and fsync one batch (rotating first if due); False if it failed (access records stay queued)."""
+        batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+        now = self.clock()
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self._write, data)
+            if self._broken:
+                raise OSError(errno.EIO, "a failed write could not be rolled back; restart to recover the chain")
+            if self._rotation_due(now):
+                await self._rotate(now)
+            sealed = self._seal(batch, now)
+            data = b"".join(line_of(r) for r in sealed.records)
+            if data:
+                await asyncio.to_thread(self._write, data)
         except OSError as exc:
-            log.error("ledger: write failed: %s", exc)
-            self.healthy = False
-            self._on_error()
-            kept = [(body, None) for body, fut in batch if fut is None]
-            for _, fut in batch:
-                if fut is not None and not fut.done():
-                    fut.set_exception(LedgerUnavailable(f"ledger write failed: {exc.strerror}"))
-            self._pending.extendleft(reversed(kept))  # access records are kept, never dropped
-            if kept and not self._closing:
-                await asyncio.sleep(0.5)
+            await self._failed(exc, batch)
             return False
-        self._seq, self._head = seq, head
+        self._apply(sealed, len(data))
         self.healthy = True
-        self._on_commit(len(sealed), time.perf_counter() - started)
-        for record, (_, fut) in zip(sealed, batch, strict=True):
-            if fut is not None and not fut.done():
+        if sealed.records:
+            self._on_commit(len(sealed.records), time.perf_counter() - started)
+        for record, (_, fut) in zip(sealed.results, batch, strict=True):
+            if fut is not None and not fut.done() and record is not None:
                 fut.set_result(record)
+        if sealed.checkpoint is not None:
+            await self._publish(sealed.checkpoint)
         return True
+
+    async def _failed(self, exc: OSError, batch: list[_Item]) -> None:
+        log.error("ledger: write failed: %s", exc)
+        self.healthy = False
+        self._on_error()
+        kept: list[_Item] = [(body, None) for body, fut in batch if fut is None and not isinstance(body, _Mark)]
+        for _, fut in batch:
+            if fut is not None and not fut.done():
+                fut.set_exception(LedgerUnavailable(f"ledger write failed: {exc.strerror}"))
+        self._pending.extendleft(reversed(kept))  # access records are kept, never dropped
+        if kept and not self._closing:
+            await asyncio.sleep(0.5)
+
+    def _apply(self, sealed: _Sealed, size: int) -> None:
+        if sealed.records and self._segment_first is None:
+            self._segment_first = sealed.records[0]["seq"]
+        self._seq, self._head = sealed.seq, sealed.head
+        self._since_cp, self._cp_time = sealed.since, sealed.cp_time
+        self._segment_bytes += size
+        if sealed.checkpoint is not None:
+            self._checkpoint = {"seq": sealed.checkpoint["seq"], "hash": sealed.checkpoint["hash"]}
 
     def _write(self, data: bytes) -> None:
         before = os.lseek(self._fd, 0, os.SEEK_END)
@@ -205,17 +313,98 @@ class LedgerWriter:
                 view = view[written:]
             os.fsync(self._fd)
         except OSError:
-            with contextlib.suppress(OSError):
+            try:
                 os.ftruncate(self._fd, before)
+            except OSError:  # unacknowledged lines may remain: only a restart's recovery may continue after them
+                self._broken = True
             raise
 
+    # -- segments, manifest, anchors --------------------------------------------------------
+
+    def _rotation_due(self, now: float) -> bool:
+        if self._segment_first is None:  # never rotate away from an empty segment
+            return False
+        return self._segment_bytes >= self.segment_max_bytes or now - self._segment_opened >= self.segment_max_age_s
+
+    async def _rotate(self, now: float) -> None:
+        """Close the segment with a checkpoint, then continue the chain in a new one."""
+        sealed = self._seal([], now, trailing="rotation")
+        if sealed.records:
+            data = b"".join(line_of(r) for r in sealed.records)
+            started = time.perf_counter()
+            await asyncio.to_thread(self._write, data)
+            self._apply(sealed, len(data))
+            self._on_commit(len(sealed.records), time.perf_counter() - started)
+            assert sealed.checkpoint is not None
+            await self._publish(sealed.checkpoint)
+        await asyncio.to_thread(self._switch, now)
+
+    def _switch(self, now: float) -> None:
+        assert self.segment is not None
+        closed = self.segment
+        new = self.dir / files.segment_name(files.segment_number(closed) + 1)
+        fd = os.open(new, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            if os.fstat(fd).st_size:  # left empty by an interrupted rotation is fine; anything else is not
+                raise FileExistsError(17, "a segment with records already has the next number", str(new))
+            files.fsync_dir(self.dir)
+        except OSError:
+            os.close(fd)
+            raise
+        os.close(self._fd)
+        self._fd, self.segment = fd, new
+        self._closed_segments.append(files.segment_entry(closed) | {"opened": self._segment_opened, "closed": now})
+        self._segment_first, self._segment_opened, self._segment_bytes = None, now, 0
+        log.info("ledger: %s closed at seq %d, continuing in %s", closed.name, self._seq, new.name)
+        self._write_manifest(self._manifest())
+
+    def _manifest(self) -> dict[str, Any]:
+        assert self.segment is not None
+        current = {
+            "name": self.segment.name,
+            "first_seq": self._segment_first,
+            "last_seq": self._seq if self._segment_first is not None else None,
+            "last_hash": self._head if self._segment_first is not None else None,
+            "opened": self._segment_opened,
+            "closed": None,
+        }
+        return {
+            "v": 1,
+            "instance": self.instance,
+            "updated": self.clock(),
+            "head": {"seq": self._seq, "hash": self._head},
+            "checkpoint": self._checkpoint,
+            "segments": [*self._closed_segments, current],
+        }
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        files.write_manifest(self.dir, manifest)
+        self._closed_segments = [s for s in self._closed_segments if (self.dir / s["name"]).exists()]
+
+    async def _publish(self, checkpoint: dict[str, Any]) -> None:
+        """After a checkpoint is durable: refresh the manifest, copy it to the anchor directory, report it."""
+        manifest = self._manifest()
+        try:
+            await asyncio.to_thread(self._write_manifest, manifest)
+            if self.anchor_dir is not None:
+                anchor = self.anchor_dir / f"{files.safe_name(self.instance)}.json"
+                await asyncio.to_thread(files.write_anchor, anchor, line_of(checkpoint))
+        except OSError as exc:  # the records are durable; only the copies are stale
+            log.error("ledger: checkpoint seq %d: manifest or anchor copy not written: %s", checkpoint["seq"], exc)
+        self._on_checkpoint(checkpoint)
+
     async def close(self) -> None:
-        """Commit what is queued, then close the segment."""
+        """Commit what is queued, sign it with a last checkpoint, then close the segment."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
             await self._task
             self._task = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._release()
+
+    def _release(self) -> None:
+        for attr in ("_fd", "_lock_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)

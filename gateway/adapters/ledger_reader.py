@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.adapters import ledger_files as files
+
 
 @dataclass(frozen=True, slots=True)
 class Located:
@@ -17,6 +19,7 @@ class Located:
     line: int
     record: dict[str, Any] | None
     raw: bytes
+    complete: bool = True  # False: the file's last line has no newline (torn by a crash, not committed)
 
 
 def instance_dirs(root: Path) -> list[Path]:
@@ -26,22 +29,43 @@ def instance_dirs(root: Path) -> list[Path]:
 
 def segments(instance_dir: Path) -> list[Path]:
     """An instance's segment files in chain order."""
-    return sorted(instance_dir.glob("*.jsonl"))
+    return files.segments(instance_dir)
 
 
-def read_instance(instance_dir: Path) -> Iterator[Located]:
-    """Every line of one instance's chain, in order; unparseable lines have `record` None."""
-    for segment in segments(instance_dir):
+def prune_anchor(instance_dir: Path) -> dict[str, Any] | None:
+    """The signed prune anchor a pruned chain continues from, if the instance was pruned."""
+    return files.read_json(instance_dir / files.ANCHOR)
+
+
+def live_segments(instance_dir: Path) -> list[Path]:
+    """Segments in chain order, without leftovers of an interrupted prune (wholly at or before its anchor)."""
+    found = segments(instance_dir)
+    anchor = prune_anchor(instance_dir)
+    if anchor is None or not isinstance(anchor.get("seq"), int):
+        return found
+    while found:
+        last = files.last_record(found[0])
+        if last is None or not isinstance(last.get("seq"), int) or last["seq"] > anchor["seq"]:
+            break
+        found.pop(0)
+    return found
+
+
+def read_instance(instance_dir: Path, *, with_anchor: bool = False) -> Iterator[Located]:
+    """Every line of one instance's chain, in order; unparseable lines have `record` None.
+
+    With `with_anchor`, a pruned chain's signed prune anchor comes first (as `prune-anchor.json` line 1).
+    """
+    anchor = prune_anchor(instance_dir) if with_anchor else None
+    if anchor is not None:
+        yield Located(instance_dir.name, files.ANCHOR, 1, anchor, json.dumps(anchor).encode())
+    for segment in live_segments(instance_dir):
+        if not segment.is_file():  # a device or dangling link (a test's /dev/full) holds no records
+            continue
         with segment.open("rb") as fh:
             for number, raw in enumerate(fh, start=1):
                 line = raw.rstrip(b"\n")
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict):
-                        record = None
-                except ValueError:
-                    record = None
-                yield Located(instance_dir.name, segment.name, number, record, line)
+                yield Located(instance_dir.name, segment.name, number, files.parse(line), line, raw.endswith(b"\n"))
 
 
 def records_in_time_order(root: Path) -> Iterator[dict[str, Any]]:

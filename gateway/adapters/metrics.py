@@ -47,6 +47,18 @@ class Metrics:
         self.ledger_errors = Counter(
             "exportgate_ledger_errors_total", "Ledger batches that failed to commit.", registry=r
         )
+        self.ledger_head = Info(
+            "exportgate_ledger_head",
+            "The latest signed checkpoint of each ledger chain (compare with `ledger verify --expect-head`).",
+            ["instance"],
+            registry=r,
+        )
+        self.ledger_checkpoint_time = Gauge(
+            "exportgate_ledger_checkpoint_timestamp_seconds",
+            "When each ledger chain's latest signed checkpoint was written.",
+            ["instance"],
+            registry=r,
+        )
         self.backend_errors = Counter(
             "exportgate_backend_errors_total",
             "Quota store or ledger errors that refused requests.",

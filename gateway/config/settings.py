@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from gateway.adapters.auth import IssuerConfig
 from gateway.config.fields import Fields
+from gateway.config.ledger import LedgerSettings, load_ledger_settings
 from gateway.config.located import ConfigError, Node, Problem, load_file, load_text
 from gateway.config.schedulers import load_scheduler_options
 from gateway.core.routes import Route, RouteKind
@@ -53,14 +54,6 @@ class QuotaSettings:
     cluster: bool = False
     timeout_s: float = 0.25
     prefix: str = "eg:"
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerSettings:
-    dir: Path = Path("exportgate-ledger")
-    batch_window_s: float = 0.002
-    max_batch: int = 512
-    queue_limit: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,14 +347,7 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         or Path(env.get("EXPORTGATE_POLICY_DIR", str(BUNDLED_POLICIES))) / "tenants.example.yaml"
     )
     ledger_node = fields.child("ledger") or Node({}, root.file, root.line, "ledger")
-    lf = Fields(ledger_node, problems, ("dir", "batch_window_ms", "max_batch", "queue_limit"))
-    ledger_dir = _resolve(base, lf.text("dir")) or Path(env.get("EXPORTGATE_LEDGER_DIR", "exportgate-ledger"))
-    ledger = LedgerSettings(
-        ledger_dir,
-        lf.number("batch_window_ms", 2.0) / 1000,
-        lf.integer("max_batch", 512),
-        lf.integer("queue_limit", 10_000),
-    )
+    ledger = load_ledger_settings(ledger_node, base, env, problems)
     quota_node = fields.child("quota") or Node({}, root.file, root.line, "quota")
     qf = Fields(quota_node, problems, ("store", "redis_url", "cluster", "timeout_ms", "prefix"))
     quota = QuotaSettings(
@@ -418,6 +404,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "pack": str(settings.pack_dir),
         "registry": str(settings.registry_file),
         "ledger": str(settings.ledger.dir),
+        "ledger_signed": settings.ledger.signing_key_file is not None,
         "quota": settings.quota.store,
         "upstreams": [f"{u.name}={u.url} ({u.scheduler})" for u in settings.upstreams],
     }

@@ -1,8 +1,8 @@
-"""The ledger record format: canonical JSON, hash chaining and the decision record body."""
+"""The ledger record format: canonical JSON, hash chaining, checkpoint and prune-anchor payloads."""
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -40,3 +40,76 @@ def link_problem(record: Mapping[str, Any], prev_hash: str, prev_seq: int) -> st
     if record.get("prev_hash") != prev_hash:
         return "prev_hash does not match the previous record (deleted or reordered records)"
     return None
+
+
+# -- checkpoints and prune anchors ----------------------------------------------------------
+
+CHECKPOINT = "checkpoint"
+PRUNE = "prune"
+
+
+def key_id(public_raw: bytes) -> str:
+    """A short, stable name for a signing key: the first 16 hex digits of SHA-256 over its raw bytes."""
+    return hashlib.sha256(public_raw).hexdigest()[:16]
+
+
+def checkpoint_payload(*, instance: str, head_seq: int, head_hash: str, ts: float, key_id: str) -> bytes:
+    """The bytes a checkpoint signs: the chain head it attests, when, and by which key."""
+    return canonical(
+        {
+            "domain": "exportgate-ledger-checkpoint/1",
+            "instance": instance,
+            "head_seq": head_seq,
+            "head_hash": head_hash,
+            "ts": ts,
+            "key_id": key_id,
+        }
+    )
+
+
+def checkpoint_body(*, head_seq: int, head_hash: str, ts: float, reason: str, key_id: str, sig: str) -> dict[str, Any]:
+    """A checkpoint record before sealing; it is chained right after the head it attests."""
+    return {
+        "kind": CHECKPOINT,
+        "ts": ts,
+        "reason": reason,
+        "key_id": key_id,
+        "head": {"seq": head_seq, "hash": head_hash},
+        "sig": sig,
+    }
+
+
+def prune_payload(
+    *, instance: str, seq: int, hash: str, ts: float, key_id: str, segments: Sequence[str], archive: str
+) -> bytes:
+    """The bytes a prune anchor signs: the last archived record the remaining chain continues from."""
+    return canonical(
+        {
+            "domain": "exportgate-ledger-prune/1",
+            "instance": instance,
+            "seq": seq,
+            "hash": hash,
+            "ts": ts,
+            "key_id": key_id,
+            "segments": list(segments),
+            "archive": archive,
+        }
+    )
+
+
+def prune_anchor(
+    *, instance: str, seq: int, hash: str, ts: float, key_id: str, segments: Sequence[str], archive: str, sig: str
+) -> dict[str, Any]:
+    """The prune anchor a pruned chain starts from (kept beside the segments, not in them)."""
+    return {
+        "kind": PRUNE,
+        "v": SCHEMA_VERSION,
+        "instance": instance,
+        "seq": seq,
+        "hash": hash,
+        "ts": ts,
+        "key_id": key_id,
+        "segments": list(segments),
+        "archive": archive,
+        "sig": sig,
+    }

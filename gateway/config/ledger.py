@@ -1,0 +1,86 @@
+"""The `ledger:` section of gateway.yaml: directory, group commit, segments, checkpoints, signing key, anchors."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config.fields import Fields
+from gateway.config.located import Node, Problem
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSettings:
+    dir: Path = Path("exportgate-ledger")
+    batch_window_s: float = 0.002
+    max_batch: int = 512
+    queue_limit: int = 10_000
+    segment_max_bytes: int = 64 << 20
+    segment_max_age_s: float = 86_400.0
+    checkpoint_every_records: int = 1000
+    checkpoint_every_s: float = 60.0
+    signing_key_file: Path | None = None
+    anchor_dir: Path | None = None
+
+
+def _resolve(base: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+LEDGER_KEYS = (
+    "dir",
+    "batch_window_ms",
+    "max_batch",
+    "queue_limit",
+    "segment_max_bytes",
+    "segment_max_age_s",
+    "checkpoint_every_records",
+    "checkpoint_every_s",
+    "signing_key_file",
+    "anchor_dir",
+)
+
+
+def load_ledger_settings(node: Node, base: Path, env: Mapping[str, str], problems: list[Problem]) -> LedgerSettings:
+    """The `ledger:` section; every size and interval must be positive, key file and anchor dir checked."""
+    lf = Fields(node, problems, LEDGER_KEYS)
+    ledger_dir = _resolve(base, lf.text("dir")) or Path(env.get("EXPORTGATE_LEDGER_DIR", "exportgate-ledger"))
+    positive = {
+        key: (lf.integer(key, default) if isinstance(default, int) else lf.number(key, default))
+        for key, default in (
+            ("max_batch", 512),
+            ("queue_limit", 10_000),
+            ("segment_max_bytes", 64 << 20),
+            ("segment_max_age_s", 86_400.0),
+            ("checkpoint_every_records", 1000),
+            ("checkpoint_every_s", 60.0),
+        )
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            child = lf.child(key)
+            problems.append((child or node).problem("must be greater than 0"))
+    key_file = _resolve(base, lf.text("signing_key_file"))
+    if key_file is not None and not key_file.is_file():
+        child = lf.child("signing_key_file")
+        problems.append(
+            (child or node).problem(f"{key_file}: no such file (create one with `exportgate keys generate`)")
+        )
+    anchor_dir = _resolve(base, lf.text("anchor_dir"))
+    if anchor_dir is not None and anchor_dir.resolve().is_relative_to(ledger_dir.resolve()):
+        child = lf.child("anchor_dir")
+        problems.append((child or node).problem("must lie outside the ledger directory (it is the ledger's witness)"))
+    return LedgerSettings(
+        ledger_dir,
+        lf.number("batch_window_ms", 2.0) / 1000,
+        positive["max_batch"],
+        positive["queue_limit"],
+        positive["segment_max_bytes"],
+        positive["segment_max_age_s"],
+        positive["checkpoint_every_records"],
+        positive["checkpoint_every_s"],
+        key_file,
+        anchor_dir,
+    )
