@@ -11,10 +11,11 @@ from gateway.core.leases import (
     ReserveStatus,
     StoredResponse,
 )
+from gateway.core.rebuild import QuotaState
 
 __all__ = [
     "DEFAULT_IDEMPOTENCY_WINDOW_S", "DEFAULT_OWNERSHIP_TTL_S", "BackendUnavailable", "CounterState",
-    "LeaseRef", "Owner", "QuotaStore", "ReserveResult", "ReserveStatus", "StoredResponse", "lease_ref",
+    "LeaseRef", "Owner", "QuotaState", "QuotaStore", "ReserveResult", "ReserveStatus", "StoredResponse", "lease_ref",
 ]  # fmt: skip
 
 DEFAULT_IDEMPOTENCY_WINDOW_S = 24 * 3600.0
@@ -80,6 +81,14 @@ class QuotaStore(Protocol):
 
     async def counter_value(self, hash_tag: str, key: str, now: float) -> float:
         """A counter's stored value after lazily ending its expired leases (without base)."""
+        ...
+
+    async def restore(self, state: QuotaState, now: float) -> None:
+        """Replace what the store holds under every key `state` names (a rebuild from the ledger).
+
+        Counters, leases and idempotency records of the state's slots, and ownership of its
+        jobs and tenants, are overwritten; keys the state does not name are left alone.
+        """
         ...
 
     async def close(self) -> None:

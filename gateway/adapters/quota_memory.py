@@ -15,6 +15,7 @@ from gateway.core.leases import (
     StoredResponse,
     split_amounts,
 )
+from gateway.core.rebuild import QuotaState
 
 _Slot = tuple[str, str]  # (hash tag, key or id)
 
@@ -193,6 +194,33 @@ class MemoryQuotaStore:
     async def counter_value(self, hash_tag: str, key: str, now: float) -> float:
         self._expire((hash_tag, key), now)
         return self._values.get((hash_tag, key), 0.0)
+
+    async def restore(self, state: QuotaState, now: float) -> None:
+        for counter in state.counters:
+            slot = (counter.hash_tag, counter.key)
+            self._held.pop(slot, None)
+            self._set(slot, counter.value)
+            if counter.held:
+                self._held[slot] = {s.lease_id: (s.end, s.amount) for s in counter.held}
+        for lease in state.leases:
+            debits = {(d.key, d.kind): d.amount for d in lease.debits}
+            stored = _Lease(lease.tenant_id, lease.end, lease.idempotency_key, debits, lease.released, lease.refunded,
+                            lease.job)  # fmt: skip
+            self._leases[(lease.hash_tag, lease.lease_id)] = stored
+            self._expiries.add(lease.end + self._window, "lease", (lease.hash_tag, lease.lease_id))
+        for idem in state.idempotency:
+            key = (idem.hash_tag, idem.tenant_id, idem.key)
+            self._idem[key] = _Idem(idem.lease_id, idem.expires, idem.response)
+            self._expiries.add(idem.expires, "idem", key)
+        for entry in state.owners:
+            due = entry.since + self._ownership_ttl
+            self._owners[(entry.upstream, entry.job_id)] = (entry.owner, due)
+            self._expiries.add(due, "owner", (entry.upstream, entry.job_id))
+        for owned in state.owned:
+            if owned.jobs:
+                self._owned[(owned.upstream, owned.tenant_id)] = dict(owned.jobs)
+            else:
+                self._owned.pop((owned.upstream, owned.tenant_id), None)
 
     async def close(self) -> None:
         return None

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -30,6 +31,7 @@ from gateway.core.leases import (
     ReserveStatus,
     StoredResponse,
 )
+from gateway.core.rebuild import QuotaState
 
 Client = Redis | RedisCluster
 
@@ -81,6 +83,7 @@ class RedisQuotaStore:
         self._refund = client.register_script(_script("quota_refund.lua"))
         self._complete = client.register_script(_script("quota_complete.lua"))
         self._value = client.register_script(_script("quota_value.lua"))
+        self._restore = client.register_script(_script("quota_restore.lua"))
 
     @classmethod
     def from_url(
@@ -253,8 +256,89 @@ class RedisQuotaStore:
             raw = await self._value(keys=self._counter_keys(hash_tag, key), args=[_num(now)])
         return float(_text(raw))
 
+    async def restore(self, state: QuotaState, now: float) -> None:
+        """One script per hash-tagged slot, then ownership keys (each its own slot) in a pipeline."""
+        for tag in state.tags():
+            ops = self._slot_ops(state, tag, now)
+            async with self._io():
+                await self._restore(keys=ops.keys, args=ops.args)
+        if not state.owners and not state.owned:
+            return
+        async with self._io():
+            pipe = self._client.pipeline(transaction=False)  # queued commands return the pipe, not awaitables
+            for entry in state.owners:
+                ttl = max(1, int(entry.since + self._ownership_ttl - now))
+                _ = pipe.set(self._owner_key(entry.upstream, entry.job_id), _owner_json(entry.owner.lease), ex=ttl)
+            for owned in state.owned:
+                key = self._owned_key(owned.upstream, owned.tenant_id)
+                _ = pipe.delete(key)
+                if owned.jobs:
+                    _ = pipe.zadd(key, {job: since for job, since in owned.jobs})
+                    last = max(since for _, since in owned.jobs)
+                    _ = pipe.expire(key, max(1, int(last + self._ownership_ttl - now)))
+            await pipe.execute()
+
+    def _slot_ops(self, state: QuotaState, tag: str, now: float) -> "_SlotOps":
+        ops = _SlotOps()
+        for c in (c for c in state.counters if c.hash_tag == tag):
+            v, z, a = (ops.key(k) for k in self._counter_keys(tag, c.key))
+            if c.value > 0:
+                ops.add("set", v, _num(c.value))
+            if c.held:
+                for share in c.held:
+                    ops.add("zadd", z, _num(share.end), share.lease_id)
+                    ops.add("hset", a, share.lease_id, _num(share.amount))
+                ttl = _ttl(max(s.end for s in c.held) - now + self._window)
+                for key in (v, z, a):
+                    ops.add("expire", key, ttl)
+        for lease in (lease for lease in state.leases if lease.hash_tag == tag):
+            key = ops.key(self._key(tag, f"lease:{lease.lease_id}"))
+            fields = {"tenant": lease.tenant_id, "end": _num(lease.end), "idem": lease.idempotency_key or ""}
+            fields.update({f"{d.kind.value}:{d.key}": _num(d.amount) for d in lease.debits})
+            if lease.job is not None:
+                fields.update({"upstream": lease.job[0], "job": lease.job[1]})
+            fields.update({"released": "1"} if lease.released else {})
+            fields.update({"refunded": "1"} if lease.refunded else {})
+            for name, value in fields.items():
+                ops.add("hset", key, name, value)
+            ops.add("expire", key, _ttl(lease.end - now + self._window))
+        for idem in (i for i in state.idempotency if i.hash_tag == tag):
+            key = ops.key(self._idem_key(tag, idem.tenant_id, idem.key))
+            record: dict[str, str | bytes] = {"lease": idem.lease_id, "expires": _num(idem.expires)}
+            if idem.response is None:
+                record["state"] = "pending"
+            else:
+                headers = json.dumps([list(h) for h in idem.response.headers])
+                record.update(state="done", status=str(idem.response.status), headers=headers, body=idem.response.body)
+            for field_name, raw in record.items():
+                ops.add("hset", key, field_name, raw)
+            ops.add("expire", key, _ttl(idem.expires - now))
+        return ops
+
     async def close(self) -> None:
         await self._client.aclose()
+
+
+class _SlotOps:
+    """The keys and operations of one quota_restore.lua call."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.args: list[str | bytes] = []
+        self._index: dict[str, int] = {}
+
+    def key(self, key: str) -> int:
+        if key not in self._index:
+            self.keys.append(key)
+            self._index[key] = len(self.keys)
+        return self._index[key]
+
+    def add(self, op: str, key: int, *values: str | bytes) -> None:
+        self.args.extend([op, str(key), *values])
+
+
+def _ttl(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
 
 
 def _reserve_result(raw: Sequence[Any], plan: Plan, now: float) -> ReserveResult:

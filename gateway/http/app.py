@@ -6,16 +6,19 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
 from gateway.adapters.auth import Authenticator
-from gateway.adapters.ledger import LedgerWriter
+from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.quota import QuotaStore
 from gateway.adapters.quota_memory import MemoryQuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
+from gateway.adapters.rebuild import rebuild_store
+from gateway.adapters.signing import KeyFileError, load_signer
 from gateway.adapters.upstream import Upstream
 from gateway.config.settings import Settings, UpstreamSettings
 from gateway.http.admin import admin_app
@@ -69,19 +72,12 @@ class Server:
             on_refresh=lambda result: self.metrics.jwks_refresh.labels(result).inc(),
         )
         await self.auth.start()
-        self.ledger = LedgerWriter(
-            s.ledger.dir,
-            s.instance_id,
-            batch_window_s=s.ledger.batch_window_s,
-            max_batch=s.ledger.max_batch,
-            queue_limit=s.ledger.queue_limit,
-            on_commit=self._on_commit,
-            on_error=self.metrics.ledger_errors.inc,
-        )
+        self.ledger, signing_ok = self._ledger_writer()
         try:
-            await self.ledger.open()
-            self._ledger_ok = True
-        except OSError as exc:
+            if signing_ok:
+                await self.ledger.open()
+                self._ledger_ok = True
+        except (OSError, LedgerUnavailable) as exc:
             log.error("ledger %s cannot be opened: %s; job submissions will be refused", s.ledger.dir, exc)
         for u in s.upstreams:
             adapter = adapter_for(u)
@@ -89,12 +85,14 @@ class Server:
             await upstream.start(self.env)
             self.upstreams.append(upstream)
         self.store = self._quota_store()
+        await self._rebuild_memory_store()
         self.gateway = Gateway(
             s, self.policy, self.auth, self.ledger, self.metrics, self.upstreams, self.store, self.clock
         )
         proxy = web.Application(client_max_size=s.max_body_bytes)
         proxy.router.add_route("*", "/{tail:.*}", self.gateway.handle)
-        await self._listen(proxy, s.listen_host, s.listen_port)
+        # Several workers share the proxy port; the kernel spreads connections among them.
+        await self._listen(proxy, s.listen_host, s.listen_port, reuse_port=s.workers > 1)
         await self._listen(admin_app(self.metrics, self.ready), s.admin_host, s.admin_port)
         self.policy.start_watching(s.reload_interval_s)
 
@@ -105,14 +103,63 @@ class Server:
             return RedisQuotaStore.from_url(q.redis_url, cluster=q.cluster, timeout_s=q.timeout_s, prefix=q.prefix)
         return MemoryQuotaStore()
 
+    async def _rebuild_memory_store(self) -> None:
+        """A restarted single process keeps its quotas: the ledger is the source of truth.
+
+        Runs before the listeners open. A Redis store outlives the process and is rebuilt
+        on demand (`exportgate quota rebuild`), never at start-up.
+        """
+        if not isinstance(self.store, MemoryQuotaStore) or not self._ledger_ok:
+            return
+        state = await rebuild_store(self.store, self.settings.ledger.dir, self.clock())
+        log.info(
+            "quota: rebuilt %d counters, %d leases, %d owned jobs from the ledger",
+            len(state.counters), len(state.leases), len(state.owners),
+        )  # fmt: skip
+
+    def _ledger_writer(self) -> tuple[LedgerWriter, bool]:
+        """The writer, and False when a configured signing key cannot be loaded (then it stays closed)."""
+        s = self.settings.ledger
+        signer = None
+        if s.signing_key_file is not None:
+            try:
+                signer = load_signer(s.signing_key_file)
+            except KeyFileError as exc:
+                log.error("ledger signing key: %s; the ledger stays closed and job submissions are refused", exc)
+        writer = LedgerWriter(
+            s.dir,
+            self.settings.instance_id,
+            batch_window_s=s.batch_window_s,
+            max_batch=s.max_batch,
+            queue_limit=s.queue_limit,
+            on_commit=self._on_commit,
+            on_error=self.metrics.ledger_errors.inc,
+            segment_max_bytes=s.segment_max_bytes,
+            segment_max_age_s=s.segment_max_age_s,
+            signer=signer,
+            checkpoint_every_records=s.checkpoint_every_records,
+            checkpoint_every_s=s.checkpoint_every_s,
+            anchor_dir=s.anchor_dir,
+            on_checkpoint=self._on_checkpoint,
+            clock=self.clock,
+        )
+        return writer, signer is not None or s.signing_key_file is None
+
+    def _on_checkpoint(self, record: dict[str, Any]) -> None:
+        """Publish each checkpoint outside the ledger directory: a metric and a log line."""
+        instance, seq, digest = str(record["instance"]), int(record["seq"]), str(record["hash"])
+        self.metrics.ledger_head.labels(instance).info({"hash": digest, "seq": str(seq)})
+        self.metrics.ledger_checkpoint_time.labels(instance).set(float(record["ts"]))
+        log.info("ledger checkpoint: instance=%s seq=%d hash=%s key=%s", instance, seq, digest, record["key_id"])
+
     def _on_commit(self, records: int, seconds: float) -> None:
         self.metrics.ledger_records.inc(records)
         self.metrics.ledger_commit_seconds.observe(seconds)
 
-    async def _listen(self, app: web.Application, host: str, port: int) -> None:
+    async def _listen(self, app: web.Application, host: str, port: int, *, reuse_port: bool = False) -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None).start()
         self._runners.append(runner)
 
     async def reload(self) -> None:
