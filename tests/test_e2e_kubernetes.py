@@ -106,12 +106,14 @@ async def test_allowed_job_is_forwarded_and_owned(stack: Stack) -> None:
     for method in ("GET", "DELETE"):
         status, doc, _ = await call(stack, method, item, "us-two")
         assert (status, doc["kind"], doc["reason"]) == (404, "Status", "NotFound")
-        assert doc["details"]["causes"][0]["reason"] == "job_not_owned"
+        assert doc["details"]["causes"][0]["reason"] == "route_not_allowed"  # not even its namespace
+    status, doc, _ = await call(stack, "GET", JOBS.format(ns="us-one"), "us-two")
+    assert (status, doc["details"]["causes"][0]["reason"]) == (404, "route_not_allowed")
     assert len(stack.standin.requests) == seen
 
     listings = {}
     for sub in ("us-one", "us-two"):
-        status, doc, _ = await call(stack, "GET", JOBS.format(ns="us-one"), sub)
+        status, doc, _ = await call(stack, "GET", JOBS.format(ns=sub), sub)
         assert status == 200 and doc["kind"] == "JobList"
         listings[sub] = [i["metadata"]["name"] for i in doc["items"]]
     assert listings == {"us-one": ["train-7b"], "us-two": []}
@@ -131,3 +133,13 @@ async def test_already_exists_is_refunded(stack: Stack) -> None:
     assert (status, doc["kind"], doc["reason"]) == (409, "Status", "AlreadyExists")
     await wait_for_record(stack, "refund", decision_id=headers["X-Exportgate-Decision-Id"], refunded=True)
     assert await held(stack, "US", "tenant:us-one") == H100
+
+
+async def test_a_tenant_cannot_use_another_tenants_namespace(stack: Stack) -> None:
+    """The namespace in the path must be the tenant's own `k8s_namespace`; other namespaces never reach the API."""
+    seen = len(stack.standin.requests)
+    status, doc, _ = await call(stack, "POST", JOBS.format(ns="us-two"), "us-one", payload=k8s_job())
+    assert (status, doc["kind"], doc["code"]) == (404, "Status", 404)
+    assert doc["details"]["causes"][0]["reason"] == "route_not_allowed"
+    assert "ns 'us-two'" in doc["message"]
+    assert len(stack.standin.requests) == seen

@@ -45,6 +45,11 @@ class UpstreamSettings:
     timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
     headers: Mapping[str, HeaderSource] = field(default_factory=dict)
+    bind_params: Mapping[str, str] = field(default_factory=dict)
+
+
+# Path parameters a tenant may only fill with its own identity, per scheduler (overridable).
+DEFAULT_BIND_PARAMS: dict[str, dict[str, str]] = {"kubernetes": {"ns": "k8s_namespace"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,24 @@ def _headers(node: Node | None, base: Path, problems: list[Problem]) -> dict[str
     return out
 
 
+def _bind_params(node: Node | None, scheduler: str, problems: list[Problem]) -> dict[str, str]:
+    """`{path param: upstream_identity field}`; the scheduler's default when absent."""
+    if node is None:
+        return dict(DEFAULT_BIND_PARAMS.get(scheduler, {}))
+    if node.raw is None:
+        return {}
+    if not isinstance(node.raw, dict):
+        problems.append(node.problem("must be a mapping of path parameter to upstream_identity field"))
+        return {}
+    out = {}
+    for param, child in node.items():
+        if not isinstance(child.raw, str) or not child.raw:
+            problems.append(child.problem("must name an upstream_identity field"))
+            continue
+        out[param] = child.raw
+    return out
+
+
 def _upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[UpstreamSettings, ...]:
     if node is None or not isinstance(node.raw, list) or not node.raw:
         if node is not None:
@@ -166,6 +189,7 @@ def _upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[
                 "timeout_s",
                 "connect_timeout_s",
                 "headers",
+                "bind_params",
             ),
         )
         url: str = fields.text("url", "", required=True)
@@ -187,6 +211,7 @@ def _upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[
                 timeout_s=fields.number("timeout_s", 60.0),
                 connect_timeout_s=fields.number("connect_timeout_s", 5.0),
                 headers=_headers(fields.child("headers"), base, problems),
+                bind_params=_bind_params(fields.child("bind_params"), scheduler, problems),
             )
         )
     for upstream, item in zip(out, node.elements(), strict=True):

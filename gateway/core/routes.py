@@ -85,3 +85,15 @@ def match_route(routes: Iterable[Route], method: str, path: str) -> RouteMatch |
         if found:
             return RouteMatch(route, found.groupdict())
     return None
+
+
+def unbound_param(params: Mapping[str, str], bind: Mapping[str, str], identity: Mapping[str, str]) -> str | None:
+    """The first path parameter the tenant filled with something other than its own identity.
+
+    `bind` maps a path parameter (a Kubernetes namespace, say) to the `upstream_identity`
+    field it must equal; a tenant without that field may use no such route (fail closed).
+    """
+    for param, field_name in bind.items():
+        if param in params and params[param] != identity.get(field_name):
+            return param
+    return None

@@ -22,7 +22,7 @@ from gateway.core.codes import Code
 from gateway.core.decide import Decision, Facts, decide, refuse
 from gateway.core.paths import canonical_or_none
 from gateway.core.records import decision_body
-from gateway.core.routes import RouteKind, RouteMatch, match_route
+from gateway.core.routes import RouteKind, RouteMatch, match_route, unbound_param
 from gateway.core.tenants import Identity, Tenant
 from gateway.http import forward
 from gateway.http.headers import client_ip, forwarded_headers, upstream_request_headers
@@ -121,6 +121,10 @@ class Gateway:
             return await self.refuse_with(
                 request, ex, refuse(Code.ROUTE_NOT_ALLOWED, f"{request.method} {ex.path} is not an allowed route")
             )
+        unbound = unbound_param(ex.match.params, ex.upstream.settings.bind_params, ex.tenant.upstream_identity)
+        if unbound is not None:
+            detail = f"{unbound} {ex.match.params[unbound][:64]!r} does not belong to this tenant"
+            return await self.refuse_with(request, ex, refuse(Code.ROUTE_NOT_ALLOWED, detail))
         decision = decide(Facts(now, ex.tenant, ex.match.route.kind), pack)
         if not decision.forwards:
             return await self.refuse_with(request, ex, decision)
