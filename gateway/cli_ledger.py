@@ -1,7 +1,9 @@
 """`exportgate ledger verify|prune` and `exportgate keys generate`: the ledger's offline tools."""
 
 import argparse
+import hashlib
 import re
+import secrets
 import sys
 import time
 from collections.abc import Iterable
@@ -193,6 +195,15 @@ def _keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_admin_token(args: argparse.Namespace) -> int:
+    """The token goes to the operator once; only its SHA-256 goes into the tokens file."""
+    token = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    print(f"token (give to {args.name}, shown once): {token}")
+    print(f"tokens_file entry: - {{name: {args.name}, role: {args.role}, sha256: {digest}}}")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add the `ledger` and `keys` command groups to the `exportgate` parser."""
     ledger = sub.add_parser("ledger", help="verify or prune a ledger directory")
@@ -221,3 +232,9 @@ def register(sub: Any) -> None:
     gen.add_argument("--private", type=Path, metavar="FILE")
     gen.add_argument("--public", type=Path, metavar="FILE")
     gen.set_defaults(func=_keys_generate)
+    admin = key_commands.add_parser(
+        "admin-token", help="mint an admin API token; print it once and its tokens_file entry"
+    )
+    admin.add_argument("--name", required=True, help="who holds the token (recorded in the ledger on every change)")
+    admin.add_argument("--role", choices=("read", "write"), default="read")
+    admin.set_defaults(func=_keys_admin_token)

@@ -105,13 +105,14 @@ def write_config(
     timeout_s: float = 2.0,
     scheduler: str = "slurm",
     headers: str | None = None,
+    admin_tokens_file: Path | None = None,
 ) -> Path:
     """gateway.yaml for one upstream; `headers` (YAML at the upstream's indent) replaces Slurm's."""
     (workdir / "jwks.json").exists() or (workdir / "jwks.json").write_text("{}")
     path = workdir / "gateway.yaml"
     path.write_text(f"""
 listen: {{host: 127.0.0.1, port: {free_port()}}}
-admin: {{host: 127.0.0.1, port: {free_port()}}}
+admin: {{host: 127.0.0.1, port: {free_port()}{f", tokens_file: {admin_tokens_file}" if admin_tokens_file else ""}}}
 instance_id: test-gw
 policy:
   pack: {POLICIES / "ai-diffusion-2025"}

@@ -79,6 +79,7 @@ class Settings:
     max_body_bytes: int = 1 << 20
     reload_interval_s: float = 2.0
     workers: int = 1
+    admin_tokens_file: Path | None = None
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:
@@ -88,11 +89,11 @@ def _resolve(base: Path, value: str | None) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
-def _host_port(fields: Fields, key: str, host: str, port: int) -> tuple[str, int]:
+def _host_port(fields: Fields, key: str, host: str, port: int, extra: tuple[str, ...] = ()) -> tuple[str, int]:
     node = fields.child(key)
     if node is None:
         return host, port
-    sub = Fields(node, fields.problems, ("host", "port"))
+    sub = Fields(node, fields.problems, ("host", "port", *extra))
     got_port: int = sub.integer("port", port)
     if not 0 < got_port < 65536:
         fields.problems.append(node.problem("port: must be 1..65535"))
@@ -361,7 +362,11 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         ),
     )
     listen = _host_port(fields, "listen", "0.0.0.0", 8080)
-    admin = _host_port(fields, "admin", "127.0.0.1", 9180)
+    admin = _host_port(fields, "admin", "127.0.0.1", 9180, ("tokens_file",))
+    admin_node = fields.child("admin")
+    tokens_file = None
+    if admin_node is not None and isinstance(admin_node.raw, dict) and "tokens_file" in admin_node.raw:
+        tokens_file = _resolve(base, Fields(admin_node, [], ("host", "port", "tokens_file")).text("tokens_file"))
     policy = Fields(fields.child("policy") or Node({}, root.file, root.line, "policy"), problems, ("pack", "registry"))
     pack_dir = (
         _resolve(base, policy.text("pack"))
@@ -417,6 +422,7 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         max_body_bytes=limits.integer("max_body_bytes", 1 << 20),
         reload_interval_s=reload.number("interval_s", 2.0),
         workers=workers,
+        admin_tokens_file=tokens_file,
     )
 
 

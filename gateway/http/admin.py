@@ -6,9 +6,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.adapters.metrics import Metrics
+from gateway.http.admin_api import AdminApi
 
 
-def admin_app(metrics: Metrics, ready: Callable[[], dict[str, bool]]) -> web.Application:
+def admin_app(metrics: Metrics, ready: Callable[[], dict[str, bool]], api: AdminApi | None = None) -> web.Application:
     """`ready` reports each part (config, keys, ledger); /readyz is 200 only when all are true."""
 
     async def metrics_handler(request: web.Request) -> web.Response:
@@ -28,4 +29,6 @@ def admin_app(metrics: Metrics, ready: Callable[[], dict[str, bool]]) -> web.App
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if api is not None:
+        api.add_routes(app)
     return app

@@ -20,8 +20,10 @@ from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.adapters.rebuild import rebuild_store
 from gateway.adapters.signing import KeyFileError, load_signer
 from gateway.adapters.upstream import Upstream
+from gateway.config.admin import load_admin_tokens
 from gateway.config.settings import Settings, UpstreamSettings
 from gateway.http.admin import admin_app
+from gateway.http.admin_api import AdminApi
 from gateway.http.proxy import Gateway
 from gateway.schedulers import SchedulerAdapter, build_adapter
 
@@ -93,7 +95,11 @@ class Server:
         proxy.router.add_route("*", "/{tail:.*}", self.gateway.handle)
         # Several workers share the proxy port; the kernel spreads connections among them.
         await self._listen(proxy, s.listen_host, s.listen_port, reuse_port=s.workers > 1)
-        await self._listen(admin_app(self.metrics, self.ready), s.admin_host, s.admin_port)
+        api = None
+        if s.admin_tokens_file is not None:
+            tokens = load_admin_tokens(s.admin_tokens_file)
+            api = AdminApi(tokens, self.store, self.ledger, [u.name for u in s.upstreams], self.clock)
+        await self._listen(admin_app(self.metrics, self.ready, api), s.admin_host, s.admin_port)
         self.policy.start_watching(s.reload_interval_s)
 
     def _quota_store(self) -> QuotaStore:

@@ -1,0 +1,69 @@
+"""The operator API: admin tokens by role, lease lookup and release, each change in the ledger first."""
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.harness import Stack, run_stack
+from tests.test_e2e_proxy import ledger_records, post
+
+READ_TOKEN, WRITE_TOKEN = "read-token-for-tests-0123456789", "write-token-for-tests-0123456789"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    tokens = tmp_path / "admin-tokens.yaml"
+    tokens.write_text(
+        "tokens:\n"
+        f"  - {{name: auditor, role: read, sha256: {hashlib.sha256(READ_TOKEN.encode()).hexdigest()}}}\n"
+        f"  - {{name: oncall, role: write, sha256: {hashlib.sha256(WRITE_TOKEN.encode()).hexdigest()}}}\n"
+    )
+    async for s in run_stack(tmp_path, admin_tokens_file=tokens):
+        yield s
+
+
+async def admin(stack: Stack, method: str, path: str, token: str | None) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as client, client.request(method, stack.admin_url + path, headers=headers) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def held(stack: Stack) -> float:
+    assert stack.server.store is not None
+    return await stack.server.store.counter_value("US", "tenant:acme-us", stack.server.clock())
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "token", "status", "code"),
+    [
+        ("GET", "", None, 401, "auth_missing"),
+        ("GET", "", "not-a-token", 401, "auth_invalid"),
+        ("POST", "/release", READ_TOKEN, 401, "auth_invalid"),
+    ],
+    ids=["no-token", "unknown-token", "read-role-cannot-release"],
+)
+async def test_admin_tokens_are_checked(
+    stack: Stack, method: str, suffix: str, token: str | None, status: int, code: str
+) -> None:
+    """The operator API answers only tokens in the tokens file, and changes only for the write role."""
+    got, body = await admin(stack, method, f"/admin/v1/jobs/slurm/1{suffix}", token)
+    assert (got, body["code"]) == (status, code)
+
+
+async def test_operator_release_frees_capacity_and_is_recorded(stack: Stack) -> None:
+    """An operator looks a job up, releases it, and the ledger names the operator before and after."""
+    assert (await post(stack, "acme-us"))[0] == 200
+    assert await held(stack) == 15832
+    status, body = await admin(stack, "GET", "/admin/v1/jobs/slurm/1", READ_TOKEN)
+    assert status == 200 and body["tenant"] == "acme-us"
+    status, body = await admin(stack, "POST", "/admin/v1/jobs/slurm/1/release", WRITE_TOKEN)
+    assert (status, body["released"]) == (200, True)
+    assert await held(stack) == 0
+    status, body = await admin(stack, "GET", "/admin/v1/jobs/slurm/999", READ_TOKEN)
+    assert (status, body["code"]) == (404, "job_not_owned")
+    records = [r for r in ledger_records(stack) if r.get("operator")]
+    assert [(r["kind"], r["operator"]) for r in records] == [("admin_release", "oncall"), ("release", "oncall")]
+    assert records[1]["released"] is True
