@@ -14,7 +14,8 @@ TOKEN = "write-token-for-rebuild-tests-0123456789"
 async def test_operator_release_is_kept_across_restart(tmp_path: Path) -> None:
     """After an operator release and a restart, the rebuilt counters still show the capacity as free."""
     tokens = tmp_path / "admin-tokens.yaml"
-    tokens.write_text(f"tokens:\n  - {{name: oncall, role: write, sha256: {hashlib.sha256(TOKEN.encode()).hexdigest()}}}\n")
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    tokens.write_text(f"tokens:\n  - {{name: oncall, role: write, sha256: {digest}}}\n")
     async for stack in run_stack(tmp_path, admin_tokens_file=tokens):
         assert (await post(stack, "acme-us"))[0] == 200
         assert (await post(stack, "acme-us"))[0] == 200
