@@ -85,3 +85,28 @@ async def test_admin_endpoints(tmp_path: Path) -> None:
         assert 'exportgate_decisions_total{code="",decision="allow",tier="1"} 1.0' in text
         assert 'exportgate_decisions_total{code="tier3_embargoed",decision="deny",tier="3"} 1.0' in text
         assert "acme-us" not in text  # no tenant ids as label values
+
+
+async def test_not_ready_without_an_issuer(tmp_path: Path) -> None:
+    """With no token issuer configured nothing can authenticate, so /readyz says so."""
+    from gateway.config.settings import load_settings
+    from gateway.http.app import Server
+    from tests.redis_server import free_port
+
+    env = {
+        "EXPORTGATE_LEDGER_DIR": str(tmp_path / "ledger"),
+        "EXPORTGATE_LISTEN_PORT": str(free_port()),
+        "EXPORTGATE_ADMIN_PORT": str(free_port()),
+    }
+    settings = load_settings(None, env)
+    server = Server(settings, env=env)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"http://127.0.0.1:{settings.admin_port}/readyz") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["parts"] == {"config": True, "keys": False, "ledger": True}
+            async with client.post(f"http://127.0.0.1:{settings.listen_port}/slurm/v0.0.38/job/submit") as resp:
+                assert resp.status == 401
+    finally:
+        await server.stop()

@@ -57,7 +57,7 @@ class Server:
     def ready(self) -> dict[str, bool]:
         return {
             "config": self.policy is not None,
-            "keys": self.auth is not None and self.auth.ready,
+            "keys": bool(self.settings.issuers) and self.auth is not None and self.auth.ready,
             "ledger": self._ledger_ok and self.ledger is not None and self.ledger.healthy,
         }
 
@@ -74,6 +74,8 @@ class Server:
             on_refresh=lambda result: self.metrics.jwks_refresh.labels(result).inc(),
         )
         await self.auth.start()
+        if not s.issuers:
+            log.warning("no token issuer configured (auth.issuers or EXPORTGATE_JWKS): every request gets 401")
         self.ledger, signing_ok = self._ledger_writer()
         try:
             if signing_ok:
