@@ -59,7 +59,7 @@ class LedgerWriter:
         root: Path,
         instance: str,
         *,
-        batch_window_s: float = 0.002,
+        batch_window_s: float = 0.0,
         max_batch: int = 512,
         queue_limit: int = 10_000,
         on_commit: Callable[[int, float], None] = lambda n, s: None,

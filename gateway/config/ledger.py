@@ -11,7 +11,7 @@ from gateway.config.located import Node, Problem
 @dataclass(frozen=True, slots=True)
 class LedgerSettings:
     dir: Path = Path("exportgate-ledger")
-    batch_window_s: float = 0.002
+    batch_window_s: float = 0.0
     max_batch: int = 512
     queue_limit: int = 10_000
     segment_max_bytes: int = 64 << 20
@@ -74,7 +74,7 @@ def load_ledger_settings(node: Node, base: Path, env: Mapping[str, str], problem
         problems.append((child or node).problem("must lie outside the ledger directory (it is the ledger's witness)"))
     return LedgerSettings(
         ledger_dir,
-        lf.number("batch_window_ms", 2.0) / 1000,
+        lf.number("batch_window_ms", 0.0) / 1000,
         positive["max_batch"],
         positive["queue_limit"],
         positive["segment_max_bytes"],
