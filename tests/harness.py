@@ -233,8 +233,12 @@ async def wait_for_record(stack: Stack, kind: str, timeout_s: float = 2.0, **mat
         await asyncio.sleep(0.01)
 
 
-def _tenant(tenant_id: str, countries: str, extra: str = "") -> str:
-    """One verified tenant of E2E_TENANTS; `countries` is "location/headquarters/parent"."""
+def tenant(tenant_id: str, countries: str, extra: str = "", *, slurm_user: str | None = None) -> str:
+    """One verified tenant as registry YAML; `countries` is "location/headquarters/parent".
+
+    It runs Slurm jobs as `slurm_user` (its own id unless given) and owns the Kubernetes
+    namespace named after it.
+    """
     location, headquarters, parent = countries.split("/")
     return f"""
   - id: {tenant_id}
@@ -243,7 +247,7 @@ def _tenant(tenant_id: str, countries: str, extra: str = "") -> str:
     headquarters: {headquarters}
     parent_headquarters: {parent}
     kyc: {{status: verified, verified_at: 2025-01-01, expires_at: 2035-01-01}}
-    upstream_identity: {{slurm_user: {tenant_id}, k8s_namespace: {tenant_id}}}{extra}"""
+    upstream_identity: {{slurm_user: {slurm_user or tenant_id}, k8s_namespace: {tenant_id}}}{extra}"""
 
 
 # One H100-hour is 3.56e18 training ops: it takes 1e26 - 1e18 over 1e26, and not 1e26 - 1e19.
@@ -253,23 +257,23 @@ _BELOW_1E26 = "\n    declared_training_ops: {llama-x: 9.999999e+25}"
 # Tenants for quota tests: Tier 1 and Tier 2, a small cap override, an affiliate group, tenants
 # near the training threshold with and without a licence, and a Tier 3 subsidiary.
 _E2E = [
-    _tenant("us-one", "US/US/US", _NEAR_1E26),  # Tier 1: never counted
-    _tenant("us-two", "US/US/US"),
-    _tenant("capped-ae", "AE/AE/AE", "\n    tpp_cap: 31664  # 2 x H100"),
-    _tenant("falcon-ae", "AE/AE/AE", "\n    parent_entity: falcon-group"),
-    _tenant("falcon-sg", "SG/SG/AE", "\n    parent_entity: falcon-group"),
-    _tenant("below-ae", "AE/AE/AE", _BELOW_1E26),
-    _tenant("cross-ae", "AE/AE/AE", _NEAR_1E26),
-    _tenant(
+    tenant("us-one", "US/US/US", _NEAR_1E26),  # Tier 1: never counted
+    tenant("us-two", "US/US/US"),
+    tenant("capped-ae", "AE/AE/AE", "\n    tpp_cap: 31664  # 2 x H100"),
+    tenant("falcon-ae", "AE/AE/AE", "\n    parent_entity: falcon-group"),
+    tenant("falcon-sg", "SG/SG/AE", "\n    parent_entity: falcon-group"),
+    tenant("below-ae", "AE/AE/AE", _BELOW_1E26),
+    tenant("cross-ae", "AE/AE/AE", _NEAR_1E26),
+    tenant(
         "licensed-ae",
         "AE/AE/AE",
         _NEAR_1E26 + "\n    licences: [{id: D-1001, lifts: [training_threshold], lineage: llama-x}]",
     ),
-    _tenant(
+    tenant(
         "mislicensed-ae",
         "AE/AE/AE",
         _NEAR_1E26 + "\n    licences: [{id: D-1002, lifts: [training_threshold], lineage: llama-z}]",
     ),
-    _tenant("fjord-se-cn", "SE/SE/CN"),
+    tenant("fjord-se-cn", "SE/SE/CN"),
 ]
 E2E_TENANTS = "tenants:" + "".join(_E2E) + "\n"

@@ -1,6 +1,5 @@
 """The gateway in front of a real Ray 2.60 head (8 fake GPUs) and its Jobs REST API on loopback."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -13,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.config.settings import load_settings
 from gateway.http.app import Server
-from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp
+from tests.harness import Idp
+from tests.peers_kit import held, peer_gateway, peer_registry
 from tests.redis_server import free_port
 
 SCRIPT = Path(__file__).parent / "peers" / "ray.sh"
@@ -52,48 +51,12 @@ def ray() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-REGISTRY = """
-tenants:
-  - id: acme-us
-    identities: [{issuer: "https://idp.example.com", subject: acme-us}]
-    location: US
-    headquarters: US
-    parent_headquarters: US
-    kyc: {status: verified, verified_at: 2025-01-20, expires_at: 2030-01-20}
-  - id: nordlys-se
-    identities: [{issuer: "https://idp.example.com", subject: nordlys-se}]
-    location: SE
-    headquarters: SE
-    parent_headquarters: SE
-    kyc: {status: verified, verified_at: 2025-01-20, expires_at: 2030-01-20}
-"""
-
-
 @pytest.fixture
 async def gateway(ray: str, tmp_path: Path) -> AsyncIterator[tuple[Server, Idp]]:
     """A gateway whose upstream is the real Ray dashboard."""
-    idp = Idp()
-    (tmp_path / "jwks.json").write_text(json.dumps(idp.jwks()))
-    (tmp_path / "tenants.yaml").write_text(REGISTRY)
-    config = tmp_path / "gateway.yaml"
-    config.write_text(f"""
-listen: {{host: 127.0.0.1, port: {free_port()}}}
-admin: {{host: 127.0.0.1, port: {free_port()}}}
-instance_id: real-ray
-policy: {{pack: {POLICIES / "ai-diffusion-2025"}, registry: {tmp_path / "tenants.yaml"}}}
-ledger: {{dir: {tmp_path / "ledger"}}}
-auth:
-  issuers:
-    - {{issuer: "{ISSUER}", audiences: ["{AUDIENCE}"], algorithms: [RS256], jwks_file: {tmp_path / "jwks.json"}}}
-upstreams:
-  - {{name: ray, url: "{ray}", scheduler: ray, timeout_s: 30}}
-""")
-    server = Server(load_settings(config, env={}), env={})
-    await server.start()
-    try:
-        yield server, idp
-    finally:
-        await server.stop()
+    tenants = peer_registry("acme-us", "nordlys-se")
+    async with peer_gateway(tmp_path, "ray", ray, tenants=tenants, timeout_s=30) as running:
+        yield running
 
 
 def submission(submission_id: str, **extra: Any) -> dict[str, Any]:
@@ -115,11 +78,6 @@ async def call(
     headers = {"Authorization": f"Bearer {idp.token(sub)}"}
     async with aiohttp.ClientSession() as client, client.request(method, url, json=body, headers=headers) as resp:
         return resp.status, await resp.json(content_type=None), dict(resp.headers)
-
-
-async def held(server: Server, tenant: str) -> float:
-    assert server.store is not None
-    return await server.store.counter_value("US", f"tenant:{tenant}", server.clock())
 
 
 async def test_ray_job_lifecycle_through_the_gateway(ray: str, gateway: tuple[Server, Idp]) -> None:

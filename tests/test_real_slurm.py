@@ -1,7 +1,6 @@
 """The gateway in front of a real slurmctld + slurmrestd 22.05 (8 fake H100s) on loopback."""
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -13,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.config.settings import load_settings
 from gateway.http.app import Server
-from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp
+from tests.harness import Idp
+from tests.peers_kit import held, peer_gateway, peer_registry
 from tests.redis_server import free_port
 
 SCRIPT = Path(__file__).parent / "peers" / "slurm.sh"
@@ -55,64 +54,17 @@ def slurm() -> Iterator[dict[str, Any]]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-REGISTRY = """
-tenants:
-  - id: acme-us
-    identities: [{issuer: "https://idp.example.com", subject: acme-us}]
-    location: US
-    headquarters: US
-    parent_headquarters: US
-    kyc: {status: verified, verified_at: 2025-01-20, expires_at: 2030-01-20}
-    upstream_identity: {slurm_user: root}
-  - id: nordlys-se
-    identities: [{issuer: "https://idp.example.com", subject: nordlys-se}]
-    location: SE
-    headquarters: SE
-    parent_headquarters: SE
-    kyc: {status: verified, verified_at: 2025-01-20, expires_at: 2030-01-20}
-    upstream_identity: {slurm_user: root}
-  - id: fjord-se-cn
-    identities: [{issuer: "https://idp.example.com", subject: fjord-se-cn}]
-    location: SE
-    headquarters: SE
-    parent_headquarters: CN
-    kyc: {status: verified, verified_at: 2025-01-20, expires_at: 2030-01-20}
-    upstream_identity: {slurm_user: root}
-"""
-
-
 @pytest.fixture
 async def gateway(slurm: dict[str, Any], tmp_path: Path) -> AsyncIterator[tuple[Server, Idp]]:
     """A gateway whose upstream is the real slurmrestd, minting Slurm JWTs with the cluster key."""
-    idp = Idp()
-    (tmp_path / "jwks.json").write_text(json.dumps(idp.jwks()))
-    (tmp_path / "tenants.yaml").write_text(REGISTRY)
     key = slurm["base"] / "state" / "jwt_hs256.key"
-    config = tmp_path / "gateway.yaml"
-    config.write_text(f"""
-listen: {{host: 127.0.0.1, port: {free_port()}}}
-admin: {{host: 127.0.0.1, port: {free_port()}}}
-instance_id: real-slurm
-policy: {{pack: {POLICIES / "ai-diffusion-2025"}, registry: {tmp_path / "tenants.yaml"}}}
-ledger: {{dir: {tmp_path / "ledger"}}}
-auth:
-  issuers:
-    - {{issuer: "{ISSUER}", audiences: ["{AUDIENCE}"], algorithms: [RS256], jwks_file: {tmp_path / "jwks.json"}}}
-upstreams:
-  - name: slurm
-    url: {slurm["url"]}
-    scheduler: slurm
-    timeout_s: 20
-    headers:
+    headers = f"""    headers:
       X-SLURM-USER-NAME: {{from_tenant: slurm_user}}
       X-SLURM-USER-TOKEN: {{from_tenant: slurm_user, slurm_jwt_key_file: {key}, lifespan_s: 300}}
-""")
-    server = Server(load_settings(config, env={}), env={})
-    await server.start()
-    try:
-        yield server, idp
-    finally:
-        await server.stop()
+"""
+    tenants = peer_registry("acme-us", "nordlys-se", "fjord-se-cn")
+    async with peer_gateway(tmp_path, "slurm", slurm["url"], tenants=tenants, timeout_s=20, headers=headers) as running:
+        yield running
 
 
 def job(slurm: dict[str, Any], gpus: int, name: str = "eg-real") -> dict[str, Any]:
@@ -136,11 +88,6 @@ async def call(server: Server, idp: Idp, sub: str, method: str, path: str, body:
     headers = {"Authorization": f"Bearer {idp.token(sub)}"}
     async with aiohttp.ClientSession() as client, client.request(method, url, json=body, headers=headers) as resp:
         return resp.status, await resp.json(content_type=None)
-
-
-async def held(server: Server, tenant: str) -> float:
-    assert server.store is not None
-    return await server.store.counter_value("US", f"tenant:{tenant}", server.clock())
 
 
 async def test_submit_read_list_cancel_against_real_slurmrestd(

@@ -10,12 +10,13 @@ from typing import Any
 from gateway.core.codes import Code
 from gateway.core.decide import Decision, Facts, decide, refuse, verdict
 from gateway.core.jobs import Cost, JobPart, JobSpec, JobSpecInvalid
+from gateway.core.leases import ReserveStatus
 from gateway.core.policy import Pack
 from gateway.core.pricing import price
 from gateway.core.quota import interpret, plan_reservation
+from gateway.core.quota_book import LeaseKey, QuotaBook
 from gateway.core.rebuild import parse_lease
 from gateway.core.routes import RouteKind
-from gateway.core.simulate import QuotaSimulation
 from gateway.core.tenants import Kyc, KycStatus, Registry, Tenant, Veu
 
 REDECIDED = ("submit", "update")
@@ -169,9 +170,10 @@ class _Replayer:
     pack: Pack
     registry: Registry | None
     hints: TenantHints
-    sim: QuotaSimulation = field(default_factory=QuotaSimulation)
+    book: QuotaBook = field(default_factory=QuotaBook)
+    leases: dict[str, LeaseKey] = field(default_factory=dict)  # decision id -> the lease it took in `book`
     replaces: dict[str, str] = field(default_factory=dict)
-    jobs: dict[tuple[str, str], str] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], LeaseKey] = field(default_factory=dict)
     known_jobs: set[tuple[str, str]] = field(default_factory=set)
     blocked_cancels: set[str] = field(default_factory=set)
     decided: int = 0
@@ -192,19 +194,19 @@ class _Replayer:
             admission = decide(Facts(_when(record), self.tenant(record), RouteKind.CANCEL), self.pack)
             if not admission.forwards:
                 self.blocked_cancels.add(decision_id)
-        elif kind == "refund":
-            self.sim.refund(decision_id)
+        elif kind == "refund" and decision_id in self.leases:
+            self.book.refund(self.leases[decision_id])
         elif kind == "settle" and job is not None:
             self.known_jobs.add(job)
-            if decision_id in self.sim.leases:
+            if decision_id in self.leases:
                 replaced = self.replaces.get(decision_id)
                 if replaced is not None and (job[0], replaced) in self.jobs:
-                    self.sim.release(self.jobs[(job[0], replaced)])
-                self.jobs[job] = decision_id
+                    self.book.release(self.jobs[(job[0], replaced)])
+                self.jobs[job] = self.leases[decision_id]
         elif kind == "release" and job in self.jobs and decision_id not in self.blocked_cancels:
             assert job is not None
             if record.get("whole_job", True) is not False:  # cancelling one array task holds the job
-                self.sim.release(self.jobs[job])
+                self.book.release(self.jobs[job])
 
     def redecide(self, record: Mapping[str, Any]) -> None:
         decision_id = record.get("decision_id")
@@ -265,7 +267,10 @@ class _Replayer:
         )  # fmt: skip
         if isinstance(planned, Decision):
             return planned, False
-        quota = interpret(planned, self.sim.reserve(planned, ts), now)
+        reserved = self.book.reserve(planned, ts)
+        if reserved.status is ReserveStatus.ADMITTED:
+            self.leases[decision_id] = (planned.hash_tag, decision_id)
+        quota = interpret(planned, reserved, now)
         decision = verdict(admission.tier, admission.reasons + quota.reasons, quota.basis)
         if decision.forwards and replaced is not None:
             self.replaces[decision_id] = replaced

@@ -1,0 +1,159 @@
+"""QuotaBook: the counter and lease arithmetic of the quota Lua scripts, pure and synchronous."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from gateway.core.leases import CounterKind, CounterState, Plan, ReserveResult, ReserveStatus, split_amounts
+from gateway.core.rebuild import CounterValue, LeaseState
+
+Slot = tuple[str, str]  # (hash tag, counter key)
+LeaseKey = tuple[str, str]  # (hash tag, lease id), as Redis keys a lease hash
+
+
+@dataclass(slots=True)
+class BookLease:
+    """What one reservation took; refunded and released leases stay until their owner forgets them."""
+
+    end: float
+    debits: dict[tuple[str, CounterKind], float]
+    released: bool = False
+    refunded: bool = False
+
+
+@dataclass(slots=True)
+class QuotaBook:
+    """Counters and leases as a store holds them; a held counter's leases end when a caller's `now` passes them.
+
+    No idempotency records, ownership or garbage collection: MemoryQuotaStore adds those for a
+    live gateway, and a replay knows which job each lease belongs to from the ledger.
+    """
+
+    values: dict[Slot, float] = field(default_factory=dict)
+    held: dict[Slot, dict[str, tuple[float, float]]] = field(default_factory=dict)  # lease id -> (end, amount)
+    leases: dict[LeaseKey, BookLease] = field(default_factory=dict)
+
+    def reserve(self, plan: Plan, now: float) -> ReserveResult:
+        """Check every counter of `plan` and debit all of them, or none (as quota_reserve.lua)."""
+        tag = plan.hash_tag
+        if (tag, plan.decision_id) in self.leases:
+            return ReserveResult(ReserveStatus.IN_PROGRESS)
+        for counter in plan.counters:
+            if counter.kind is CounterKind.HELD:
+                self._expire((tag, counter.key), now)
+        befores = [self.values.get((tag, c.key), 0.0) for c in plan.counters]
+        takes = split_amounts(plan.counters, befores)
+        failing = None
+        shadow: list[str] = []
+        for counter, before, take in zip(plan.counters, befores, takes, strict=True):
+            if counter.refuses(before, take):
+                if not counter.enforced:
+                    shadow.append(counter.key)
+                elif failing is None:
+                    failing = counter
+        if failing is not None:
+            states = tuple(CounterState(c.key, b, t, b) for c, b, t in zip(plan.counters, befores, takes, strict=True))
+            earliest = None
+            if failing.kind is CounterKind.HELD:
+                ends = [end for end, _ in self.held.get((tag, failing.key), {}).values()]
+                earliest = min(ends) if ends else None
+            retry = None if earliest is None else max(0.0, earliest - now)
+            return ReserveResult(ReserveStatus.DENIED, states, failing.key, tuple(shadow), earliest, retry)
+        debits: dict[tuple[str, CounterKind], float] = {}
+        for counter, before, take in zip(plan.counters, befores, takes, strict=True):
+            if take <= 0:
+                continue
+            self.values[(tag, counter.key)] = before + take
+            debits[(counter.key, counter.kind)] = take
+            if counter.kind is CounterKind.HELD:
+                self.held.setdefault((tag, counter.key), {})[plan.decision_id] = (plan.lease_end, take)
+        self.leases[(tag, plan.decision_id)] = BookLease(plan.lease_end, debits)
+        states = tuple(CounterState(c.key, b, t, b + t) for c, b, t in zip(plan.counters, befores, takes, strict=True))
+        return ReserveResult(ReserveStatus.ADMITTED, states, None, tuple(shadow))
+
+    def refund(self, lease: LeaseKey) -> bool:
+        """Give back every debit of a lease once (the upstream rejected its job), as quota_refund.lua."""
+        stored = self.leases.get(lease)
+        if stored is None or stored.refunded:
+            return False
+        tag, lease_id = lease
+        for (key, kind), amount in stored.debits.items():
+            if kind is CounterKind.HELD:
+                self._give_back_held((tag, key), lease_id)
+            else:
+                self._subtract((tag, key), amount)
+        stored.refunded = stored.released = True
+        return True
+
+    def release(self, lease: LeaseKey) -> bool:
+        """Give back a cancelled or replaced job's held TPP once; cumulative debits stay (quota_release.lua)."""
+        stored = self.leases.get(lease)
+        if stored is None or stored.released:
+            return False
+        tag, lease_id = lease
+        gave = False
+        for key, kind in stored.debits:
+            if kind is CounterKind.HELD:
+                gave = self._give_back_held((tag, key), lease_id) or gave
+        stored.released = True
+        return gave
+
+    def value(self, hash_tag: str, key: str, now: float) -> float:
+        """A counter's value after ending its expired leases (as quota_value.lua)."""
+        self._expire((hash_tag, key), now)
+        return self.values.get((hash_tag, key), 0.0)
+
+    def forget(self, lease: LeaseKey, now: float) -> None:
+        """Drop a lease's record, first ending the leases that have passed on its held counters."""
+        stored = self.leases.pop(lease, None)
+        if stored is None:
+            return
+        for key, kind in stored.debits:
+            if kind is CounterKind.HELD:
+                self._expire((lease[0], key), now)
+
+    def load(self, counters: Iterable[CounterValue], leases: Iterable[LeaseState]) -> None:
+        """Overwrite the named counters (value and held leases) and leases, as quota_restore.lua."""
+        for counter in counters:
+            slot = (counter.hash_tag, counter.key)
+            self.held.pop(slot, None)
+            self._set(slot, counter.value)
+            if counter.held:
+                self.held[slot] = {s.lease_id: (s.end, s.amount) for s in counter.held}
+        for lease in leases:
+            debits = {(d.key, d.kind): d.amount for d in lease.debits}
+            self.leases[(lease.hash_tag, lease.lease_id)] = BookLease(lease.end, debits, lease.released, lease.refunded)
+
+    def _expire(self, slot: Slot, now: float) -> None:
+        """End the leases on one held counter whose end has passed (as the Lua scripts do)."""
+        leases = self.held.get(slot)
+        if not leases:
+            return
+        # Same order as ZRANGEBYSCORE (score, then member), so float sums match Redis.
+        ended = sorted((end, lease_id) for lease_id, (end, _) in leases.items() if end <= now)
+        if not ended:
+            return
+        value = self.values.get(slot, 0.0)
+        for _, lease_id in ended:
+            value -= leases.pop(lease_id)[1]
+        self._set(slot, value)
+        if not leases:
+            del self.held[slot]
+
+    def _give_back_held(self, slot: Slot, lease_id: str) -> bool:
+        leases = self.held.get(slot, {})
+        entry = leases.pop(lease_id, None)
+        if entry is None:
+            return False
+        self._subtract(slot, entry[1])
+        if not leases:
+            self.held.pop(slot, None)
+        return True
+
+    def _subtract(self, slot: Slot, amount: float) -> None:
+        self._set(slot, self.values.get(slot, 0.0) - amount)
+
+    def _set(self, slot: Slot, value: float) -> None:
+        if value <= 0:
+            self.values.pop(slot, None)
+        else:
+            self.values[slot] = value

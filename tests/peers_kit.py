@@ -1,0 +1,61 @@
+"""A gateway in front of a real scheduler started by tests/peers/*.sh: its tenants, config and server."""
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from gateway.config.settings import load_settings
+from gateway.http.app import Server
+from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp, tenant
+from tests.redis_server import free_port
+
+# Tenants of the real-peer tests (countries as "location/headquarters/parent"); on Slurm all run as root.
+PEER_TENANTS = {"acme-us": "US/US/US", "nordlys-se": "SE/SE/SE", "fjord-se-cn": "SE/SE/CN"}
+
+
+def peer_registry(*tenant_ids: str) -> str:
+    """Registry YAML with the named PEER_TENANTS, verified."""
+    return "tenants:" + "".join(tenant(t, PEER_TENANTS[t], slurm_user="root") for t in tenant_ids) + "\n"
+
+
+@asynccontextmanager
+async def peer_gateway(
+    workdir: Path, scheduler: str, url: str, *, tenants: str, timeout_s: float, headers: str = ""
+) -> AsyncIterator[tuple[Server, Idp]]:
+    """Run a gateway whose one upstream is the real `scheduler` at `url`; yield it and the IdP its tokens trust.
+
+    `tenants` is the registry YAML and `headers` the upstream's `headers:` block (at the
+    upstream's indent); JWKS, registry, config and ledger live under `workdir`.
+    """
+    idp = Idp()
+    (workdir / "jwks.json").write_text(json.dumps(idp.jwks()))
+    (workdir / "tenants.yaml").write_text(tenants)
+    config = workdir / "gateway.yaml"
+    config.write_text(f"""
+listen: {{host: 127.0.0.1, port: {free_port()}}}
+admin: {{host: 127.0.0.1, port: {free_port()}}}
+instance_id: real-{scheduler}
+policy: {{pack: {POLICIES / "ai-diffusion-2025"}, registry: {workdir / "tenants.yaml"}}}
+ledger: {{dir: {workdir / "ledger"}}}
+auth:
+  issuers:
+    - {{issuer: "{ISSUER}", audiences: ["{AUDIENCE}"], algorithms: [RS256], jwks_file: {workdir / "jwks.json"}}}
+upstreams:
+  - name: {scheduler}
+    url: "{url}"
+    scheduler: {scheduler}
+    timeout_s: {timeout_s}
+{headers}""")
+    server = Server(load_settings(config, env={}), env={})
+    await server.start()
+    try:
+        yield server, idp
+    finally:
+        await server.stop()
+
+
+async def held(server: Server, tenant_id: str) -> float:
+    """The TPP a US tenant holds now."""
+    assert server.store is not None
+    return await server.store.counter_value("US", f"tenant:{tenant_id}", server.clock())
