@@ -2,9 +2,7 @@
 
 import asyncio
 import hashlib
-import json
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -27,12 +25,20 @@ from gateway.adapters.jwks import (
     KeySource,
     merge,
 )
+from gateway.core.claims import MAX_TOKEN_BYTES as MAX_TOKEN_BYTES
+from gateway.core.claims import (
+    ClaimRefused,
+    ClaimRules,
+    bearer_token,
+    check_claims,
+    claims_object,
+    header_alg,
+    header_kid,
+)
 from gateway.core.codes import Code
 from gateway.core.tenants import Identity
 
 log = logging.getLogger(__name__)
-
-MAX_TOKEN_BYTES = 8 * 1024
 
 
 class RefreshResult(StrEnum):
@@ -149,6 +155,7 @@ class _Issuer:
     """One issuer's live state: its sources, last good key set and refetch bookkeeping."""
 
     config: IssuerConfig
+    rules: ClaimRules
     sources: tuple[KeySource, ...] = ()
     keys: KeySet | None = None
     last_unknown_kid_fetch: float | None = None
@@ -170,7 +177,9 @@ class Authenticator:
         names = [c.issuer for c in issuers]
         if len(set(names)) != len(names):
             raise ValueError("each issuer may be configured only once")
-        self._issuers = {c.issuer: _Issuer(c) for c in issuers}
+        self._issuers = {
+            c.issuer: _Issuer(c, ClaimRules(c.issuer, c.audiences, c.subject_claim, c.leeway_s)) for c in issuers
+        }
         self._clock = clock
         self._on_refresh = on_refresh
         self._cache = VerifiedTokenCache(cache_size, cache_ttl_s)
@@ -218,14 +227,22 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Identity:
         """The identity a request's Authorization header proves; raises AuthError."""
-        token = _bearer_token(authorization)
+        try:
+            return await self._authenticate(authorization)
+        except ClaimRefused as refused:
+            raise _invalid(refused.detail) from None
+
+    async def _authenticate(self, authorization: str | None) -> Identity:
+        token = bearer_token(authorization)
+        if token is None:
+            raise AuthError(Code.AUTH_MISSING, "send 'Authorization: Bearer <token>'")
         cached = self._cache.get(token, self._clock())
         if cached is not None:
             return cached
         header, unverified = self._unverified(token)
         state = self._issuer_for(unverified)
-        alg = _header_alg(header, state.config)
-        kid = _header_kid(header)
+        alg = header_alg(header, state.config.algorithms)
+        kid = header_kid(header)
         if state.keys is None or (kid is not None and not state.keys.has_kid(kid)):
             await self._refetch_for_unknown_kid(state)
         if state.keys is None:
@@ -236,9 +253,9 @@ class Authenticator:
         claims = self._verified_claims(token, candidates, state.config.algorithms)
         # No await between verifying and caching: a key-set flush cannot fall in between.
         now = self._clock()
-        identity, exp = _check_claims(claims, state.config, now)
-        self._cache.put(token, identity, exp, now)
-        return identity
+        verified = check_claims(claims, state.rules, now)
+        self._cache.put(token, verified.identity, verified.exp, now)
+        return verified.identity
 
     def _unverified(self, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Header and claims, for routing only: nothing here is trusted yet."""
@@ -247,7 +264,7 @@ class Authenticator:
         except PyJWTError:
             raise _invalid("malformed token") from None
         header: dict[str, Any] = decoded["header"]
-        return header, _json_object(decoded["payload"])
+        return header, claims_object(decoded["payload"])
 
     def _issuer_for(self, unverified: Mapping[str, Any]) -> _Issuer:
         iss = unverified.get("iss")
@@ -267,7 +284,7 @@ class Authenticator:
                 )
             except (PyJWTError, ValueError, TypeError):
                 continue
-            return _json_object(decoded["payload"])
+            return claims_object(decoded["payload"])
         raise _invalid("token signature is not valid")
 
     async def _refetch_for_unknown_kid(self, state: _Issuer) -> None:
@@ -333,120 +350,9 @@ def _sources(config: IssuerConfig, session: aiohttp.ClientSession) -> tuple[KeyS
     return tuple(sources)
 
 
-def _bearer_token(authorization: str | None) -> str:
-    """The token of a `Bearer` Authorization header (scheme case-insensitive)."""
-    if authorization is None or not authorization.strip():
-        raise AuthError(Code.AUTH_MISSING, "send 'Authorization: Bearer <token>'")
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise _invalid("Authorization must use the Bearer scheme with a token")
-    if len(token) > MAX_TOKEN_BYTES:
-        raise _invalid(f"token longer than {MAX_TOKEN_BYTES} bytes")
-    # A compact JWT is base64url and dots only; anything else is refused before parsing.
-    if not token.isascii() or any(c.isspace() for c in token):
-        raise _invalid("malformed token")
-    return token
-
-
 def _no_key_reason(keys: KeySet, kid: str | None) -> str:
     if kid is None and len(keys.keys) > 1:
         return "token has no kid and its issuer has several keys"
     if kid is not None and not keys.has_kid(kid):
         return "token kid is not one of its issuer's keys"
     return "the issuer's key for this token does not accept its alg"
-
-
-def _json_object(payload: object) -> dict[str, Any]:
-    if not isinstance(payload, bytes):
-        raise _invalid("malformed token")
-    try:
-        claims = json.loads(payload)
-    except (ValueError, RecursionError):
-        raise _invalid("malformed token claims") from None
-    if not isinstance(claims, dict):
-        raise _invalid("malformed token claims")
-    return claims
-
-
-def _header_alg(header: Mapping[str, Any], config: IssuerConfig) -> str:
-    """The token's alg, only if its issuer pins it; the token never picks another."""
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in config.algorithms:
-        raise _invalid("token algorithm is not allowed for its issuer")
-    return alg
-
-
-def _header_kid(header: Mapping[str, Any]) -> str | None:
-    kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise _invalid("malformed token kid")
-    return kid
-
-
-def _check_claims(claims: Mapping[str, Any], config: IssuerConfig, now: float) -> tuple[Identity, float]:
-    """The identity and expiry of verified claims; each claim is checked by its own function."""
-    _check_iss(claims, config.issuer)
-    _check_aud(claims, config.audiences)
-    exp = _check_exp(claims, now, config.leeway_s)
-    _check_nbf(claims, now, config.leeway_s)
-    _check_iat(claims, now, config.leeway_s)
-    return Identity(config.issuer, _subject(claims, config.subject_claim)), exp
-
-
-def _check_iss(claims: Mapping[str, Any], issuer: str) -> None:
-    if claims.get("iss") != issuer:
-        raise _invalid("token issuer is not accepted")
-
-
-def _check_aud(claims: Mapping[str, Any], audiences: Sequence[str]) -> None:
-    aud = claims.get("aud")
-    values = [aud] if isinstance(aud, str) else aud
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise _invalid("token has no valid aud claim")
-    if not any(v in audiences for v in values):
-        raise _invalid("token audience is not accepted")
-
-
-def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
-    """A NumericDate claim as a finite number, None when absent."""
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _invalid(f"token {name} claim is not a number")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise _invalid(f"token {name} claim is out of range") from None
-    if not math.isfinite(number):
-        raise _invalid(f"token {name} claim is out of range")
-    return number
-
-
-def _check_exp(claims: Mapping[str, Any], now: float, leeway: float) -> float:
-    exp = _numeric_date(claims, "exp")
-    if exp is None:
-        raise _invalid("token has no exp claim")
-    if exp <= now - leeway:
-        raise _invalid("token has expired")
-    return exp
-
-
-def _check_nbf(claims: Mapping[str, Any], now: float, leeway: float) -> None:
-    nbf = _numeric_date(claims, "nbf")
-    if nbf is not None and nbf > now + leeway:
-        raise _invalid("token is not yet valid")
-
-
-def _check_iat(claims: Mapping[str, Any], now: float, leeway: float) -> None:
-    iat = _numeric_date(claims, "iat")
-    if iat is not None and iat > now + leeway:
-        raise _invalid("token was issued in the future")
-
-
-def _subject(claims: Mapping[str, Any], claim: str) -> str:
-    subject = claims.get(claim)
-    if not isinstance(subject, str) or not subject:
-        raise _invalid(f"token has no valid {claim} claim")
-    return subject
