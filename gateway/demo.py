@@ -14,6 +14,8 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.adapters.signing import generate, load_public_key
+from gateway.cli_ledger import verify
 from gateway.config.settings import BUNDLED_POLICIES, load_settings
 from gateway.http.app import Server
 from gateway.standin import StandinState, standin_app
@@ -64,7 +66,7 @@ instance_id: demo
 policy:
   pack: {BUNDLED_POLICIES / "ai-diffusion-2025"}
   registry: {BUNDLED_POLICIES / "tenants.example.yaml"}
-ledger: {{dir: {workdir / "ledger"}}}
+ledger: {{dir: {workdir / "ledger"}, signing_key_file: {workdir / "keys" / "ledger.pem"}}}
 auth:
   issuers:
     - issuer: "{ISSUER}"
@@ -90,6 +92,8 @@ async def run_demo() -> list[dict[str, Any]]:
         workdir = Path(tmp)
         jwks = workdir / "jwks.json"
         jwks.write_text(json.dumps({"keys": [jwk]}))
+        (workdir / "keys").mkdir()
+        generate(workdir / "keys" / "ledger.pem", workdir / "keys" / "ledger.pub.pem")
         state = StandinState()
         runner = web.AppRunner(standin_app(state), access_log=None)
         await runner.setup()
@@ -125,6 +129,10 @@ async def run_demo() -> list[dict[str, Any]]:
         finally:
             await server.stop()
             await runner.cleanup()
+        print(format_table(rows))
+        # The ledger every decision above went to, checked as an auditor would: key kept outside it.
+        print("\nexportgate ledger verify (signed checkpoints, key kept outside the ledger):", flush=True)
+        verify(workdir / "ledger", load_public_key(workdir / "keys" / "ledger.pub.pem"), {})
         return rows
 
 
@@ -152,6 +160,5 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     logging.getLogger("gateway").setLevel(logging.WARNING)
-    rows = asyncio.run(run_demo())
-    print(format_table(rows))
+    asyncio.run(run_demo())
     return 0

@@ -130,7 +130,9 @@ def test_demo_prints_the_decision_table() -> None:
         [sys.executable, "-m", "gateway", "demo"], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    lines = [line.split() for line in result.stdout.splitlines()[2:] if line.strip()]
+    table, _, ledger = result.stdout.partition("\n\n")
+    lines = [line.split() for line in table.splitlines()[2:] if line.strip()]
+    assert "ok: 1 chains, 20 records verified" in ledger
     rows = {(cells[0], cells[3]): cells for cells in lines}
     assert rows[("acme-us", "8")][1:7] == ["1", "verified", "8", "x", "H100", "200"]
     assert rows[("fjord-se-cn", "8")][-3:] == ["451", "deny", "tier3_embargoed"]
