@@ -178,6 +178,25 @@ def test_keys_generate_writes_a_private_key_only_its_owner_reads(
     assert code == 1 and f"{private}: already exists" in err
 
 
+@pytest.mark.parametrize("inside", ["ledger", "ledger/archive", "."], ids=["same-dir", "inside", "around"])
+async def test_prune_refuses_an_archive_inside_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], inside: str
+) -> None:
+    """An archive in, under or around the ledger would copy segments onto themselves and delete them: refused."""
+    keys = Keys(tmp_path)
+    ledger = tmp_path / "ledger"
+    old = FakeClock(time.time() - 800 * DAY)
+    options: dict[str, Any] = {"segment_max_bytes": 2500, "signer": keys.signer, "checkpoint_every_records": 7}
+    await fill(ledger, "gw", 30, clock=old, **options)
+    await fill(ledger, "gw", 10, start=30, **options)
+    before = sorted((p.name, p.read_bytes()) for p in (ledger / "gw").glob("*.jsonl"))
+    code, _, err = run_cli(
+        capsys, "ledger", "prune", ledger, "--archive-dir", tmp_path / inside, "--signing-key", keys.private
+    )
+    assert code == 1 and "must lie outside the ledger directory" in err
+    assert sorted((p.name, p.read_bytes()) for p in (ledger / "gw").glob("*.jsonl")) == before
+
+
 async def test_prune_archives_old_segments_and_the_rest_still_verifies(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

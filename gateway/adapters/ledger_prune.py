@@ -76,6 +76,11 @@ def prune_instance(
     instance_dir: Path, archive_root: Path, signer: Signer, *, cutoff: float, now: float, dry_run: bool = False
 ) -> Pruned | None:
     """Archive the leading closed segments whose newest record is older than `cutoff`; None if there are none."""
+    ledger_root = instance_dir.resolve().parent
+    target = archive_root.resolve()
+    if target == ledger_root or target.is_relative_to(ledger_root) or ledger_root.is_relative_to(target):
+        # An archive inside the ledger (or around it) would copy segments onto themselves, then delete them.
+        raise PruneError(f"{archive_root}: the archive must lie outside the ledger directory {ledger_root}")
     with files.manifest_lock(instance_dir):
         if not dry_run:
             _finish_interrupted(instance_dir)
