@@ -40,6 +40,31 @@ BAD_CONFIGS = [
         "upstreams:\n  - url: 'http://x'\n    headers:\n      X-SLURM-USER-TOKEN: {file: t, slurm_jwt_key_file: k}\n",
         "gateway.yaml:4: upstreams[0].headers.X-SLURM-USER-TOKEN: slurm_jwt_key_file mints a token for a user",
     ),
+    (
+        "zero-workers",
+        "workers: 0\nupstreams: [{url: 'http://x'}]\n",
+        "gateway.yaml:1: (top): workers: must be at least 1",
+    ),
+    (
+        "admin-on-proxy-port",
+        "listen: {port: 9000}\nadmin: {port: 9000}\nupstreams: [{url: 'http://x'}]\n",
+        "gateway.yaml:1: (top): admin: port: must differ from the proxy's listen port",
+    ),
+    (
+        "prefix-with-hash-tag",
+        "quota: {store: redis, redis_url: 'redis://x', prefix: '{eg}'}\nupstreams: [{url: 'http://x'}]\n",
+        "gateway.yaml:1: quota: prefix: must not contain",
+    ),
+    (
+        "bad-trusted-proxy-reported",
+        "trusted_proxies: ['not-a-net']\nupstreams: [{url: 'http://x'}]\n",
+        "gateway.yaml:1: trusted_proxies: 'not-a-net' is not an IP network",
+    ),
+    (
+        "negative-batch-window",
+        "ledger: {batch_window_ms: -1}\nupstreams: [{url: 'http://x'}]\n",
+        "gateway.yaml:1: ledger.batch_window_ms: must be 0..1000",
+    ),
     ("yaml-syntax", "upstreams: [\n", "gateway.yaml:2: (syntax):"),
     (
         "workers-need-redis",

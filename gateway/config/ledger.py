@@ -72,9 +72,12 @@ def load_ledger_settings(node: Node, base: Path, env: Mapping[str, str], problem
     if anchor_dir is not None and anchor_dir.resolve().is_relative_to(ledger_dir.resolve()):
         child = lf.child("anchor_dir")
         problems.append((child or node).problem("must lie outside the ledger directory (it is the ledger's witness)"))
+    window_ms: float = lf.number("batch_window_ms", 0.0)
+    if not 0 <= window_ms <= 1000:
+        problems.append((lf.child("batch_window_ms") or node).problem("must be 0..1000"))
     return LedgerSettings(
         ledger_dir,
-        lf.number("batch_window_ms", 0.0) / 1000,
+        window_ms / 1000,
         positive["max_batch"],
         positive["queue_limit"],
         positive["segment_max_bytes"],

@@ -400,8 +400,21 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     limits = Fields(fields.child("limits") or Node({}, root.file, root.line, "limits"), problems, ("max_body_bytes",))
     reload = Fields(fields.child("reload") or Node({}, root.file, root.line, "reload"), problems, ("interval_s",))
     workers: int = fields.integer("workers", 1)
+    if workers < 1:
+        problems.append(root.problem("workers: must be at least 1"))
     if workers > 1 and quota.store != "redis":
         problems.append(root.problem("workers: more than one worker needs quota.store: redis"))
+    if "{" in quota.prefix or "}" in quota.prefix:
+        problems.append(quota_node.problem("prefix: must not contain '{' or '}' (keys carry their own hash tag)"))
+    if (listen[1] == admin[1]) and (listen[0] == admin[0] or "0.0.0.0" in (listen[0], admin[0])):
+        problems.append(root.problem("admin: port: must differ from the proxy's listen port"))
+    proxies = _proxies(fields)
+    max_body: int = limits.integer("max_body_bytes", 1 << 20)
+    if max_body <= 0:
+        problems.append(root.problem("limits: max_body_bytes: must be positive"))
+    reload_s: float = reload.number("interval_s", 2.0)
+    if reload_s <= 0:
+        problems.append(root.problem("reload: interval_s: must be positive"))
     instance = env.get("EXPORTGATE_INSTANCE_ID") or fields.text("instance_id") or socket.gethostname()
     if problems:
         raise ConfigError(problems)
@@ -418,9 +431,9 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         quota=quota,
         issuers=issuers,
         upstreams=upstreams,
-        trusted_proxies=_proxies(fields),
-        max_body_bytes=limits.integer("max_body_bytes", 1 << 20),
-        reload_interval_s=reload.number("interval_s", 2.0),
+        trusted_proxies=proxies,
+        max_body_bytes=max_body,
+        reload_interval_s=reload_s,
         workers=workers,
         admin_tokens_file=tokens_file,
     )
