@@ -255,3 +255,18 @@ def ledger_records(stack: Stack) -> list[dict[str, Any]]:
     for segment in sorted((stack.settings.ledger.dir / "test-gw").glob("*.jsonl")):
         lines.extend(json.loads(line) for line in segment.read_text().splitlines())
     return lines
+
+
+async def test_tenant_without_the_upstream_identity_is_refused(tmp_path: Path) -> None:
+    """A tenant with no slurm_user mapping is refused rather than run under the gateway's identity."""
+    registry = (
+        "tenants:\n"
+        "  - {id: bare-us, identities: [{issuer: 'https://idp.example.com', subject: bare-us}], location: US,\n"
+        "     headquarters: US, parent_headquarters: US,\n"
+        "     kyc: {status: verified, verified_at: 2025-01-01, expires_at: 2035-01-01}}\n"
+    )
+    async for stack in run_stack(tmp_path, registry=registry):
+        status, body, _ = await post(stack, "bare-us")
+        assert (status, body["code"]) == (403, "tenant_unknown")
+        assert "slurm_user" in body["detail"]
+        assert stack.standin.requests == []

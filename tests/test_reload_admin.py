@@ -36,6 +36,7 @@ async def test_registry_change_is_picked_up(tmp_path: Path) -> None:
         text = await wait_for('exportgate_config_reloads_total{result="ok"} 1.0', stack)
         assert 'exportgate_config_reloads_total{result="ok"} 1.0' in text
         assert (await post(stack, "selva-br"))[0] == 200
+        assert "exportgate_ready 1.0" in text  # computed at scrape time, not only when /readyz is asked
 
 
 async def test_invalid_registry_keeps_last_good(tmp_path: Path) -> None:
@@ -106,6 +107,8 @@ async def test_not_ready_without_an_issuer(tmp_path: Path) -> None:
             async with client.get(f"http://127.0.0.1:{settings.admin_port}/readyz") as resp:
                 assert resp.status == 503
                 assert (await resp.json())["parts"] == {"config": True, "keys": False, "ledger": True}
+            async with client.get(f"http://127.0.0.1:{settings.admin_port}/metrics") as resp:
+                assert "exportgate_ready 0.0" in await resp.text()
             async with client.post(f"http://127.0.0.1:{settings.listen_port}/slurm/v0.0.38/job/submit") as resp:
                 assert resp.status == 401
     finally:

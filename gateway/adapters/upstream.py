@@ -102,6 +102,16 @@ class Upstream:
             await self.session.close()
             self.session = None
 
+    def missing_identity(self, tenant: Tenant) -> list[str]:
+        """The `upstream_identity` fields this upstream's headers need and the tenant lacks."""
+        return sorted(
+            {
+                source.from_tenant
+                for source in self.settings.headers.values()
+                if source.from_tenant is not None and not tenant.upstream_identity.get(source.from_tenant)
+            }
+        )
+
     def credential_headers(self, tenant: Tenant) -> dict[str, str]:
         """Static secrets plus per-tenant identity headers (Slurm user, namespace, ...)."""
         out = dict(self.static_headers)

@@ -22,7 +22,6 @@ def admin_app(metrics: Metrics, ready: Callable[[], dict[str, bool]], api: Admin
     async def readyz(request: web.Request) -> web.Response:
         parts = ready()
         ok = all(parts.values())
-        metrics.ready.set(1 if ok else 0)
         return web.json_response({"ready": ok, "parts": parts}, status=200 if ok else 503)
 
     app = web.Application()

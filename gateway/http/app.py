@@ -63,11 +63,9 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
-        self.policy = PolicyFiles(
-            s.pack_dir, s.registry_file, lambda result: self.metrics.config_reloads.labels(result).inc()
-        )
-        pack = self.policy.pack
-        self.metrics.policy_info.info({"pack": pack.name, "version": pack.version, "hash": pack.content_hash})
+        self.policy = PolicyFiles(s.pack_dir, s.registry_file, self._on_reload)
+        self._publish_policy()
+        self.metrics.ready.set_function(lambda: 1.0 if all(self.ready().values()) else 0.0)
         self.auth = Authenticator(
             s.issuers,
             clock=self.clock,
@@ -159,6 +157,16 @@ class Server:
         self.metrics.ledger_head.labels(instance).info({"hash": digest, "seq": str(seq)})
         self.metrics.ledger_checkpoint_time.labels(instance).set(float(record["ts"]))
         log.info("ledger checkpoint: instance=%s seq=%d hash=%s key=%s", instance, seq, digest, record["key_id"])
+
+    def _on_reload(self, result: str) -> None:
+        self.metrics.config_reloads.labels(result).inc()
+        if result == "ok":
+            self._publish_policy()
+
+    def _publish_policy(self) -> None:
+        assert self.policy is not None
+        pack = self.policy.pack
+        self.metrics.policy_info.info({"pack": pack.name, "version": pack.version, "hash": pack.content_hash})
 
     def _on_commit(self, records: int, seconds: float) -> None:
         self.metrics.ledger_records.inc(records)

@@ -46,9 +46,12 @@ def _request_data(request: web.Request, body: bytes | None) -> bytes | AsyncIter
     return None
 
 
-def _classify(exc: BaseException) -> UpstreamFailure:
+def classify(exc: BaseException) -> UpstreamFailure:
+    """What a client error means for the reservation: `sent` False only when the request never left."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamFailure(Code.UPSTREAM_UNREACHABLE, "the scheduler refused the connection", sent=False)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # before ServerTimeoutError, its base class
+        return UpstreamFailure(Code.UPSTREAM_UNREACHABLE, "no connection to the scheduler in time", sent=False)
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamFailure(Code.UPSTREAM_TIMEOUT, "the scheduler did not answer in time", sent=True)
     return UpstreamFailure(Code.UPSTREAM_UNREACHABLE, "the scheduler connection failed", sent=True)
@@ -74,7 +77,7 @@ async def stream(
             allow_redirects=False,
         )
     except (TimeoutError, aiohttp.ClientError) as exc:
-        raise _classify(exc) from exc
+        raise classify(exc) from exc
     observe(time.perf_counter() - started)
     try:
         response = web.StreamResponse(
@@ -123,7 +126,7 @@ async def fetch(
                 raise UpstreamFailure(Code.UPSTREAM_UNREACHABLE, "the scheduler's answer was too large", sent=True)
             return Buffered(upstream.status, downstream_response_headers(upstream.headers, keep_length=False), data)
     except (TimeoutError, aiohttp.ClientError) as exc:
-        raise _classify(exc) from exc
+        raise classify(exc) from exc
 
 
 async def websocket(
@@ -136,7 +139,7 @@ async def websocket(
     try:
         upstream = await session.ws_connect(URL(ws_url, encoded=True), headers=headers, autoping=True)
     except (TimeoutError, aiohttp.ClientError) as exc:
-        raise _classify(exc) from exc
+        raise classify(exc) from exc
     client = web.WebSocketResponse(autoping=True)
     await client.prepare(request)
 

@@ -128,6 +128,10 @@ class Gateway:
         decision = decide(Facts(now, ex.tenant, ex.match.route.kind), pack)
         if not decision.forwards:
             return await self.refuse_with(request, ex, decision)
+        missing = ex.upstream.missing_identity(ex.tenant)
+        if missing:  # never fall back to the gateway's own scheduler identity
+            detail = f"the tenant has no {', '.join(missing)} for upstream {ex.upstream.name} in the registry"
+            return await self.refuse_with(request, ex, refuse(Code.TENANT_UNKNOWN, detail, decision.tier))
         kind = ex.match.route.kind
         if kind is RouteKind.PLAIN_READ:
             return await self.access(request, ex, decision)
