@@ -23,6 +23,8 @@ class StandinState:
     ray_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # How long a Slurm job named "slow-me" keeps its submission waiting (past a test's timeout).
     slow_s: float = 5.0
+    # Slurm job id -> (status, body) its status request answers instead (a broken or odd scheduler).
+    status_answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
 
 def _meta() -> dict[str, Any]:
@@ -97,6 +99,9 @@ def standin_app(state: StandinState) -> web.Application:
             update = json.loads(state.requests[-1]["body"] or b"{}")
             found.update({k: v for k, v in (update.get("job", update) or {}).items() if k in ("name", "time_limit")})
             return web.json_response({"meta": _meta(), "errors": []})
+        if base in state.status_answers:
+            status, body = state.status_answers[base]
+            return web.Response(status=status, body=body, content_type="text/html")
         return web.json_response({"meta": _meta(), "errors": [], "jobs": [found]})
 
     async def jobs(request: web.Request) -> web.Response:

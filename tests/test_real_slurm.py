@@ -67,7 +67,9 @@ async def gateway(slurm: dict[str, Any], tmp_path: Path) -> AsyncIterator[tuple[
         yield running
 
 
-def job(slurm: dict[str, Any], gpus: int, name: str = "eg-real") -> dict[str, Any]:
+def job(
+    slurm: dict[str, Any], gpus: int, name: str = "eg-real", script: str = "#!/bin/bash\nsleep 30"
+) -> dict[str, Any]:
     return {
         "job": {
             "name": name,
@@ -79,7 +81,7 @@ def job(slurm: dict[str, Any], gpus: int, name: str = "eg-real") -> dict[str, An
             "standard_output": f"{slurm['jobs']}/%j.out",
             "environment": {"PATH": "/usr/bin:/bin"},
         },
-        "script": "#!/bin/bash\nsleep 30",
+        "script": script,
     }
 
 
@@ -135,3 +137,22 @@ async def test_tier3_parent_never_reaches_slurm(slurm: dict[str, Any], gateway: 
     assert (status, body["code"]) == (451, "tier3_embargoed")
     status, body = await call(server, idp, "acme-us", "GET", f"{API}/jobs")
     assert all(j["name"] != "fjord" for j in body["jobs"])
+
+
+async def test_finished_job_is_released_by_reconciliation(slurm: dict[str, Any], gateway: tuple[Server, Idp]) -> None:
+    """A 1-GPU job that exits at once reaches COMPLETED; a reconcile round then gives its TPP back."""
+    server, idp = gateway
+    status, body = await call(
+        server, idp, "acme-us", "POST", f"{API}/job/submit", job(slurm, 1, "quick", "#!/bin/bash\ntrue")
+    )
+    assert status == 200, body
+    assert await held(server, "acme-us") == 15832
+    assert server.reconciler is not None
+    results: dict[str, int] = {}
+    for _ in range(80):  # scheduling, running and completing take a few seconds
+        results = await server.reconciler.run_once()
+        if results.get("released"):
+            break
+        await asyncio.sleep(0.25)
+    assert results == {"released": 1}
+    assert await held(server, "acme-us") == 0

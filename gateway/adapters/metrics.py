@@ -78,4 +78,10 @@ class Metrics:
         self.country_tpp_cap = Gauge(
             "exportgate_country_tpp_cap", "A country's TPP allocation under the active pack.", ["country"], registry=r
         )
+        self.reconcile = Counter(
+            "exportgate_reconcile_total",
+            "Jobs whose state reconciliation asked the scheduler for, by outcome.",
+            ["result"],
+            registry=r,
+        )
         self.ready = Gauge("exportgate_ready", "1 when config, keys and ledger are loaded.", registry=r)

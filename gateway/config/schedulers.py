@@ -14,6 +14,7 @@ from gateway.schedulers import (
     SlurmOptions,
 )
 from gateway.schedulers.generic import WALLTIME_UNITS
+from gateway.schedulers.slurm import VERSIONS as SLURM_VERSIONS
 
 
 def load_scheduler_options(
@@ -67,7 +68,14 @@ def _positive(fields: Fields, key: str, value: float | None) -> None:
 
 
 def _slurm(node: Node, problems: list[Problem]) -> SlurmOptions:
-    keys = ("partition_time_limits", "default_time_limit_min", "default_gpu_model", "lineage_env", "purpose_env")
+    keys = (
+        "partition_time_limits",
+        "default_time_limit_min",
+        "default_gpu_model",
+        "lineage_env",
+        "purpose_env",
+        "status_version",
+    )
     f = Fields(node, problems, keys)
     limits: dict[str, int] = {}
     limits_node = f.child("partition_time_limits")
@@ -89,6 +97,7 @@ def _slurm(node: Node, problems: list[Problem]) -> SlurmOptions:
         default_gpu_model=f.text("default_gpu_model"),
         lineage_env=f.text("lineage_env", default="EXPORTGATE_LINEAGE"),
         purpose_env=f.text("purpose_env", default="EXPORTGATE_PURPOSE"),
+        status_version=f.choice("status_version", SLURM_VERSIONS, default="v0.0.38"),
     )
 
 
@@ -131,6 +140,7 @@ _GENERIC_FIELDS = (
     "name_field",
     "list_items_field",
     "list_id_field",
+    "state_field",
 )
 
 
@@ -139,6 +149,7 @@ def _generic(node: Node, problems: list[Problem]) -> GenericOptions | None:
         *_GENERIC_PATHS,
         *_GENERIC_FIELDS,
         "plain_read_paths",
+        "finished_states",
         "walltime_unit",
         "default_walltime_s",
         "default_gpu_model",
@@ -174,6 +185,10 @@ def _generic(node: Node, problems: list[Problem]) -> GenericOptions | None:
     _positive(f, "default_walltime_s", walltime)
     if values["walltime_field"] is None and walltime is None and f.ok:
         problems.append(node.problem("needs walltime_field or default_walltime_s"))
+    finished: list[str] = f.texts("finished_states", default=[])
+    if values["state_field"] is not None and not finished and f.ok:
+        where = f.child("state_field") or node
+        problems.append(where.problem("needs finished_states (the states of a job that is over)"))
     if len(problems) > before or paths["submit_path"] is None or values["gpus_field"] is None:
         return None
     return GenericOptions(
@@ -195,4 +210,6 @@ def _generic(node: Node, problems: list[Problem]) -> GenericOptions | None:
         list_items_field=values["list_items_field"],
         list_id_field=values["list_id_field"],
         default_gpu_model=f.text("default_gpu_model"),
+        state_field=values["state_field"],
+        finished_states=tuple(finished),
     )

@@ -13,6 +13,7 @@ from gateway.adapters.auth import IssuerConfig
 from gateway.config.fields import Fields
 from gateway.config.ledger import LedgerSettings, load_ledger_settings
 from gateway.config.located import ConfigError, Node, Problem, load_file, load_text
+from gateway.config.reconcile import ReconcileSettings, load_reconcile_settings
 from gateway.config.schedulers import load_scheduler_options
 from gateway.core.routes import Route, RouteKind
 from gateway.schedulers import SchedulerOptions
@@ -80,6 +81,7 @@ class Settings:
     reload_interval_s: float = 2.0
     workers: int = 1
     admin_tokens_file: Path | None = None
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:
@@ -359,6 +361,7 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
             "limits",
             "reload",
             "workers",
+            "reconcile",
         ),
     )
     listen = _host_port(fields, "listen", "0.0.0.0", 8080)
@@ -415,6 +418,7 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     reload_s: float = reload.number("interval_s", 2.0)
     if reload_s <= 0:
         problems.append(root.problem("reload: interval_s: must be positive"))
+    reconcile = load_reconcile_settings(fields.child("reconcile"), problems)
     instance = env.get("EXPORTGATE_INSTANCE_ID") or fields.text("instance_id") or socket.gethostname()
     if problems:
         raise ConfigError(problems)
@@ -436,6 +440,7 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         reload_interval_s=reload_s,
         workers=workers,
         admin_tokens_file=tokens_file,
+        reconcile=reconcile,
     )
 
 

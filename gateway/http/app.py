@@ -25,6 +25,7 @@ from gateway.config.settings import Settings, UpstreamSettings
 from gateway.http.admin import admin_app
 from gateway.http.admin_api import AdminApi
 from gateway.http.proxy import Gateway
+from gateway.http.reconcile import Reconciler
 from gateway.schedulers import SchedulerAdapter, build_adapter
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Server:
         self.gateway: Gateway | None = None
         self.store: QuotaStore | None = None
         self.upstreams: list[Upstream] = []
+        self.reconciler: Reconciler | None = None
         self._runners: list[web.AppRunner] = []
         self._ledger_ok = False
 
@@ -101,6 +103,11 @@ class Server:
             api = AdminApi(tokens, self.store, self.ledger, [u.name for u in s.upstreams], self.clock)
         await self._listen(admin_app(self.metrics, self.ready, api), s.admin_host, s.admin_port)
         self.policy.start_watching(s.reload_interval_s)
+        self.reconciler = Reconciler(
+            s.reconcile, self.upstreams, self.store, self.ledger, self.policy, self.metrics, self.clock
+        )
+        if self._ledger_ok:  # no audit, no action: releases are recorded
+            self.reconciler.start()
 
     def _quota_store(self) -> QuotaStore:
         q = self.settings.quota
@@ -189,6 +196,8 @@ class Server:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self.reconciler is not None:
+            await self.reconciler.stop()
         if self.policy is not None:
             await self.policy.stop()
         for upstream in self.upstreams:

@@ -63,6 +63,14 @@ class SchedulerAdapter(Protocol):
         """A listing body reduced to the jobs `owned` accepts; unreadable bodies list nothing."""
         ...
 
+    def status_path(self, job_id: str) -> str | None:
+        """The GET path that reports the state of job `job_id` (as `job_id_of` spells it); None: cannot ask."""
+        ...
+
+    def finished(self, status: int, body: bytes) -> bool | None:
+        """Whether a `status_path` answer says the job is over; None when unsure (then the lease is held)."""
+        ...
+
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         """(content type, body) of a refusal in the scheduler's dialect; None: problem+json."""
         ...

@@ -4,6 +4,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.routes import Route, RouteKind, RouteMatch
@@ -47,6 +48,8 @@ class GenericOptions:
     list_items_field: str | None = None
     list_id_field: str | None = None
     default_gpu_model: str | None = None
+    state_field: str | None = None
+    finished_states: tuple[str, ...] = ()
     _routes: tuple[Route, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -179,6 +182,20 @@ class GenericAdapter:
         else:
             return dump_json({})
         return dump_json(doc)
+
+    def status_path(self, job_id: str) -> str | None:
+        """`job_path` for the job, when a `state_field` says where its state is."""
+        opts = self.options
+        if opts.job_path is None or opts.state_field is None:
+            return None
+        return opts.job_path.replace("{job_id}", quote(job_id, safe=""))
+
+    def finished(self, status: int, body: bytes) -> bool | None:
+        """True when `state_field` holds one of `finished_states`; any other string is a live job."""
+        state = lookup(try_json(body), self.options.state_field) if self.options.state_field else _MISSING
+        if status != 200 or not isinstance(state, str):
+            return None
+        return state in self.options.finished_states
 
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None

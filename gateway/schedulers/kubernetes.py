@@ -3,6 +3,7 @@
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.routes import Route, RouteKind, RouteMatch
@@ -16,6 +17,7 @@ from gateway.schedulers.base import (
     try_json,
 )
 from gateway.schedulers.kubernetes_pods import job_spec
+from gateway.schedulers.status import kubernetes_finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,16 @@ class KubernetesAdapter:
             items = doc.get("items")
             doc["items"] = [i for i in items if keep(i)] if isinstance(items, list) else []
         return dump_json(doc)
+
+    def status_path(self, job_id: str) -> str | None:
+        """The Job's path; a Pod's id (same `{ns}/{name}` form) finds no Job there and stays held."""
+        ns, _, name = job_id.partition("/")
+        if not ns or not name or "/" in name:
+            return None
+        return _JOBS.replace("{ns}", quote(ns, safe="")) + "/" + quote(name, safe="")
+
+    def finished(self, status: int, body: bytes) -> bool | None:
+        return kubernetes_finished(status, body)
 
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         body = {

@@ -4,6 +4,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.pricing import CANDIDATE_SEPARATOR
@@ -20,6 +21,7 @@ from gateway.schedulers.base import (
     text,
     try_json,
 )
+from gateway.schedulers.status import ray_finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,12 @@ class RayAdapter:
         if not isinstance(doc, list):
             return b"[]"
         return dump_json([job for job in doc if _owned(job, owned)])
+
+    def status_path(self, job_id: str) -> str | None:
+        return f"/api/jobs/{quote(job_id, safe='')}"
+
+    def finished(self, status: int, body: bytes) -> bool | None:
+        return ray_finished(status, body)
 
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None

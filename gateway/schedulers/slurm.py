@@ -30,6 +30,7 @@ from gateway.schedulers.slurm_fields import (
     number_struct,
     time_limit_s,
 )
+from gateway.schedulers.status import slurm_finished
 
 VERSIONS = ("v0.0.36", "v0.0.37", "v0.0.38", "v0.0.39", "v0.0.40", "v0.0.41", "v0.0.42")
 
@@ -47,6 +48,7 @@ class SlurmOptions:
     default_gpu_model: str | None = None
     lineage_env: str = "EXPORTGATE_LINEAGE"
     purpose_env: str = "EXPORTGATE_PURPOSE"
+    status_version: str = "v0.0.38"
 
 
 # slurmrestd lower-cases job keys (v0.0.38) and accepts sbatch's aliases for some.
@@ -365,6 +367,12 @@ class SlurmAdapter:
         jobs = doc.get("jobs")
         doc["jobs"] = [j for j in jobs if _owned_job(j, owned)] if isinstance(jobs, list) else []
         return dump_json(doc)
+
+    def status_path(self, job_id: str) -> str | None:
+        return f"/slurm/{self.options.status_version}/job/{job_id}" if re.fullmatch(r"[0-9]+", job_id) else None
+
+    def finished(self, status: int, body: bytes) -> bool | None:
+        return slurm_finished(status, body)
 
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None

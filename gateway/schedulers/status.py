@@ -1,0 +1,105 @@
+"""Reading a scheduler's job-status answer: True (the job is over), False (it lives) or None (unknown: hold)."""
+
+from collections.abc import Iterable
+from typing import Any
+
+from gateway.schedulers.base import try_json
+
+# Base states after which a Slurm job holds nothing (slurm/slurm.h, JOB_COMPLETE and later).
+SLURM_FINISHED = frozenset(
+    {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "DEADLINE", "BOOT_FAIL"}
+)
+# States and flags of a job that holds, or may again hold, resources; any of them wins.
+SLURM_ACTIVE = frozenset(
+    {
+        "PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+        "RESIZING", "STAGE_OUT", "SIGNALING", "STOPPED", "SPECIAL_EXIT", "RESV_DEL_HOLD", "POWER_UP_NODE",
+    }
+)  # fmt: skip
+SLURM_INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID: slurmctld has no record of the job
+RAY_FINISHED = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+RAY_ACTIVE = frozenset({"PENDING", "RUNNING"})
+KUBERNETES_FINISHED = ("Complete", "Failed")
+
+
+def combine(verdicts: Iterable[bool | None]) -> bool | None:
+    """A job of several records (array tasks, het components) is over only when every record is."""
+    found = list(verdicts)
+    if not found or False in found:
+        return False if found else None
+    return None if None in found else True
+
+
+def _slurm_record(job: Any) -> bool | None:
+    state = job.get("job_state") if isinstance(job, dict) else None
+    # v0.0.36..v0.0.39 give one string; v0.0.40 and later a list of the base state and flags.
+    states = {state} if isinstance(state, str) else set(state) if isinstance(state, list) else set()
+    names = {s.upper() for s in states if isinstance(s, str)}
+    if names & SLURM_ACTIVE:
+        return False
+    return True if names & SLURM_FINISHED else None
+
+
+def slurm_finished(status: int, body: bytes) -> bool | None:
+    """`GET /slurm/vX/job/{id}`: every record in a finished state, or slurmctld no longer knows the id.
+
+    slurmctld keeps a job's record until MinJobAge after it ends and never drops a pending or
+    running job, so "Invalid job id" (2017) for a job the gateway saw created means it is over.
+    """
+    doc = try_json(body)
+    if not isinstance(doc, dict):
+        return None
+    if status in (404, 500):
+        errors = doc.get("errors")
+        codes = (
+            {e.get("error_code", e.get("error_number")) for e in errors if isinstance(e, dict)}
+            if isinstance(errors, list)
+            else set()
+        )
+        return True if SLURM_INVALID_JOB_ID in codes else None
+    jobs = doc.get("jobs")
+    if status != 200 or not isinstance(jobs, list):
+        return None
+    return combine(_slurm_record(j) for j in jobs)
+
+
+def ray_finished(status: int, body: bytes) -> bool | None:
+    """`GET /api/jobs/{id}`: a terminal status, or the dashboard's own "does not exist" 404.
+
+    The dashboard answers 404 with `Job <id> does not exist` only when neither the GCS nor
+    its job table knows the id; a submission the gateway saw accepted is then gone (deleted
+    after it ended, or the cluster restarted and took its drivers with it).
+    """
+    if status == 404:
+        return True if body.startswith(b"Job ") and body.rstrip().endswith(b"does not exist") else None
+    doc = try_json(body)
+    if status != 200 or not isinstance(doc, dict) or not isinstance(doc.get("status"), str):
+        return None
+    if doc["status"] in RAY_FINISHED:
+        return True
+    return False if doc["status"] in RAY_ACTIVE else None
+
+
+def kubernetes_finished(status: int, body: bytes) -> bool | None:
+    """`GET .../jobs/{name}`: a Complete or Failed condition with status "True".
+
+    A 404 stays unknown: Pods share the `{ns}/{name}` id space with Jobs, so the Job path
+    finding nothing does not show that the workload the id names has ended.
+    """
+    doc = try_json(body)
+    if status != 200 or not isinstance(doc, dict) or doc.get("kind", "Job") != "Job":
+        return None
+    state = doc.get("status")
+    if not isinstance(state, dict):
+        return False if isinstance(doc.get("spec"), dict) else None  # created, not yet seen by the controller
+    conditions = state.get("conditions") or []
+    if not isinstance(conditions, list):
+        return None
+    for condition in conditions:
+        if (
+            isinstance(condition, dict)
+            and condition.get("type") in KUBERNETES_FINISHED
+            and condition.get("status") == "True"
+        ):
+            return True
+    return False

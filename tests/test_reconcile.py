@@ -1,0 +1,186 @@
+"""Reconciliation end to end: finished jobs give their capacity back, live or unreadable ones stay held."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config.located import Problem, load_text
+from gateway.config.reconcile import ReconcileSettings, load_reconcile_settings
+from gateway.http.reconcile import Reconciler
+from tests.harness import E2E_TENANTS, Clock, Stack, call, ledger_records, run_stack, wait_for_record
+from tests.test_e2e_quota import H100, SUBMIT, held, job
+from tests.test_e2e_ray import ray_job
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, clock: Clock) -> AsyncIterator[Stack]:
+    async for s in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS):
+        yield s
+
+
+def reconciler(stack: Stack) -> Reconciler:
+    assert stack.server.reconciler is not None
+    return stack.server.reconciler
+
+
+async def submit(stack: Stack, sub: str, name: str = "t") -> str:
+    """Submit a one-H100 Slurm job; its decision id."""
+    status, body, headers = await call(stack, "POST", SUBMIT, sub, payload=job(name))
+    assert status == 200, body
+    return headers["X-Exportgate-Decision-Id"]
+
+
+def releases(stack: Stack) -> list[dict[str, object]]:
+    return [r for r in ledger_records(stack) if r["kind"] == "release"]
+
+
+def counted(stack: Stack, result: str) -> float:
+    value = stack.server.metrics.registry.get_sample_value("exportgate_reconcile_total", {"result": result})
+    return value or 0.0
+
+
+async def test_completed_job_is_released_and_pending_job_held(stack: Stack) -> None:
+    """A COMPLETED job's TPP comes back with a `reconciled` release record; the PENDING one stays held."""
+    first = await submit(stack, "capped-ae")
+    await submit(stack, "capped-ae")
+    status, body, _ = await call(stack, "POST", SUBMIT, "capped-ae", payload=job())
+    assert (status, body["code"]) == (429, "quota_tenant_tpp")
+    stack.standin.jobs["1"]["job_state"] = "COMPLETED"
+    assert await reconciler(stack).run_once() == {"released": 1, "running": 1}
+    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    record = await wait_for_record(stack, "release", job_id="1")
+    assert {k: record[k] for k in ("decision_id", "tenant", "upstream", "released", "whole_job", "reason")} == {
+        "decision_id": first, "tenant": "capped-ae", "upstream": "slurm", "released": True, "whole_job": True,
+        "reason": "reconciled",
+    }  # fmt: skip
+    asked = [r for r in stack.standin.requests if r["method"] == "GET" and r["path"] == "/slurm/v0.0.38/job/1"]
+    assert asked and asked[0]["headers"]["X-SLURM-USER-NAME"] == "capped-ae"
+    assert asked[0]["headers"]["X-SLURM-USER-TOKEN"] == "gateway-held-slurm-token"
+    assert (await call(stack, "POST", SUBMIT, "capped-ae", payload=job()))[0] == 200  # the freed room is usable
+    # Job 1 is not asked about again; the next pass sees jobs 2 and 3 running.
+    assert await reconciler(stack).run_once() == {"running": 2}
+    assert len(releases(stack)) == 1
+    assert (counted(stack, "released"), counted(stack, "running")) == (1.0, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("answer", "state", "result"),
+    [
+        ((200, b"<html>maintenance</html>"), "PENDING", "unknown"),
+        (None, "SOMETHING_NEW", "unknown"),
+        ((503, b"slurmrestd is restarting"), "PENDING", "error"),
+    ],
+    ids=["unparseable-body", "unknown-state", "scheduler-down"],
+)
+async def test_unsure_answers_keep_holding(
+    stack: Stack, answer: tuple[int, bytes] | None, state: str, result: str
+) -> None:
+    """When in doubt, hold: an unreadable, unknown or failed status answer releases nothing; the round goes on."""
+    await submit(stack, "capped-ae")
+    await submit(stack, "capped-ae")
+    stack.standin.jobs["1"]["job_state"] = state
+    if answer is not None:
+        stack.standin.status_answers["1"] = answer
+    stack.standin.jobs["2"]["job_state"] = "FAILED"
+    assert await reconciler(stack).run_once() == {result: 1, "released": 1}
+    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    assert [r["job_id"] for r in [await wait_for_record(stack, "release", job_id="2")]] == ["2"]
+    assert all(r["job_id"] == "2" for r in releases(stack))
+
+
+async def test_batch_spreads_jobs_over_rounds(tmp_path: Path, clock: Clock) -> None:
+    """With batch 2, three owned jobs are asked about over two rounds, each once per pass."""
+    extra = "reconcile: {interval_s: 0, batch: 2}"
+    async for stack in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS, extra=extra):
+        for sub in ("us-one", "us-two", "us-two"):
+            await submit(stack, sub)
+        assert stack.settings.reconcile == ReconcileSettings(0.0, 2)
+        assert reconciler(stack)._task is None  # interval 0: no background task
+        assert await reconciler(stack).run_once() == {"running": 2}
+        assert await reconciler(stack).run_once() == {"running": 1}
+        asked = sorted(r["path"] for r in stack.standin.requests if r["method"] == "GET")
+        assert asked == [f"/slurm/v0.0.38/job/{i}" for i in (1, 2, 3)]
+
+
+async def test_background_task_releases_on_its_own(tmp_path: Path, clock: Clock) -> None:
+    """Server.start runs rounds every interval_s without a test calling run_once."""
+    async for stack in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS, extra="reconcile: {interval_s: 0.05}"):
+        await submit(stack, "capped-ae")
+        stack.standin.jobs["1"]["job_state"] = "TIMEOUT"
+        await wait_for_record(stack, "release", job_id="1", reason="reconciled")
+        assert await held(stack, "AE", "tenant:capped-ae") == 0.0
+
+
+async def test_reconciled_release_survives_restart(tmp_path: Path, clock: Clock) -> None:
+    """The memory store's start-up rebuild applies the reconciled release; ownership is kept."""
+    async for stack in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS):
+        await submit(stack, "capped-ae")
+        await submit(stack, "capped-ae")
+        stack.standin.jobs["2"]["job_state"] = "COMPLETED"
+        assert await reconciler(stack).run_once() == {"released": 1, "running": 1}
+        await wait_for_record(stack, "release", job_id="2")
+    async for stack in run_stack(tmp_path, clock=clock):
+        assert stack.server.store is not None
+        assert await held(stack, "AE", "tenant:capped-ae") == H100
+        owner = await stack.server.store.owner_of("slurm", "2")
+        assert owner is not None and owner.tenant_id == "capped-ae"
+
+
+async def test_ray_succeeded_and_vanished_jobs_are_released(tmp_path: Path) -> None:
+    """A SUCCEEDED Ray job, then one the dashboard no longer knows (404 "does not exist"), give TPP back."""
+    headers = f"""
+    headers:
+      Authorization: {{file: {tmp_path / "slurm.token"}, prefix: "Bearer "}}
+"""
+    async for stack in run_stack(tmp_path, registry=E2E_TENANTS, scheduler="ray", headers=headers, upstream_extra=""):
+        for submission_id in ("train-1", "train-2"):
+            assert (await call(stack, "POST", "/api/jobs/", "us-two", payload=ray_job(submission_id)))[0] == 200
+        stack.standin.ray_jobs["train-1"]["status"] = "SUCCEEDED"
+        assert await reconciler(stack).run_once() == {"released": 1, "running": 1}
+        assert await held(stack, "US", "tenant:us-two") == 2 * H100
+        record = await wait_for_record(stack, "release", job_id="train-1", reason="reconciled")
+        assert record["upstream"] == "ray"
+        asked = [r for r in stack.standin.requests if r["path"] == "/api/jobs/train-1" and r["method"] == "GET"]
+        assert asked[0]["headers"]["Authorization"] == "Bearer gateway-held-slurm-token"
+        del stack.standin.ray_jobs["train-2"]
+        assert await reconciler(stack).run_once() == {"released": 1}
+        assert await held(stack, "US", "tenant:us-two") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("interval_s: -1\n", "g.yaml:1: interval_s: must be 0 (off) or a positive number of seconds"),
+        ("batch: 0\n", "g.yaml:1: batch: must be at least 1"),
+        ("every: 5\n", "g.yaml:1: every: unknown key"),
+    ],
+    ids=["negative-interval", "zero-batch", "unknown-key"],
+)
+def test_settings_problems(text: str, expected: str) -> None:
+    """A bad `reconcile:` section is reported as file:line: field: problem."""
+    problems: list[Problem] = []
+    load_reconcile_settings(load_text(text, "g.yaml"), problems)
+    assert [str(p) for p in problems] == [expected]
+
+
+def test_settings_defaults() -> None:
+    """Without a `reconcile:` section, rounds run every 60 s, 100 jobs at a time."""
+    assert load_reconcile_settings(None, []) == ReconcileSettings(60.0, 100)
+
+
+async def test_stop_cancels_the_task(tmp_path: Path) -> None:
+    """Stopping the server ends the background task promptly, even mid-interval."""
+    started = time.monotonic()
+    async for stack in run_stack(tmp_path, registry=E2E_TENANTS):
+        task = reconciler(stack)._task
+        assert task is not None and not task.done()
+    await asyncio.sleep(0)
+    assert task is not None and task.cancelled() and time.monotonic() - started < 5
