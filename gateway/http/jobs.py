@@ -93,11 +93,11 @@ class JobFlows:
                 ex.match, request.headers.get("Content-Type"), request.headers.get("Content-Encoding"), body
             )
         except JobSpecInvalid as exc:
-            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_SPEC_INVALID, str(exc), admission.tier))
+            return await self._deny(request, ex, admission, Code.JOB_SPEC_INVALID, str(exc))
         idem = request.headers.get("Idempotency-Key") or spec.idempotency_key
         if idem is not None and not IDEMPOTENCY_KEY.match(idem):
             detail = "Idempotency-Key: 1 to 128 letters, digits, '.', '_', ':' or '-'"
-            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_SPEC_INVALID, detail, admission.tier))
+            return await self._deny(request, ex, admission, Code.JOB_SPEC_INVALID, detail)
         return await self._reserve_and_forward(request, ex, admission, adapter, spec, body, idem, replaces=None)
 
     async def update(self, request: web.Request, ex: "Exchange", admission: Decision) -> web.StreamResponse:
@@ -115,16 +115,16 @@ class JobFlows:
                 ex.match, request.headers.get("Content-Type"), request.headers.get("Content-Encoding"), body
             )
         except JobUpdateNotAllowed as exc:
-            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_UPDATE_NOT_ALLOWED, str(exc), admission.tier))
+            return await self._deny(request, ex, admission, Code.JOB_UPDATE_NOT_ALLOWED, str(exc))
         except JobSpecInvalid as exc:
-            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_SPEC_INVALID, str(exc), admission.tier))
+            return await self._deny(request, ex, admission, Code.JOB_SPEC_INVALID, str(exc))
         if spec is None:
             return await self._recorded_forward(request, ex, admission, body)
         job_id = adapter.job_id_of(ex.match)
         if not _whole_job(ex.match, job_id):
             # Its new total would replace the whole job's lease while pricing only the part.
             detail = f"the update changes the resources of part of job {job_id}; update the whole job"
-            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_UPDATE_NOT_ALLOWED, detail, admission.tier))
+            return await self._deny(request, ex, admission, Code.JOB_UPDATE_NOT_ALLOWED, detail)
         return await self._reserve_and_forward(request, ex, admission, adapter, spec, body, None, replaces=job_id)
 
     async def cancel(self, request: web.Request, ex: "Exchange", admission: Decision) -> web.StreamResponse:
@@ -193,11 +193,11 @@ class JobFlows:
         ex.job = _job_record(spec)
         if pack.gpus is None or pack.caps is None:
             detail = f"policy pack {pack.name} has no GPU catalogue or caps; submissions cannot be priced"
-            return await self.gw.refuse_with(request, ex, refuse(Code.BACKEND_UNAVAILABLE, detail, admission.tier))
+            return await self._deny(request, ex, admission, Code.BACKEND_UNAVAILABLE, detail)
         try:
             cost = price(spec, pack.gpus, adapter.default_gpu_model, pack.gpus.utilisation)
         except JobSpecInvalid as exc:
-            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_SPEC_INVALID, str(exc), admission.tier))
+            return await self._deny(request, ex, admission, Code.JOB_SPEC_INVALID, str(exc))
         ex.cost = cost.as_record()
         now_dt = datetime.fromtimestamp(ex.now, UTC)
         planned = plan_reservation(
@@ -296,19 +296,25 @@ class JobFlows:
         assert adapter is not None and ex.match is not None and ex.tenant is not None
         job_id = adapter.job_id_of(ex.match)
         if job_id is None:
-            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_NOT_OWNED, "no job id", admission.tier))
+            return await self._deny(request, ex, admission, Code.JOB_NOT_OWNED, "no job id")
         try:
             owner = await self.store.owner_of(ex.upstream.name, job_id)
         except BackendUnavailable as exc:
             return await self.gw.backend_down(request, ex, admission, "quota", str(exc))
         if owner is None or owner.tenant_id != ex.tenant.id:
             detail = f"job {job_id[:64]} was not submitted by this tenant through the gateway"
-            return await self.gw.refuse_with(request, ex, refuse(Code.JOB_NOT_OWNED, detail, admission.tier))
+            return await self._deny(request, ex, admission, Code.JOB_NOT_OWNED, detail)
         return None
+
+    async def _deny(
+        self, request: web.Request, ex: "Exchange", admission: Decision, code: Code, detail: str
+    ) -> web.StreamResponse:
+        """Refuse with `code`, keeping the tier admission resolved."""
+        return await self.gw.refuse_with(request, ex, refuse(code, detail, admission.tier))
 
     async def _too_large(self, request: web.Request, ex: "Exchange", admission: Decision) -> web.StreamResponse:
         detail = f"the body exceeds {self.gw.settings.max_body_bytes} bytes"
-        return await self.gw.refuse_with(request, ex, refuse(Code.BODY_TOO_LARGE, detail, admission.tier))
+        return await self._deny(request, ex, admission, Code.BODY_TOO_LARGE, detail)
 
     async def _fetch(
         self, request: web.Request, ex: "Exchange", decision: Decision, body: bytes | None, limit: int = LISTING_LIMIT
