@@ -10,7 +10,19 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness import E2E_TENANTS, Clock, Reply, Stack, call, ledger_records, run_stack, wait_for_record
+from gateway.adapters.quota_memory import MemoryQuotaStore
+from gateway.core.rebuild import rebuild_state
+from tests.harness import (
+    E2E_TENANTS,
+    Clock,
+    Reply,
+    Stack,
+    call,
+    ledger_records,
+    run_stack,
+    tenant,
+    wait_for_record,
+)
 from tests.redis_server import RedisProcess, free_port
 
 SUBMIT = "/slurm/v0.0.38/job/submit"
@@ -313,6 +325,76 @@ async def test_job_update_is_priced_as_new_total_or_refused(
     else:
         assert body["errors"] == [] and len(updates) == 1
     assert await held(stack, "US", "tenant:us-one") == after
+
+
+# A tenant capped at 2 x H100 (as capped-ae) with a monthly budget of TPP-hours.
+BUDGETED_AE = tenant("budget-ae", "AE/AE/AE", "\n    tpp_cap: 31664\n    budget: {period: month, tpp_hours: 1000000}")
+
+
+@pytest.fixture
+async def budget_stack(tmp_path: Path, clock: Clock) -> AsyncIterator[Stack]:
+    registry = E2E_TENANTS.rstrip("\n") + BUDGETED_AE + "\n"
+    async for s in run_stack(tmp_path, clock=clock, registry=registry):
+        yield s
+
+
+async def _one_h100_job(stack: Stack) -> tuple[str, dict[str, Any], str]:
+    """budget-ae's 1-H100 job: its id, its decision record and its budget counter."""
+    status, body, headers = await submit(stack, "budget-ae")
+    assert status == 200
+    first = decision(stack, headers["X-Exportgate-Decision-Id"])
+    budget = next(c["key"] for c in first["lease"]["counters"] if c["key"].startswith("budget:budget-ae:"))
+    assert await held(stack, "AE", "tenant:budget-ae") == H100
+    assert await held(stack, "AE", budget) == first["cost"]["tpp_hours"]
+    return str(body["job_id"]), first, budget
+
+
+async def test_update_at_the_cap_is_charged_once(budget_stack: Stack) -> None:
+    """A 1-H100 job updated to 2 H100s at a 2-H100 cap is admitted; held TPP and budget count the new total only."""
+    stack = budget_stack
+    job_id, first, budget = await _one_h100_job(stack)
+    update = {"job": {"gpus": "h100:2", "time_limit": 60}}
+    status, body, headers = await call(stack, "POST", f"/slurm/v0.0.38/job/{job_id}", "budget-ae", payload=update)
+    assert (status, body["errors"]) == (200, [])
+    second = decision(stack, headers["X-Exportgate-Decision-Id"])
+    assert second["cost"]["tpp_hours"] == 2 * first["cost"]["tpp_hours"]
+    settle = await wait_for_record(stack, "settle", decision_id=second["decision_id"])
+    assert (settle["job_id"], settle["replaced_lease"]) == (job_id, first["decision_id"])
+    assert await held(stack, "AE", "tenant:budget-ae") == 2 * H100
+    assert await held(stack, "AE", budget) == second["cost"]["tpp_hours"]  # not the old job's as well
+    store = stack.server.store
+    assert store is not None
+    owner = await store.owner_of("slurm", job_id)
+    assert owner is not None and owner.lease.lease_id == second["decision_id"]
+    assert (await submit(stack, "budget-ae"))[0] == 429  # the cap is full with the updated job
+    # The ledger rebuilds the same state: the replaced lease given back whole, the job the new lease's.
+    now = stack.server.clock()
+    state = rebuild_state(ledger_records(stack), now, idempotency_window_s=86400, ownership_ttl_s=30 * 86400)
+    rebuilt = MemoryQuotaStore()
+    await rebuilt.restore(state, now)
+    for key in ("tenant:budget-ae", budget, "country:AE"):
+        assert await rebuilt.counter_value("AE", key, now) == await store.counter_value("AE", key, now)
+    assert await rebuilt.owner_of("slurm", job_id) == owner
+    assert (await call(stack, "DELETE", f"/slurm/v0.0.38/job/{job_id}", "budget-ae"))[0] == 200
+    assert await held(stack, "AE", "tenant:budget-ae") == 0.0
+    assert await held(stack, "AE", budget) == second["cost"]["tpp_hours"]  # a cancel keeps the budget spent
+
+
+async def test_rejected_update_leaves_the_old_lease(budget_stack: Stack) -> None:
+    """When the scheduler rejects an update only its new lease is refunded; the job's lease stays as it was."""
+    stack = budget_stack
+    job_id, first, budget = await _one_h100_job(stack)
+    stack.standin.jobs.pop(job_id)  # slurmrestd now answers the update "Invalid job id specified"
+    update = {"job": {"gpus": "h100:2", "time_limit": 60}}
+    status, _, headers = await call(stack, "POST", f"/slurm/v0.0.38/job/{job_id}", "budget-ae", payload=update)
+    assert status == 500
+    await wait_for_record(stack, "refund", decision_id=headers["X-Exportgate-Decision-Id"], refunded=True)
+    assert await held(stack, "AE", "tenant:budget-ae") == H100
+    assert await held(stack, "AE", budget) == first["cost"]["tpp_hours"]
+    store = stack.server.store
+    assert store is not None
+    owner = await store.owner_of("slurm", job_id)
+    assert owner is not None and owner.lease.lease_id == first["decision_id"]
 
 
 # -- the training threshold ------------------------------------------------------------------

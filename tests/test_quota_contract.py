@@ -1,5 +1,6 @@
 """One contract for every QuotaStore: in memory, on Redis, and on a three-master Redis Cluster."""
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -9,7 +10,7 @@ from gateway.adapters.quota import QuotaStore, StoredResponse
 from gateway.adapters.quota_memory import MemoryQuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.core.codes import Code
-from gateway.core.leases import Counter, CounterKind, Plan, ReserveStatus, Share
+from gateway.core.leases import Counter, CounterKind, LeaseRef, Plan, ReserveStatus, Share
 from gateway.core.policy import RuleId
 from gateway.core.tiers import Tier
 from tests.redis_cluster import RedisClusterProcesses, start_cluster
@@ -225,6 +226,76 @@ async def test_release_on_cancel(store: QuotaStore) -> None:
     assert await store.release_job("slurm", "unknown", NOW + 1) is False
     assert await store.counter_value(TAG, "tenant:t1", NOW + 1) == 0.0
     assert await store.counter_value(TAG, "ops:t1:a", NOW + 1) == 5.0
+
+
+def replacing(plan: Plan, old: LeaseRef) -> Plan:
+    """`plan` as an update of the job held under `old`."""
+    return dataclasses.replace(plan, replaces=old)
+
+
+async def test_update_is_checked_without_the_lease_it_replaces(store: QuotaStore) -> None:
+    """An update at the cap is admitted (debiting its whole total) where a new job is refused; the old lease goes."""
+    old = make_plan(held("tenant:t1", 40.0, 100.0), ops("ops:t1:a", 60.0, 100.0), idem="job-1")
+    await store.reserve(old, NOW)
+    await store.complete(old, upstream="slurm", job_id="7", response=RESPONSE, now=NOW)
+    new = make_plan(held("tenant:t1", 80.0, 100.0), ops("ops:t1:a", 60.0, 100.0))
+    refused = await store.reserve(new, NOW + 1)
+    assert (refused.status, refused.failing) == (ReserveStatus.DENIED, "tenant:t1")
+    admitted = await store.reserve(replacing(new, old.ref), NOW + 1)
+    assert admitted.status is ReserveStatus.ADMITTED
+    assert [(s.before, s.amount, s.after) for s in admitted.counters] == [(40.0, 80.0, 120.0), (60.0, 60.0, 120.0)]
+    # The scheduler accepted the update: the old lease is given back whole, the job is the new lease's.
+    assert await store.refund(old.ref, NOW + 2) is True
+    await store.complete(new, upstream="slurm", job_id="7", response=RESPONSE, now=NOW + 2)
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 2) == 80.0
+    assert await store.counter_value(TAG, "ops:t1:a", NOW + 2) == 60.0
+    owner = await store.owner_of("slurm", "7")
+    assert owner is not None and owner.lease == new.ref
+    assert await store.owned_jobs("slurm", "t1") == {"7"}
+    replay = await store.reserve(make_plan(held("tenant:t1", 40.0, 100.0), idem="job-1"), NOW + 3)
+    assert (replay.status, replay.response) == (ReserveStatus.REPLAY, RESPONSE)  # the old answer still replays
+    assert await store.release_job("slurm", "7", NOW + 3) is True
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 3) == 0.0
+
+
+async def test_update_credit_ignores_an_ended_held_share(store: QuotaStore) -> None:
+    """Once the replaced lease has ended its held share is already gone; its cumulative debit still counts."""
+    old = make_plan(held("tenant:t1", 40.0, 100.0), ops("ops:t1:a", 60.0, 100.0), end=NOW + 10)
+    await store.reserve(old, NOW)
+    await store.reserve(make_plan(held("tenant:t1", 60.0, 100.0)), NOW)
+    over = replacing(make_plan(held("tenant:t1", 41.0, 100.0), ops("ops:t1:a", 50.0, 100.0)), old.ref)
+    refused = await store.reserve(over, NOW + 20)
+    assert (refused.status, refused.failing) == (ReserveStatus.DENIED, "tenant:t1")
+    fits = replacing(make_plan(held("tenant:t1", 40.0, 100.0), ops("ops:t1:a", 50.0, 100.0)), old.ref)
+    assert (await store.reserve(fits, NOW + 20)).status is ReserveStatus.ADMITTED
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 20) == 100.0
+    assert await store.counter_value(TAG, "ops:t1:a", NOW + 20) == 110.0
+
+
+async def test_update_credit_needs_a_live_lease_in_the_same_slot(store: QuotaStore) -> None:
+    """A replaced lease that was released, refunded, or lies in another slot gives no credit."""
+    await store.reserve(make_plan(ops("ops:t1:a", 60.0, 100.0)), NOW)
+    released = make_plan(ops("ops:t1:a", 30.0, 100.0))
+    refunded = make_plan(ops("ops:t1:b", 30.0, 100.0))
+    await store.reserve(make_plan(ops("ops:t1:b", 60.0, 100.0)), NOW)
+    await store.reserve(released, NOW)
+    await store.reserve(refunded, NOW)
+    await store.complete(released, upstream="slurm", job_id="8", response=RESPONSE, now=NOW)
+    await store.release_job("slurm", "8", NOW + 1)
+    await store.refund(refunded, NOW + 1)
+    # Released: 90 stays debited (cumulative); refunded: 60 is left. Either credit would admit these.
+    for key, amount, old in (("ops:t1:a", 11.0, released.ref), ("ops:t1:b", 41.0, refunded.ref)):
+        refused = await store.reserve(replacing(make_plan(ops(key, amount, 100.0)), old), NOW + 2)
+        assert (refused.status, refused.failing) == (ReserveStatus.DENIED, key)
+    live = make_plan(ops("ops:t1:c", 40.0, 100.0))
+    await store.reserve(live, NOW)
+    elsewhere = dataclasses.replace(live.ref, hash_tag="DE")
+    assert (await store.reserve(replacing(make_plan(ops("ops:t1:c", 60.0, 100.0)), elsewhere), NOW + 2)).status is (
+        ReserveStatus.DENIED
+    )
+    assert (await store.reserve(replacing(make_plan(ops("ops:t1:c", 60.0, 100.0)), live.ref), NOW + 2)).status is (
+        ReserveStatus.ADMITTED
+    )
 
 
 async def test_capacity_returns_at_lease_end(store: QuotaStore) -> None:

@@ -127,7 +127,9 @@ def check_history(state: dict[str, Any]) -> None:
     """The history left the debits it should: a live update, a released cancel, a refund, budget and ops."""
     counters = state["counters"]
     assert counters["AE/group:falcon-group"] == 3 * 15832  # the update replaced 1 H100; the cancel gave back 2
-    assert counters["AE/ops:falcon-ae:llm-a"] == pytest.approx(989e12 * (3600 + 5400 * 3))
+    # The update gave the replaced 1-H100 lease back whole: ops count only the new total, never both.
+    assert counters["AE/ops:falcon-ae:llm-a"] == pytest.approx(989e12 * 5400 * 3)
+    assert counters["AE/ops:falcon-ae:*"] == pytest.approx(989e12 * 5400 * 3)
     assert counters["AE/ops:falcon-sg:llm-b"] == pytest.approx(989e12 * 3600 * 2)  # cumulative: stays after cancel
     budget = next(k for k in counters if k.startswith("BR/budget:kiwi-br:"))
     assert counters[budget] == pytest.approx(4 * 4992)  # the refunded submission gave its budget back
@@ -228,7 +230,30 @@ CASES = [
             {"kind": "settle", "decision_id": "b", "ts": 3, "upstream": "u", "job_id": "7", "status": 200},
         ],
         8.0,
-        20.0,
+        10.0,  # the replaced lease is given back whole: its ops are not charged as well
+    ),
+    (
+        "replaced-named",
+        [
+            lease_record("a", 0, 100, 5),
+            {"kind": "settle", "decision_id": "a", "ts": 1, "upstream": "u", "job_id": "7", "status": 200},
+            {**lease_record("b", 2, 100, 8, replaces_job="7"), "route_kind": "update"},
+            {"kind": "settle", "decision_id": "b", "ts": 3, "upstream": "u", "job_id": "7", "status": 200}
+            | {"replaced_lease": "a"},
+        ],
+        8.0,
+        10.0,
+    ),
+    (
+        "update-rejected",
+        [
+            lease_record("a", 0, 100, 5),
+            {"kind": "settle", "decision_id": "a", "ts": 1, "upstream": "u", "job_id": "7", "status": 200},
+            {**lease_record("b", 2, 100, 8, replaces_job="7"), "route_kind": "update"},
+            {"kind": "refund", "decision_id": "b", "ts": 3},
+        ],
+        5.0,
+        10.0,
     ),
 ]
 

@@ -15,7 +15,7 @@ from gateway.cli import main
 from gateway.config.pack import load_pack
 from gateway.config.registry import load_registry
 from gateway.core.replay import ReplayReport, replay
-from tests.harness import POLICIES, run_stack
+from tests.harness import POLICIES, run_stack, tenant
 from tests.redis_server import RedisProcess
 from tests.test_rebuild import JOB_PATH, SUBMIT, job, send
 
@@ -152,3 +152,24 @@ def test_bad_pack_is_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     (tmp_path / "ledger").mkdir()
     assert main(["replay", "--ledger", str(tmp_path / "ledger"), "--policy", str(tmp_path)]) == 1
     assert "pack.yaml" in capsys.readouterr().err
+
+
+async def test_update_is_replayed_as_charged_once(tmp_path: Path) -> None:
+    """An update at the cap, then a job its budget fits only if the update was charged once: replayed unchanged."""
+    extra = "\n    tpp_cap: 31664\n    budget: {period: month, tpp_hours: 63328}"  # 2 H100s; 4 H100-hours
+    registry = tmp_path / "budget.yaml"
+    registry.write_text("tenants:" + tenant("budget-ae", "AE/AE/AE", extra) + "\n")
+    async for stack in run_stack(tmp_path, registry=registry.read_text()):
+        status, body, _ = await send(stack, "POST", SUBMIT, "budget-ae", job("h100:1"))
+        assert status == 200
+        path = JOB_PATH.format(body["job_id"])
+        update = {"job": {"gpus": "h100:2", "time_limit": 60}}
+        assert (await send(stack, "POST", path, "budget-ae", update))[0] == 200  # 2 + 1 H100s would pass the cap
+        assert (await send(stack, "DELETE", path, "budget-ae"))[0] == 200
+        assert (await send(stack, "POST", SUBMIT, "budget-ae", job("h100:2")))[0] == 200  # 2 + 2 H100-hours
+        status, body, _ = await send(stack, "POST", SUBMIT, "budget-ae", job("h100:1"))
+        assert (status, body["code"]) == (429, "quota_tenant_tpp")
+        ledger = stack.settings.ledger.dir
+    records = list(records_in_time_order(ledger))
+    report = replay(records, load_pack(POLICIES / "ai-diffusion-2025"), load_registry(registry))
+    assert (report.decided, report.changes, report.skipped) == (4, (), 0)

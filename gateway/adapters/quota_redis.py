@@ -175,6 +175,12 @@ class RedisQuotaStore:
             args.extend(
                 [c.key, c.kind.value, _num(c.amount), _opt(c.cap), _num(c.base), reach, enforced, c.share.value]
             )
+        replaced = plan.replaces
+        if replaced is not None and replaced.hash_tag == tag:  # another slot's lease earns no credit
+            keys.append(self._key(tag, f"lease:{replaced.lease_id}"))
+            args.append(replaced.lease_id)
+        else:
+            args.append("")
         async with self._io():
             raw = await self._reserve(keys=keys, args=args)
         return _reserve_result(raw, plan, now)

@@ -99,6 +99,9 @@ class Plan:
     basis: str
     allowance_basis: str
     licence_ids: tuple[str, ...]
+    # The lease of the job this plan's job replaces (an update): while it is live, each counter
+    # is checked as if that lease's current debit on it were already given back. Debits are whole.
+    replaces: LeaseRef | None = None
 
     @property
     def ref(self) -> LeaseRef:

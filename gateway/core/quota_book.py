@@ -41,10 +41,12 @@ class QuotaBook:
             if counter.kind is CounterKind.HELD:
                 self._expire((tag, counter.key), now)
         befores = [self.values.get((tag, c.key), 0.0) for c in plan.counters]
-        takes = split_amounts(plan.counters, befores)
+        credits = self._credits(plan)
+        checked = [before - credit for before, credit in zip(befores, credits, strict=True)]
+        takes = split_amounts(plan.counters, checked)
         failing = None
         shadow: list[str] = []
-        for counter, before, take in zip(plan.counters, befores, takes, strict=True):
+        for counter, before, take in zip(plan.counters, checked, takes, strict=True):
             if counter.refuses(before, take):
                 if not counter.enforced:
                     shadow.append(counter.key)
@@ -69,6 +71,23 @@ class QuotaBook:
         self.leases[(tag, plan.decision_id)] = BookLease(plan.lease_end, debits)
         states = tuple(CounterState(c.key, b, t, b + t) for c, b, t in zip(plan.counters, befores, takes, strict=True))
         return ReserveResult(ReserveStatus.ADMITTED, states, None, tuple(shadow))
+
+    def _credits(self, plan: Plan) -> list[float]:
+        """Per counter, what the live lease `plan` replaces holds on it now (0 if none, or another slot)."""
+        replaced = plan.replaces
+        old = None
+        if replaced is not None and replaced.hash_tag == plan.hash_tag:
+            old = self.leases.get((plan.hash_tag, replaced.lease_id))
+        if replaced is None or old is None or old.released or old.refunded:
+            return [0.0] * len(plan.counters)
+        out = []
+        for counter in plan.counters:
+            if counter.kind is CounterKind.HELD:  # only a share not yet ended (expired ones are gone)
+                share = self.held.get((plan.hash_tag, counter.key), {}).get(replaced.lease_id)
+                out.append(0.0 if share is None else share[1])
+            else:
+                out.append(old.debits.get((counter.key, counter.kind), 0.0))
+        return out
 
     def refund(self, lease: LeaseKey) -> bool:
         """Give back every debit of a lease once (the upstream rejected its job), as quota_refund.lua."""

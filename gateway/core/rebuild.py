@@ -236,6 +236,22 @@ def _release(b: _Builder, upstream: str, job_id: str, ts: float) -> None:
         lease.released = True
 
 
+def _give_back_replaced(b: _Builder, lease: _Lease, upstream: str, replaced: str | None, ts: float) -> None:
+    """An accepted update gives the job's old lease back whole (held and cumulative), as the gateway does.
+
+    The settle record names that lease (`replaced_lease`); older records do not, so the job's owner is used.
+    """
+    if replaced is None:
+        assert lease.replaces is not None
+        entry = b.owners.get((upstream, lease.replaces))
+        if entry is None or entry[1] + b.ownership_ttl <= ts:
+            return
+        replaced = entry[0]
+    old = b.leases.get(replaced)
+    if old is not None and old.tenant == lease.tenant:
+        _refund(b, replaced)
+
+
 def _settle(b: _Builder, lease_id: str, record: Mapping[str, Any], ts: float) -> None:
     lease = b.leases.get(lease_id)
     if lease is None or lease.refunded:
@@ -243,7 +259,7 @@ def _settle(b: _Builder, lease_id: str, record: Mapping[str, Any], ts: float) ->
     upstream, job_id = _text(record.get("upstream")), _text(record.get("job_id"))
     if upstream is not None and job_id is not None:
         if lease.replaces is not None:
-            _release(b, upstream, lease.replaces, ts)
+            _give_back_replaced(b, lease, upstream, _text(record.get("replaced_lease")), ts)
         b.owners[(upstream, job_id)] = (lease_id, ts)
         b.owned_pairs.add((upstream, lease.tenant))
         lease.job = (upstream, job_id)
@@ -287,9 +303,9 @@ def rebuild_state(
     """The quota state at `now` implied by records in time order.
 
     Live leases are admitted decisions (allow or shadow_deny with a `lease`) that were not
-    refunded, released (a cancel, or an update that replaced the job) or ended by `now`.
-    Cumulative counters (budgets, training operations, calendar-year allowances) are every
-    debit minus refunds. Ownership comes from settle records that name a job.
+    refunded (including the lease of a job an accepted update replaced), released (a cancel)
+    or ended by `now`. Cumulative counters (budgets, training operations, calendar-year
+    allowances) are every debit minus refunds. Ownership comes from settle records that name a job.
     """
     b = _Builder(idempotency_window_s, ownership_ttl_s)
     for record in records:

@@ -3,14 +3,14 @@
 import re
 from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.core.codes import Code
 from gateway.core.decide import Decision, Facts, decide, refuse, verdict
 from gateway.core.jobs import Cost, JobPart, JobSpec, JobSpecInvalid
-from gateway.core.leases import ReserveStatus
+from gateway.core.leases import LeaseRef, ReserveStatus
 from gateway.core.policy import Pack
 from gateway.core.pricing import price
 from gateway.core.quota import interpret, plan_reservation
@@ -201,7 +201,7 @@ class _Replayer:
             if decision_id in self.leases:
                 replaced = self.replaces.get(decision_id)
                 if replaced is not None and (job[0], replaced) in self.jobs:
-                    self.book.release(self.jobs[(job[0], replaced)])
+                    self.book.refund(self.jobs[(job[0], replaced)])  # an update gives the old lease back whole
                 self.jobs[job] = self.leases[decision_id]
         elif kind == "release" and job in self.jobs and decision_id not in self.blocked_cancels:
             assert job is not None
@@ -267,6 +267,9 @@ class _Replayer:
         )  # fmt: skip
         if isinstance(planned, Decision):
             return planned, False
+        old = self.jobs.get((upstream, replaced)) if replaced is not None else None
+        if old is not None:  # checked as if the job's old lease were given back, as the gateway does
+            planned = replace(planned, replaces=LeaseRef(old[0], tenant.id, old[1], None, ()))
         reserved = self.book.reserve(planned, ts)
         if reserved.status is ReserveStatus.ADMITTED:
             self.leases[decision_id] = (planned.hash_tag, decision_id)

@@ -2,7 +2,7 @@
 
 import logging
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,7 @@ from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.core.codes import Code
 from gateway.core.decide import Decision, refuse, verdict
 from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
-from gateway.core.leases import MAX_STORED_BODY, Plan, ReserveStatus, StoredResponse
+from gateway.core.leases import MAX_STORED_BODY, LeaseRef, Owner, Plan, ReserveStatus, StoredResponse
 from gateway.core.pricing import price
 from gateway.core.quota import interpret, plan_reservation
 from gateway.core.records import followup_body
@@ -104,9 +104,9 @@ class JobFlows:
         """An update that changes resources is priced as the new total; others are owned reads."""
         adapter = ex.upstream.adapter
         assert adapter is not None and ex.match is not None
-        denied = await self._ownership(request, ex, admission)
-        if denied is not None:
-            return denied
+        owner = await self._owner(request, ex, admission)
+        if not isinstance(owner, Owner):
+            return owner
         body = await self.gw.read_body(request)
         if body is None:
             return await self._too_large(request, ex, admission)
@@ -125,7 +125,9 @@ class JobFlows:
             # Its new total would replace the whole job's lease while pricing only the part.
             detail = f"the update changes the resources of part of job {job_id}; update the whole job"
             return await self._deny(request, ex, admission, Code.JOB_UPDATE_NOT_ALLOWED, detail)
-        return await self._reserve_and_forward(request, ex, admission, adapter, spec, body, None, replaces=job_id)
+        return await self._reserve_and_forward(
+            request, ex, admission, adapter, spec, body, None, replaces=job_id, replaced=owner.lease
+        )
 
     async def cancel(self, request: web.Request, ex: "Exchange", admission: Decision) -> web.StreamResponse:
         """Forward an owned cancel; when the scheduler accepts it, give the job's capacity back."""
@@ -187,6 +189,7 @@ class JobFlows:
         idem: str | None,
         *,
         replaces: str | None,
+        replaced: LeaseRef | None = None,
     ) -> web.StreamResponse:
         pack = self.gw.policy.pack
         assert ex.tenant is not None and admission.tier is not None and ex.match is not None
@@ -206,6 +209,8 @@ class JobFlows:
         )  # fmt: skip
         if isinstance(planned, Decision):
             return await self.gw.refuse_with(request, ex, planned)
+        if replaced is not None:  # an update: checked as if the job's old lease were given back
+            planned = replace(planned, replaces=replaced)
         try:
             result = await self.store.reserve(planned, ex.now)
         except BackendUnavailable as exc:
@@ -255,9 +260,15 @@ class JobFlows:
         job_id = adapter.job_id_from_response(ex.match, result.status, result.body) if ok else None
         if replaces is not None and ok:
             job_id = replaces
+        old = planned.replaces if replaces is not None and ok else None
         try:
-            if replaces is not None and ok:
-                await self.store.release_job(ex.upstream.name, replaces, self.gw.clock())
+            if replaces is not None and old is not None:
+                # The new lease holds the job's whole total: the lease the job is held under now (the
+                # one checked against, unless a concurrent update replaced it first) is given back whole.
+                current = await self.store.owner_of(ex.upstream.name, replaces)
+                if current is not None and current.tenant_id == planned.tenant_id:
+                    old = current.lease if current.lease.lease_id != planned.decision_id else old
+                await self.store.refund(old, self.gw.clock())
             await self.store.complete(
                 planned,
                 upstream=ex.upstream.name,
@@ -268,7 +279,8 @@ class JobFlows:
         except BackendUnavailable:
             self.gw.metrics.backend_errors.labels("quota").inc()
             log.error("decision %s: the job was submitted but its settlement could not be stored", ex.decision_id)
-        await self._followup("settle", ex, job_id=job_id, status=result.status, settled=ok)
+        extra = {} if old is None else {"replaced_lease": old.lease_id}
+        await self._followup("settle", ex, job_id=job_id, status=result.status, settled=ok, **extra)
         return _respond(result, ex.decision_id)
 
     async def _replay(self, ex: "Exchange", admission: Decision, stored: StoredResponse) -> web.StreamResponse:
@@ -292,6 +304,11 @@ class JobFlows:
 
     async def _ownership(self, request: web.Request, ex: "Exchange", admission: Decision) -> web.StreamResponse | None:
         """None when the tenant owns the job the route names; otherwise the refusal to send."""
+        owner = await self._owner(request, ex, admission)
+        return None if isinstance(owner, Owner) else owner
+
+    async def _owner(self, request: web.Request, ex: "Exchange", admission: Decision) -> Owner | web.StreamResponse:
+        """The owner (this tenant) of the job the route names; otherwise the refusal to send."""
         adapter = ex.upstream.adapter
         assert adapter is not None and ex.match is not None and ex.tenant is not None
         job_id = adapter.job_id_of(ex.match)
@@ -304,7 +321,7 @@ class JobFlows:
         if owner is None or owner.tenant_id != ex.tenant.id:
             detail = f"job {job_id[:64]} was not submitted by this tenant through the gateway"
             return await self._deny(request, ex, admission, Code.JOB_NOT_OWNED, detail)
-        return None
+        return owner
 
     async def _deny(
         self, request: web.Request, ex: "Exchange", admission: Decision, code: Code, detail: str

@@ -2,11 +2,15 @@
 -- all of them and write the lease and the idempotency record; or change nothing.
 --
 -- KEYS[1] lease hash, KEYS[2] idempotency hash, then per counter: value, lease-end zset,
--- lease-amount hash (all in one hash-tagged slot).
+-- lease-amount hash, then (for an update) the replaced lease's hash (all in one hash-tagged slot).
 -- ARGV[1] now, ARGV[2] lease end, ARGV[3] lease id, ARGV[4] tenant id, ARGV[5] idempotency
 -- key ('' for none), ARGV[6] window in seconds, ARGV[7] counter count, then per counter:
 -- key, kind (held|cumulative), amount, cap ('' for none), base, reach (1|0), enforced (1|0),
--- share (fixed|headroom|overflow).
+-- share (fixed|headroom|overflow); then the replaced lease's id ('' for none).
+--
+-- While the replaced lease is live (not released or refunded), each counter is checked as if
+-- its current debit there were already given back: a held counter's live share, a cumulative
+-- counter's recorded debit. The new lease still debits its whole amounts.
 --
 -- Time is the caller's (ARGV[1]), never Redis TIME; Redis TTLs only collect garbage. Times
 -- reach Redis commands as the caller's exact strings: Lua would print numbers with 14 digits.
@@ -60,6 +64,15 @@ local function expire(v, z, a)
   store(v, value)
 end
 
+local replaced = ARGV[8 + n * 8] or ''
+local old = nil
+if replaced ~= '' then
+  old = KEYS[3 + n * 3]
+  if redis.call('EXISTS', old) == 0 or redis.call('HGET', old, 'released') or redis.call('HGET', old, 'refunded') then
+    old = nil
+  end
+end
+
 local cs = {}
 for i = 1, n do
   local o = 7 + (i - 1) * 8
@@ -74,6 +87,17 @@ for i = 1, n do
     expire(c.v, c.z, c.a)
   end
   c.before = tonumber(redis.call('GET', c.v) or '0')
+  c.credit = 0
+  if old then
+    local credit
+    if c.kind == 'held' then
+      credit = redis.call('HGET', c.a, replaced)
+    else
+      credit = redis.call('HGET', old, c.kind .. ':' .. c.key)
+    end
+    c.credit = tonumber(credit or '0')
+  end
+  c.checked = c.before - c.credit
   cs[i] = c
 end
 
@@ -85,7 +109,7 @@ for i = 1, n do
     local pool = rest or c.amount
     local take = pool
     if c.cap then
-      take = math.min(pool, math.max(0, c.cap - c.base - c.before))
+      take = math.min(pool, math.max(0, c.cap - c.base - c.checked))
     end
     c.take = take
     rest = pool - take
@@ -101,7 +125,7 @@ local shadow = {}
 for i = 1, n do
   local c = cs[i]
   if c.cap and c.take > 0 then
-    local total = c.before + c.base + c.take
+    local total = c.checked + c.base + c.take
     local over
     if c.reach then
       over = total >= c.cap
