@@ -59,8 +59,3 @@ CODES: dict[Code, CodeInfo] = {
     Code.UPSTREAM_UNREACHABLE: CodeInfo(502, "Scheduler unreachable"),
     Code.UPSTREAM_TIMEOUT: CodeInfo(504, "Scheduler did not answer in time"),
 }
-
-
-def status_of(code: Code) -> int:
-    """The HTTP status a refusal with `code` is sent with."""
-    return CODES[code].status

@@ -21,11 +21,6 @@ class RouteKind(StrEnum):
         """Routes that create or change a job's resources (priced, KYC-gated, waited on)."""
         return self in (RouteKind.SUBMIT, RouteKind.UPDATE)
 
-    @property
-    def names_job(self) -> bool:
-        """Routes whose path names an existing job (ownership-checked)."""
-        return self in (RouteKind.READ, RouteKind.CANCEL, RouteKind.UPDATE)
-
 
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
