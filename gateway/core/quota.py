@@ -35,6 +35,19 @@ __all__ = [
 ]  # fmt: skip
 
 
+COUNTRY_PREFIX = "country:"
+
+
+def country_key(country: str) -> str:
+    """The counter of a country's allocation."""
+    return COUNTRY_PREFIX + country
+
+
+def country_of_key(key: str) -> str | None:
+    """The country a counter key is the allocation of, or None for other counters."""
+    return key[len(COUNTRY_PREFIX) :] if key.startswith(COUNTRY_PREFIX) else None
+
+
 def cap_country(tenant: Tenant) -> str | None:
     """The country whose caps and Redis slot a tenant draws on: its group's HQ, else its own."""
     return tenant.parent_headquarters if tenant.parent_entity else tenant.headquarters
@@ -111,7 +124,7 @@ def _held(tenant: Tenant, tier: Tier, tpp: float, pack: Pack, caps: CapSettings,
     country_lifters = [lic for lic in valid if LicenceScope.COUNTRY_CAP in lic.lifts]
     country_enforced, country_citation = _rule(pack, RuleId.COUNTRY_CAP, now)
     country = Counter(
-        f"country:{cc}",
+        country_key(cc),
         tpp,
         None if country_lifters else caps.country_cap(cc),
         CounterKind.HELD,

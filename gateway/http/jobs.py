@@ -15,7 +15,7 @@ from gateway.core.decide import Decision, refuse, verdict
 from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.leases import MAX_STORED_BODY, LeaseRef, Owner, Plan, ReserveStatus, StoredResponse
 from gateway.core.pricing import price
-from gateway.core.quota import interpret, plan_reservation
+from gateway.core.quota import country_of_key, interpret, plan_reservation
 from gateway.core.records import followup_body
 from gateway.core.routes import RouteMatch
 from gateway.http import forward
@@ -384,8 +384,8 @@ class JobFlows:
 
     def _observe_countries(self, ex: "Exchange") -> None:
         for key, state in (ex.extra.get("quota") or {}).items():
-            if key.startswith("country:"):
-                country = key.split(":", 1)[1][:2]
+            country = country_of_key(key)
+            if country is not None:
                 self.gw.metrics.country_tpp_held.labels(country).set(state["after"])
                 if state.get("cap") is not None:
                     self.gw.metrics.country_tpp_cap.labels(country).set(state["cap"])
