@@ -4,13 +4,22 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck pytest demo bench clean redis
+FLOORS := .venv-floors
+
+.PHONY: serve test test-floors lint typecheck pytest demo bench clean redis
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# The suite again on the lowest versions pyproject.toml admits (constraints/floors.txt), so a floor cannot lie.
+$(FLOORS)/.installed: pyproject.toml constraints/floors.txt
+	$(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/pip install -q --upgrade pip
+	$(FLOORS)/bin/pip install -q -c constraints/floors.txt -e . pytest pytest-asyncio
+	touch $@
 
 serve: $(STAMP)
 	$(BIN)/exportgate serve
@@ -38,9 +47,13 @@ pytest: $(STAMP) redis
 
 test: lint typecheck pytest
 
+test-floors: $(FLOORS)/.installed redis
+	$(FLOORS)/bin/pytest -q -p no:cacheprovider
+
 bench: $(STAMP) redis
 	$(BIN)/python -m bench.quota_bench
 	$(BIN)/python -m bench.ledger_bench
+	$(BIN)/python -m bench.slowloris_bench
 
 clean:
-	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS) *.egg-info .mypy_cache .ruff_cache

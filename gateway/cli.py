@@ -3,64 +3,61 @@
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
-from gateway.config.located import ConfigError
-from gateway.config.pack import load_pack
-from gateway.config.registry import load_registry
+from gateway.config.located import ConfigError, Problem
 from gateway.config.settings import describe, load_settings
-from gateway.core.iso import ISO_3166_ALPHA2
+from gateway.preflight import preflight
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Start only what `check` passes: the same problems, printed the same way, exit 1."""
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
+        return _refuse(exc.problems)
     from gateway.workers import serve, with_workers
 
     settings, refusal = with_workers(settings, args.workers)
     if refusal is not None:
         print(refusal, file=sys.stderr)
         return 1
+    problems = preflight(settings, os.environ).problems
+    if problems:
+        return _refuse(problems)
     if args.worker_index is None:
         logging.getLogger(__name__).info("starting: %s", describe(settings))
-    return serve(settings, args.config, args.worker_index)
+    try:
+        return serve(settings, args.config, args.worker_index)
+    except ConfigError as exc:  # a file changed between the preflight and its use
+        return _refuse(exc.problems)
+
+
+def _refuse(problems: list[Problem]) -> int:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1
 
 
 def _check(args: argparse.Namespace) -> int:
-    problems = []
-    warnings = []
+    """Everything `serve` would read at start; exit 1 on any problem `serve` would refuse to start with."""
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem)
         return 1
-    try:
-        load_pack(settings.pack_dir)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    try:
-        registry = load_registry(settings.registry_file)
-        for tenant in registry.tenants.values():
-            for role, country in tenant.countries().items():
-                if country not in ISO_3166_ALPHA2:
-                    warnings.append(
-                        f"{settings.registry_file}: tenant {tenant.id}: {role} {country!r} is not an "
-                        "ISO 3166-1 code; its requests will be refused tenant_country_unknown"
-                    )
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    for problem in problems:
+    report = preflight(settings, os.environ)
+    for problem in report.problems:
         print(problem)
-    for warning in warnings:
+    for warning in report.warnings:
         print(f"warning: {warning}")
-    if problems:
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.problems:
         return 1
     print(f"ok: {settings.source}, pack {settings.pack_dir}, registry {settings.registry_file}")
     return 0
@@ -80,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (default: gateway.yaml's workers, else 1)")
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its workers
     serve.set_defaults(func=_serve)
-    check = sub.add_parser("check", help="validate config, pack and registry offline")
+    check = sub.add_parser("check", help="validate offline everything serve reads at start")
     check.add_argument("--config", type=Path)
     check.set_defaults(func=_check)
     demo = sub.add_parser("demo", help="run a gateway and a stand-in scheduler and print decisions")

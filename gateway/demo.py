@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,8 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.adapters.signing import generate, load_public_key
 from gateway.cli_ledger import verify
+from gateway.config.located import ConfigError
 from gateway.config.settings import BUNDLED_POLICIES, load_settings
 from gateway.http.app import Server
+from gateway.preflight import preflight
 from gateway.standin import StandinState, standin_app
 
 ISSUER = "https://idp.example.com"
@@ -94,12 +97,15 @@ async def run_demo() -> list[dict[str, Any]]:
         jwks.write_text(json.dumps({"keys": [jwk]}))
         (workdir / "keys").mkdir()
         generate(workdir / "keys" / "ledger.pem", workdir / "keys" / "ledger.pub.pem")
+        upstream_port = _free_port()
+        settings = load_settings(_config(workdir, upstream_port, jwks), env={})
+        problems = preflight(settings, {}).problems  # what `serve` would refuse to start with
+        if problems:
+            raise ConfigError(problems)
         state = StandinState()
         runner = web.AppRunner(standin_app(state), access_log=None)
         await runner.setup()
-        upstream_port = _free_port()
         await web.TCPSite(runner, "127.0.0.1", upstream_port).start()
-        settings = load_settings(_config(workdir, upstream_port, jwks), env={})
         server = Server(settings, env={})
         await server.start()
         rows = []
@@ -160,5 +166,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     logging.getLogger("gateway").setLevel(logging.WARNING)
-    asyncio.run(run_demo())
+    try:
+        asyncio.run(run_demo())
+    except ConfigError as exc:  # the bundled pack or registry, edited: say where, as `check` does
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
     return 0

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.config.settings import Settings
+from gateway.config.settings import Settings, listener_clash
 from gateway.http.app import serve_forever
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 BACKOFF_S = 0.5  # first restart delay; doubles after each quick death
 MAX_BACKOFF_S = 30.0
 STABLE_S = 10.0  # a worker that lived this long restarts at the first delay again
-STOP_GRACE_S = 30.0  # time workers get to drain after SIGTERM before they are killed
+STOP_MARGIN_S = 10.0  # beyond each worker's own drain and grace, before the supervisor kills it
 
 
 def with_workers(settings: Settings, workers: int | None) -> tuple[Settings, str | None]:
@@ -30,7 +30,9 @@ def with_workers(settings: Settings, workers: int | None) -> tuple[Settings, str
         return settings, f"{where}: must be at least 1"
     if settings.workers > 1 and settings.quota.store != "redis":
         return settings, f"{where}: more than one worker needs quota.store: redis ({settings.source} has no Redis)"
-    return settings, None
+    listen, admin = (settings.listen_host, settings.listen_port), (settings.admin_host, settings.admin_port)
+    clash = listener_clash(listen, admin, settings.workers)
+    return settings, None if clash is None else f"{where}: {clash}"
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
@@ -61,8 +63,9 @@ def run_worker(settings: Settings, index: int) -> int:
 class Supervisor:
     """Starts the workers, forwards SIGTERM/SIGINT/SIGHUP to them and restarts any that die unasked."""
 
-    def __init__(self, workers: int, config: Path | None) -> None:
+    def __init__(self, workers: int, config: Path | None, stop_grace_s: float = 30.0) -> None:
         self.workers = workers
+        self.stop_grace_s = stop_grace_s
         self.config = None if config is None else config.resolve()
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = asyncio.Event()
@@ -106,10 +109,10 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.signal_all, signal.SIGHUP)
         keepers = [asyncio.create_task(self.keep(i)) for i in range(self.workers)]
         await self.stopping.wait()
-        _, pending = await asyncio.wait(keepers, timeout=STOP_GRACE_S)
+        _, pending = await asyncio.wait(keepers, timeout=self.stop_grace_s)
         for proc in self.procs.values():
             if proc.returncode is None:
-                log.error("worker pid %d did not stop within %.0f s; killing it", proc.pid, STOP_GRACE_S)
+                log.error("worker pid %d did not stop within %.0f s; killing it", proc.pid, self.stop_grace_s)
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
         await asyncio.gather(*(proc.wait() for proc in self.procs.values()))
@@ -126,5 +129,6 @@ def serve(settings: Settings, config: Path | None, worker_index: int | None) -> 
         asyncio.run(serve_forever(settings))
         return 0
     log.info("supervising %d workers on %s:%d", settings.workers, settings.listen_host, settings.listen_port)
-    asyncio.run(Supervisor(settings.workers, config).run())
+    grace = settings.shutdown.drain_s + settings.shutdown.grace_s + STOP_MARGIN_S
+    asyncio.run(Supervisor(settings.workers, config, grace).run())
     return 0

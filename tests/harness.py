@@ -106,8 +106,14 @@ def write_config(
     scheduler: str = "slurm",
     headers: str | None = None,
     admin_tokens_file: Path | None = None,
+    ledger_options: str = "",
+    limits: str = "max_body_bytes: 65536",
+    shutdown: str = "drain_s: 0",
 ) -> Path:
-    """gateway.yaml for one upstream; `headers` (YAML at the upstream's indent) replaces Slurm's."""
+    """gateway.yaml for one upstream; `headers` (YAML at the upstream's indent) replaces Slurm's.
+
+    `ledger_options` (flow-mapping entries, e.g. "stall_after_s: 1") join the `ledger:` section.
+    """
     (workdir / "jwks.json").exists() or (workdir / "jwks.json").write_text("{}")
     path = workdir / "gateway.yaml"
     path.write_text(f"""
@@ -117,9 +123,10 @@ instance_id: test-gw
 policy:
   pack: {POLICIES / "ai-diffusion-2025"}
   registry: {workdir / "tenants.yaml"}
-ledger: {{dir: {ledger_dir or workdir / "ledger"}}}
+ledger: {{dir: {ledger_dir or workdir / "ledger"}{", " + ledger_options if ledger_options else ""}}}
 trusted_proxies: ["10.0.0.0/8"]
-limits: {{max_body_bytes: 65536}}
+limits: {{{limits}}}
+shutdown: {{{shutdown}}}
 reload: {{interval_s: 0.1}}
 auth:
   issuers:

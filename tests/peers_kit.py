@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from gateway.config.settings import load_settings
+from gateway.core.leases import QUOTA_SLOT
 from gateway.http.app import Server
 from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp, tenant
 from tests.redis_server import free_port
@@ -58,4 +59,4 @@ upstreams:
 async def held(server: Server, tenant_id: str) -> float:
     """The TPP a US tenant holds now."""
     assert server.store is not None
-    return await server.store.counter_value("US", f"tenant:{tenant_id}", server.clock())
+    return await server.store.counter_value(QUOTA_SLOT, f"tenant:{tenant_id}", server.clock())

@@ -7,6 +7,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.core.leases import QUOTA_SLOT
 from tests.harness import Stack, run_stack
 from tests.test_e2e_proxy import ledger_records, post
 
@@ -33,7 +34,7 @@ async def admin(stack: Stack, method: str, path: str, token: str | None) -> tupl
 
 async def held(stack: Stack) -> float:
     assert stack.server.store is not None
-    return await stack.server.store.counter_value("US", "tenant:acme-us", stack.server.clock())
+    return await stack.server.store.counter_value(QUOTA_SLOT, "tenant:acme-us", stack.server.clock())
 
 
 @pytest.mark.parametrize(
@@ -41,7 +42,7 @@ async def held(stack: Stack) -> float:
     [
         ("GET", "", None, 401, "auth_missing"),
         ("GET", "", "not-a-token", 401, "auth_invalid"),
-        ("POST", "/release", READ_TOKEN, 401, "auth_invalid"),
+        ("POST", "/release", READ_TOKEN, 403, "role_insufficient"),
     ],
     ids=["no-token", "unknown-token", "read-role-cannot-release"],
 )

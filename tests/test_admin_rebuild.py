@@ -5,6 +5,7 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway.core.leases import QUOTA_SLOT
 from tests.harness import run_stack
 from tests.test_e2e_proxy import post
 
@@ -26,6 +27,6 @@ async def test_operator_release_is_kept_across_restart(tmp_path: Path) -> None:
     async for stack in run_stack(tmp_path, admin_tokens_file=tokens):
         store = stack.server.store
         assert store is not None
-        assert await store.counter_value("US", "tenant:acme-us", stack.server.clock()) == 15832  # job 2 only
+        assert await store.counter_value(QUOTA_SLOT, "tenant:acme-us", stack.server.clock()) == 15832  # job 2 only
         owner = await store.owner_of("slurm", "2")
         assert owner is not None and owner.tenant_id == "acme-us"

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gateway.core.leases import QUOTA_SLOT
 from tests.harness import E2E_TENANTS, Stack, call, run_stack, wait_for_record
 from tests.standin_k8s import k8s_app
 
@@ -97,7 +98,7 @@ async def test_allowed_job_is_forwarded_and_owned(stack: Stack) -> None:
     assert status == 201 and created["kind"] == "Job" and created["metadata"]["uid"]
     assert created["metadata"]["namespace"] == "us-one"
     assert stack.standin.requests[-1]["headers"]["Authorization"] == "Bearer gateway-held-slurm-token"
-    assert await held(stack, "US", "tenant:us-one") == 4 * H100
+    assert await held(stack, QUOTA_SLOT, "tenant:us-one") == 4 * H100
     item = JOBS.format(ns="us-one") + "/train-7b"
 
     status, doc, _ = await call(stack, "GET", item, "us-one")
@@ -122,7 +123,7 @@ async def test_allowed_job_is_forwarded_and_owned(stack: Stack) -> None:
     assert (status, doc["kind"], doc["status"]) == (200, "Status", "Success")
     released = await wait_for_record(stack, "release", decision_id=headers["X-Exportgate-Decision-Id"])
     assert (released["job_id"], released["released"]) == ("us-one/train-7b", True)
-    assert await held(stack, "US", "tenant:us-one") == 0.0
+    assert await held(stack, QUOTA_SLOT, "tenant:us-one") == 0.0
 
 
 async def test_already_exists_is_refunded(stack: Stack) -> None:
@@ -132,7 +133,7 @@ async def test_already_exists_is_refunded(stack: Stack) -> None:
     status, doc, headers = await call(stack, "POST", path, "us-one", payload=k8s_job())
     assert (status, doc["kind"], doc["reason"]) == (409, "Status", "AlreadyExists")
     await wait_for_record(stack, "refund", decision_id=headers["X-Exportgate-Decision-Id"], refunded=True)
-    assert await held(stack, "US", "tenant:us-one") == H100
+    assert await held(stack, QUOTA_SLOT, "tenant:us-one") == H100
 
 
 async def test_a_tenant_cannot_use_another_tenants_namespace(stack: Stack) -> None:

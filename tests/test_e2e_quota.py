@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from gateway.adapters.quota_memory import MemoryQuotaStore
+from gateway.core.leases import QUOTA_SLOT
 from gateway.core.rebuild import rebuild_state
 from tests.harness import (
     E2E_TENANTS,
@@ -89,7 +90,7 @@ async def test_retry_with_same_idempotency_key_is_replayed_and_debited_once(stac
     assert again[2]["X-Exportgate-Decision-Id"] == first[2]["X-Exportgate-Decision-Id"]
     assert again[2]["X-Exportgate-Replayed"] == "true" and "X-Exportgate-Replayed" not in first[2]
     assert len(submissions(stack)) == 1
-    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
     await wait_for_record(stack, "replay", first_decision_id=first[2]["X-Exportgate-Decision-Id"])
 
 
@@ -116,7 +117,7 @@ async def test_retry_while_first_is_in_flight_is_409(stack: Stack) -> None:
     replay = await submit(stack, "capped-ae", job(name="slow-me"), key)
     assert replay[0] == 200 and replay[2]["X-Exportgate-Replayed"] == "true"
     assert len(submissions(stack)) == 1
-    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
     assert decision(stack, body["decision_id"])["code"] == "request_in_progress"
 
 
@@ -157,7 +158,7 @@ async def test_upstream_failure_refunds_or_holds(
         assert decision(stack, decision_id)["decision"] == "allow"
         followup = await wait_for_record(stack, record, decision_id=decision_id)
         assert followup.get("refunded", True) is True
-        assert await held(stack, "AE", "tenant:capped-ae") == after
+        assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == after
 
 
 # -- leases ----------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ async def test_cancel_through_gateway_releases_capacity(stack: Stack) -> None:
     assert status == 200 and stack.standin.jobs["1"]["job_state"] == "CANCELLED"
     released = await wait_for_record(stack, "release", decision_id=headers["X-Exportgate-Decision-Id"])
     assert (released["job_id"], released["released"]) == ("1", True)
-    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
     assert (await submit(stack, "capped-ae"))[0] == 200
 
 
@@ -181,18 +182,18 @@ async def test_one_array_task_cannot_release_or_reprice_the_whole_job(stack: Sta
     spec = job(gpus="h100:1")
     spec["job"]["array"] = "0-3"
     assert (await submit(stack, "us-one", spec))[1]["job_id"] == 1
-    assert await held(stack, "US", "tenant:us-one") == 4 * H100
+    assert await held(stack, QUOTA_SLOT, "tenant:us-one") == 4 * H100
     status, _, headers = await call(stack, "DELETE", "/slurm/v0.0.38/job/1_2", "us-one")
     assert status == 200 and stack.standin.jobs["1"]["cancelled_tasks"] == ["2"]
     released = await wait_for_record(stack, "release", decision_id=headers["X-Exportgate-Decision-Id"])
     assert (released["released"], released["whole_job"]) == (False, False)
-    assert await held(stack, "US", "tenant:us-one") == 4 * H100
+    assert await held(stack, QUOTA_SLOT, "tenant:us-one") == 4 * H100
     update = {"job": {"gpus": "h100:1", "time_limit": 60}}  # would replace the whole array's lease
     status, body, _ = await call(stack, "POST", "/slurm/v0.0.38/job/1_3", "us-one", payload=update)
     assert (status, body["code"]) == (403, "job_update_not_allowed")
-    assert await held(stack, "US", "tenant:us-one") == 4 * H100
+    assert await held(stack, QUOTA_SLOT, "tenant:us-one") == 4 * H100
     status, _, _ = await call(stack, "DELETE", "/slurm/v0.0.38/job/1", "us-one")
-    assert status == 200 and await held(stack, "US", "tenant:us-one") == 0.0
+    assert status == 200 and await held(stack, QUOTA_SLOT, "tenant:us-one") == 0.0
 
 
 async def test_lease_end_returns_capacity(stack: Stack, clock: Clock) -> None:
@@ -204,24 +205,24 @@ async def test_lease_end_returns_capacity(stack: Stack, clock: Clock) -> None:
     assert (status, body["code"], headers["Retry-After"]) == (429, "quota_tenant_tpp", "1")
     clock.advance(1)
     assert (await submit(stack, "capped-ae"))[0] == 200
-    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
 
 
 # -- caps ------------------------------------------------------------------------------------
 
 CAPS = [
-    ("tier2-capped", "capped-ae", "AE", [200, 200, 429]),
-    ("tier1-metered-uncapped", "us-one", "US", [200, 200, 200]),
+    ("tier2-capped", "capped-ae", [200, 200, 429]),
+    ("tier1-metered-uncapped", "us-one", [200, 200, 200]),
 ]
 
 
-@pytest.mark.parametrize(("case", "sub", "tag", "statuses"), CAPS, ids=[c[0] for c in CAPS])
-async def test_tenant_cap(stack: Stack, case: str, sub: str, tag: str, statuses: list[int]) -> None:
+@pytest.mark.parametrize(("case", "sub", "statuses"), CAPS, ids=[c[0] for c in CAPS])
+async def test_tenant_cap(stack: Stack, case: str, sub: str, statuses: list[int]) -> None:
     """A Tier 2 tenant is refused past its cap with Retry-After to the earliest lease end; Tier 1 is only metered."""
     replies = [await submit(stack, sub) for _ in statuses]
     assert [r[0] for r in replies] == statuses
     admitted = statuses.count(200)
-    assert await held(stack, tag, f"tenant:{sub}") == admitted * H100
+    assert await held(stack, QUOTA_SLOT, f"tenant:{sub}") == admitted * H100
     assert len(submissions(stack)) == admitted
     if 429 in statuses:
         _, body, headers = replies[-1]
@@ -236,13 +237,13 @@ AFFILIATES = [("ae-then-sg", "falcon-ae", "falcon-sg"), ("sg-then-ae", "falcon-s
 
 @pytest.mark.parametrize(("case", "big", "small"), AFFILIATES, ids=[a[0] for a in AFFILIATES])
 async def test_affiliates_share_one_cap(stack: Stack, case: str, big: str, small: str) -> None:
-    """Affiliates under one parent_entity draw on one LPP allowance in the parent's country slot."""
+    """Affiliates under one parent_entity draw on one LPP allowance."""
     assert (await submit(stack, big, job(gpus="h100:1699")))[0] == 200  # 26,898,568 of 26,900,000 TPP
     status, body, headers = await submit(stack, small)
     assert (status, body["code"]) == (429, "quota_tenant_tpp")
     assert int(headers["Retry-After"]) > 0
-    assert await held(stack, "AE", "group:falcon-group") == 1699 * H100
-    assert await held(stack, "SG", f"tenant:{small}") == 0.0
+    assert await held(stack, QUOTA_SLOT, "group:falcon-group") == 1699 * H100
+    assert await held(stack, QUOTA_SLOT, f"tenant:{small}") == 0.0
 
 
 # -- ownership -------------------------------------------------------------------------------
@@ -262,7 +263,7 @@ async def test_other_tenants_job_is_not_found(stack: Stack, case: str, method: s
     assert (status, body["code"]) == (404, "job_not_owned")
     assert [r for r in stack.standin.requests if r["path"] != SUBMIT] == []
     assert stack.standin.jobs["1"]["job_state"] == "PENDING"
-    assert await held(stack, "US", "tenant:us-one") == H100
+    assert await held(stack, QUOTA_SLOT, "tenant:us-one") == H100
 
 
 async def test_listing_shows_only_own_jobs(stack: Stack) -> None:
@@ -300,7 +301,7 @@ async def test_unpriceable_submission_is_job_spec_invalid(stack: Stack, case: st
     assert hint in body["detail"]
     assert decision(stack, body["decision_id"])["code"] == "job_spec_invalid"
     assert stack.standin.requests == []
-    assert await held(stack, "AE", "tenant:capped-ae") == 0.0
+    assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == 0.0
 
 
 UPDATES = [
@@ -324,7 +325,7 @@ async def test_job_update_is_priced_as_new_total_or_refused(
         assert body["code"] == code and updates == []
     else:
         assert body["errors"] == [] and len(updates) == 1
-    assert await held(stack, "US", "tenant:us-one") == after
+    assert await held(stack, QUOTA_SLOT, "tenant:us-one") == after
 
 
 # A tenant capped at 2 x H100 (as capped-ae) with a monthly budget of TPP-hours.
@@ -344,8 +345,8 @@ async def _one_h100_job(stack: Stack) -> tuple[str, dict[str, Any], str]:
     assert status == 200
     first = decision(stack, headers["X-Exportgate-Decision-Id"])
     budget = next(c["key"] for c in first["lease"]["counters"] if c["key"].startswith("budget:budget-ae:"))
-    assert await held(stack, "AE", "tenant:budget-ae") == H100
-    assert await held(stack, "AE", budget) == first["cost"]["tpp_hours"]
+    assert await held(stack, QUOTA_SLOT, "tenant:budget-ae") == H100
+    assert await held(stack, QUOTA_SLOT, budget) == first["cost"]["tpp_hours"]
     return str(body["job_id"]), first, budget
 
 
@@ -360,8 +361,8 @@ async def test_update_at_the_cap_is_charged_once(budget_stack: Stack) -> None:
     assert second["cost"]["tpp_hours"] == 2 * first["cost"]["tpp_hours"]
     settle = await wait_for_record(stack, "settle", decision_id=second["decision_id"])
     assert (settle["job_id"], settle["replaced_lease"]) == (job_id, first["decision_id"])
-    assert await held(stack, "AE", "tenant:budget-ae") == 2 * H100
-    assert await held(stack, "AE", budget) == second["cost"]["tpp_hours"]  # not the old job's as well
+    assert await held(stack, QUOTA_SLOT, "tenant:budget-ae") == 2 * H100
+    assert await held(stack, QUOTA_SLOT, budget) == second["cost"]["tpp_hours"]  # not the old job's as well
     store = stack.server.store
     assert store is not None
     owner = await store.owner_of("slurm", job_id)
@@ -373,11 +374,11 @@ async def test_update_at_the_cap_is_charged_once(budget_stack: Stack) -> None:
     rebuilt = MemoryQuotaStore()
     await rebuilt.restore(state, now)
     for key in ("tenant:budget-ae", budget, "country:AE"):
-        assert await rebuilt.counter_value("AE", key, now) == await store.counter_value("AE", key, now)
+        assert await rebuilt.counter_value(QUOTA_SLOT, key, now) == await store.counter_value(QUOTA_SLOT, key, now)
     assert await rebuilt.owner_of("slurm", job_id) == owner
     assert (await call(stack, "DELETE", f"/slurm/v0.0.38/job/{job_id}", "budget-ae"))[0] == 200
-    assert await held(stack, "AE", "tenant:budget-ae") == 0.0
-    assert await held(stack, "AE", budget) == second["cost"]["tpp_hours"]  # a cancel keeps the budget spent
+    assert await held(stack, QUOTA_SLOT, "tenant:budget-ae") == 0.0
+    assert await held(stack, QUOTA_SLOT, budget) == second["cost"]["tpp_hours"]  # a cancel keeps the budget spent
 
 
 async def test_rejected_update_leaves_the_old_lease(budget_stack: Stack) -> None:
@@ -389,8 +390,8 @@ async def test_rejected_update_leaves_the_old_lease(budget_stack: Stack) -> None
     status, _, headers = await call(stack, "POST", f"/slurm/v0.0.38/job/{job_id}", "budget-ae", payload=update)
     assert status == 500
     await wait_for_record(stack, "refund", decision_id=headers["X-Exportgate-Decision-Id"], refunded=True)
-    assert await held(stack, "AE", "tenant:budget-ae") == H100
-    assert await held(stack, "AE", budget) == first["cost"]["tpp_hours"]
+    assert await held(stack, QUOTA_SLOT, "tenant:budget-ae") == H100
+    assert await held(stack, QUOTA_SLOT, budget) == first["cost"]["tpp_hours"]
     store = stack.server.store
     assert store is not None
     owner = await store.owner_of("slurm", job_id)
@@ -425,6 +426,66 @@ async def test_training_threshold(
         assert record["decision"] == "allow" and record["licences"] == licences
 
 
+PURPOSES = [
+    ("declared-inference-not-counted", "inference", 200, ["purpose:inference"]),
+    ("declared-training-counted", "training", 403, []),
+]
+
+
+@pytest.mark.parametrize(("case", "purpose", "status", "exemptions"), PURPOSES, ids=[p[0] for p in PURPOSES])
+async def test_declared_inference_near_the_threshold(
+    stack: Stack, case: str, purpose: str, status: int, exemptions: list[str]
+) -> None:
+    """Near 1e26 a job declared inference is admitted on the tenant's certification, which its record names."""
+    body = job(lineage="llama-x")
+    body["job"]["environment"]["EXPORTGATE_PURPOSE"] = purpose
+    got, reply, headers = await submit(stack, "cross-ae", body)
+    assert got == status, reply
+    record = decision(stack, headers["X-Exportgate-Decision-Id"])
+    assert (record["job"]["purpose"], record["exemptions"]) == (purpose, exemptions)
+    assert any(c["key"].startswith("ops:") for c in record["lease"]["counters"]) is (status == 403)
+
+
+# -- country allocations ---------------------------------------------------------------------
+
+# Licensed tenants with a 2-H100 allowance: members of a group headquartered in the UAE (one in
+# Saudi Arabia, one in the US) and a tenant located in Singapore but headquartered in Malaysia.
+_LICENSED = "\n    tpp_cap: 31664\n    licences: [{id: D-2001, lifts: [tenant_cap]}]"
+ALLOCATION_TENANTS = (
+    tenant("dune-sa", "SA/SA/AE", "\n    parent_entity: dunes" + _LICENSED)
+    + tenant("dune-us", "US/US/AE", "\n    parent_entity: dunes-us" + _LICENSED)
+    + tenant("split-sg", "SG/MY/MY", _LICENSED)
+)
+
+
+@pytest.fixture
+async def allocation_stack(tmp_path: Path, clock: Clock) -> AsyncIterator[Stack]:
+    async for s in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS.rstrip("\n") + ALLOCATION_TENANTS + "\n"):
+        yield s
+
+
+DRAWS = [
+    ("member-draws-on-its-own-country-not-the-parents", "dune-sa", ["country:SA"]),
+    ("member-in-tier1-draws-on-no-allocation", "dune-us", []),
+    ("located-and-headquartered-apart-draws-on-both", "split-sg", ["country:SG", "country:MY"]),
+]
+
+
+@pytest.mark.parametrize(("case", "sub", "countries"), DRAWS, ids=[d[0] for d in DRAWS])
+async def test_licensed_overflow_draws_on_the_tenants_own_countries(
+    allocation_stack: Stack, case: str, sub: str, countries: list[str]
+) -> None:
+    """Beyond its allowance a licensed tenant's job draws on each Tier 2 country it is located or headquartered in."""
+    stack = allocation_stack
+    status, _, headers = await submit(stack, sub, job(gpus="h100:3"))
+    assert status == 200
+    record = decision(stack, headers["X-Exportgate-Decision-Id"])
+    drawn = {c["key"]: c["amount"] for c in record["lease"]["counters"] if c["key"].startswith("country:")}
+    assert drawn == {cc: H100 for cc in countries}  # the third H100, beyond the 2-H100 allowance
+    for cc in ("country:AE", "country:US", *countries):
+        assert await held(stack, QUOTA_SLOT, cc) == (H100 if cc in countries else 0.0)
+
+
 # -- the Redis store failing closed ----------------------------------------------------------
 
 
@@ -440,7 +501,7 @@ async def test_redis_outage_fails_closed_then_recovers(tmp_path: Path, fresh_red
     quota = f"quota: {{store: redis, redis_url: '{fresh_redis.url}', timeout_ms: 200}}"
     async for stack in run_stack(tmp_path, registry=E2E_TENANTS, extra=quota):
         assert (await submit(stack, "capped-ae"))[0] == 200
-        assert await held(stack, "AE", "tenant:capped-ae") == H100
+        assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
         fresh_redis.kill()
         for method, path in [("POST", SUBMIT), ("GET", "/slurm/v0.0.38/job/1"), ("GET", "/slurm/v0.0.38/jobs")]:
             started = time.monotonic()
@@ -452,4 +513,4 @@ async def test_redis_outage_fails_closed_then_recovers(tmp_path: Path, fresh_red
         fresh_redis.start()
         status, body, _ = await submit(stack, "capped-ae")
         assert (status, body["job_id"]) == (200, 2)
-        assert await held(stack, "AE", "tenant:capped-ae") == H100  # the restarted Redis kept nothing
+        assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100  # the restarted Redis kept nothing

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gateway.core.leases import QUOTA_SLOT
 from tests.harness import E2E_TENANTS, Stack, call, run_stack, wait_for_record
 
 H100 = 15832.0
@@ -55,7 +56,7 @@ async def test_retry_with_same_submission_id_is_replayed(stack: Stack) -> None:
     assert again[2]["X-Exportgate-Decision-Id"] == first[2]["X-Exportgate-Decision-Id"]
     assert again[2]["X-Exportgate-Replayed"] == "true"
     assert len(submissions(stack)) == 1
-    assert await held(stack, "US", "tenant:us-one") == 2 * H100
+    assert await held(stack, QUOTA_SLOT, "tenant:us-one") == 2 * H100
 
 
 async def test_same_submission_id_from_another_tenant_is_not_theirs(stack: Stack) -> None:
@@ -65,7 +66,7 @@ async def test_same_submission_id_from_another_tenant_is_not_theirs(stack: Stack
     assert status == 500 and "already exists" in body and "X-Exportgate-Replayed" not in headers
     settled = await wait_for_record(stack, "settle", decision_id=headers["X-Exportgate-Decision-Id"])
     assert (settled["job_id"], settled["settled"]) == (None, False)
-    assert await held(stack, "US", "tenant:us-two") == 2 * H100  # when in doubt, hold
+    assert await held(stack, QUOTA_SLOT, "tenant:us-two") == 2 * H100  # when in doubt, hold
     status, body, _ = await call(stack, "GET", SUBMIT + "train-1", "us-two")
     assert (status, body["code"]) == (404, "job_not_owned")
 
@@ -80,8 +81,8 @@ async def test_listing_is_filtered_and_stop_releases(stack: Stack) -> None:
     status, body, headers = await call(stack, "POST", SUBMIT + "mine/stop", "us-one")
     assert (status, body) == (200, {"stopped": True})
     await wait_for_record(stack, "release", decision_id=headers["X-Exportgate-Decision-Id"], released=True)
-    assert await held(stack, "US", "tenant:us-one") == 0.0
-    assert await held(stack, "US", "tenant:us-two") == 2 * H100
+    assert await held(stack, QUOTA_SLOT, "tenant:us-one") == 0.0
+    assert await held(stack, QUOTA_SLOT, "tenant:us-two") == 2 * H100
 
 
 async def test_submission_without_walltime_is_job_spec_invalid(stack: Stack) -> None:

@@ -79,6 +79,22 @@ def test_price(
     assert cost.gpus == job.total_gpus
 
 
+CHIPS = [
+    pytest.param(spec((8, "h100", 1)), (15_832.0, 15_832.0), id="one-model"),
+    pytest.param(spec((4, "a100", 2), (2, "h100", 1), (2, "h20", 1)), (15_832.0, 4992.0), id="mixed-h20-left-out"),
+    pytest.param(spec((1, "h20|a100", 1)), (4992.0, 4992.0), id="candidates-at-the-worst"),
+    pytest.param(spec((8, "h20", 1)), (0.0, 0.0), id="no-controlled-chip"),
+]
+
+
+@pytest.mark.parametrize(("job", "chips"), CHIPS)
+def test_chip_sizes(catalogue: GpuCatalogue, job: JobSpec, chips: tuple[float, float]) -> None:
+    """A priced job knows its dearest and cheapest controlled chip, so a split of its TPP can keep chips whole."""
+    cost = price(job, catalogue, None, 1.0)
+    assert (cost.chip_tpp_max, cost.chip_tpp_min) == chips
+    assert (cost.as_record()["chip_tpp_max"], cost.as_record()["chip_tpp_min"]) == chips
+
+
 REFUSED = [
     pytest.param(spec((8, "V100", 1)), None, "gpu model", id="unknown-model"),
     pytest.param(spec((8, "V100", 1)), "H100", "gpu model", id="unknown-model-not-priced-as-default"),

@@ -3,15 +3,22 @@
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from gateway.adapters.quota import QuotaStore, StoredResponse
 from gateway.adapters.quota_memory import MemoryQuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
+from gateway.config.pack import load_pack
 from gateway.core.codes import Code
-from gateway.core.leases import Counter, CounterKind, LeaseRef, Plan, ReserveStatus, Share
+from gateway.core.jobs import JobPart, JobSpec
+from gateway.core.leases import QUOTA_SLOT, Counter, CounterKind, LeaseRef, Plan, ReserveStatus, Share
 from gateway.core.policy import RuleId
+from gateway.core.pricing import price
+from gateway.core.quota import plan_reservation
+from gateway.core.tenants import Kyc, KycStatus, Licence, LicenceScope, Tenant
 from gateway.core.tiers import Tier
 from tests.redis_cluster import RedisClusterProcesses, start_cluster
 
@@ -52,9 +59,18 @@ async def store(backend: tuple[str, str]) -> AsyncIterator[QuotaStore]:
     await built.close()
 
 
-def held(key: str, amount: float, cap: float | None, *, enforced: bool = True, share: Share = Share.FIXED) -> Counter:
+def held(
+    key: str,
+    amount: float,
+    cap: float | None,
+    *,
+    enforced: bool = True,
+    share: Share = Share.FIXED,
+    chips: tuple[float, float] = (0.0, 0.0),
+) -> Counter:
     code = Code.QUOTA_COUNTRY_TPP if key.startswith("country:") else Code.QUOTA_TENANT_TPP
-    return Counter(key, amount, cap, CounterKind.HELD, code, RuleId.TENANT_CAP, enforced, share=share)
+    return Counter(key, amount, cap, CounterKind.HELD, code, RuleId.TENANT_CAP, enforced, share=share,
+                   chip_max=chips[0], chip_min=chips[1])  # fmt: skip
 
 
 def ops(key: str, amount: float, cap: float | None, *, base: float = 0.0) -> Counter:
@@ -160,6 +176,67 @@ async def test_spill_fills_allowance_then_licence_and_country(store: QuotaStore)
         60.0,
         60.0,
     ]
+
+
+async def test_spill_keeps_whole_chips_under_the_allowance(store: QuotaStore) -> None:
+    """With half a chip of allowance left the country is charged every chip; crossing it by half a chip refuses."""
+    await store.reserve(make_plan(held("tenant:t1", 95.0, 100.0)), NOW)  # 5 left: half a 10-TPP chip
+
+    def job(tpp: float, country_cap: float, chips: tuple[float, float]) -> Plan:
+        return make_plan(
+            held("tenant:t1", tpp, 100.0, share=Share.HEADROOM, chips=chips),
+            held("licensed:tenant:t1", tpp, None, share=Share.OVERFLOW),
+            held("country:FR", tpp, country_cap, share=Share.OVERFLOW),
+        )
+
+    refused = await store.reserve(job(80.0, 75.0, (10.0, 10.0)), NOW)  # a split keeping half a chip would fit
+    assert (refused.status, refused.failing) == (ReserveStatus.DENIED, "country:FR")
+    assert [s.amount for s in refused.counters] == [0.0, 80.0, 80.0]
+    admitted = await store.reserve(job(80.0, 80.0, (10.0, 10.0)), NOW)
+    assert admitted.status is ReserveStatus.ADMITTED
+    assert [s.amount for s in admitted.counters] == [0.0, 80.0, 80.0]
+    await store.reserve(make_plan(held("tenant:t2", 80.0, 100.0)), NOW)  # 20 left
+    mixed_job = make_plan(
+        held("tenant:t2", 22.0, 100.0, share=Share.HEADROOM, chips=(10.0, 6.0)),
+        held("licensed:tenant:t2", 22.0, None, share=Share.OVERFLOW),
+    )
+    mixed = await store.reserve(mixed_job, NOW)
+    assert [s.amount for s in mixed.counters] == [12.0, 10.0]  # two chips surely fit, credited at the cheapest
+    assert [await store.counter_value(TAG, k, NOW) for k in ("tenant:t1", "country:FR", "tenant:t2")] == [
+        95.0,
+        80.0,
+        92.0,
+    ]
+
+
+PACK = load_pack(Path(__file__).resolve().parent.parent / "policies" / "ai-diffusion-2025")
+H100 = 15832.0
+
+
+async def test_two_country_allocations_in_one_reservation(store: QuotaStore) -> None:
+    """A licensed tenant located in one Tier 2 country and headquartered in another draws on both, in one slot."""
+    assert PACK.caps is not None and PACK.gpus is not None
+    caps, gpus = dataclasses.replace(PACK.caps, country_overrides={"MY": 2 * H100}), PACK.gpus
+    who = Tenant(id=f"sg-{uuid.uuid4().hex[:6]}", display_name="x", identities=(), location="SG", headquarters="MY",
+                 parent_headquarters="MY", kyc=Kyc(KycStatus.VERIFIED), tpp_cap=2 * H100,
+                 licences=(Licence("L", frozenset({LicenceScope.TENANT_CAP})),))  # fmt: skip
+    now = datetime.fromtimestamp(NOW, UTC)
+
+    def plan(count: int) -> Plan:
+        cost = price(JobSpec((JobPart(count, "h100"),), 3600.0), gpus, None, 1.0)
+        out = plan_reservation(who, Tier.TWO, cost, None, None, PACK, caps, now, decision_id=uuid.uuid4().hex,
+                               idempotency_key=None, upstream="slurm")  # fmt: skip
+        assert isinstance(out, Plan) and out.hash_tag == QUOTA_SLOT
+        return out
+
+    first = await store.reserve(plan(3), NOW)  # two H100s within the allowance, one drawn on both countries
+    assert first.status is ReserveStatus.ADMITTED
+    assert {s.key: s.amount for s in first.counters if s.amount and not s.key.startswith("ops:")} == {
+        f"tenant:{who.id}": 2 * H100, f"licensed:tenant:{who.id}": H100, "country:SG": H100, "country:MY": H100,
+    }  # fmt: skip
+    refused = await store.reserve(plan(2), NOW)
+    assert (refused.status, refused.failing) == (ReserveStatus.DENIED, "country:MY")
+    assert [await store.counter_value(QUOTA_SLOT, f"country:{cc}", NOW) for cc in ("SG", "MY")] == [H100, H100]
 
 
 async def test_idempotent_retry_replays_and_debits_once(store: QuotaStore) -> None:
@@ -328,6 +405,18 @@ async def test_ownership(store: QuotaStore) -> None:
     assert await store.owned_jobs("slurm", "t1") == {"1", "2"}
     assert await store.owned_jobs("slurm", "t2") == {"3"}
     assert await store.owned_jobs("ray", "t1") == set()
+
+
+async def test_any_string_is_a_key(store: QuotaStore) -> None:
+    """A job id or lineage holding a lone surrogate (valid JSON, not UTF-8) is stored and found like any other."""
+    lone = "job-\ud800"
+    plan = make_plan(ops(f"ops:t1:{lone}", 10.0, 100.0))
+    assert (await store.reserve(plan, NOW)).status is ReserveStatus.ADMITTED
+    await store.complete(plan, upstream="ray", job_id=lone, response=RESPONSE, now=NOW)
+    owner = await store.owner_of("ray", lone)
+    assert owner is not None and owner.tenant_id == "t1"
+    assert await store.owned_jobs("ray", "t1") == {lone}
+    assert await store.counter_value(TAG, f"ops:t1:{lone}", NOW) == 10.0
 
 
 async def test_shadow_overrun_admits_and_reports(store: QuotaStore) -> None:

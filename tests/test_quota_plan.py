@@ -10,11 +10,14 @@ import pytest
 
 from gateway.config.caps import load_caps
 from gateway.config.located import Problem
+from gateway.config.pack import load_pack
 from gateway.core.codes import Code
 from gateway.core.decide import Decision, Outcome
-from gateway.core.jobs import Cost
+from gateway.core.jobs import Cost, JobPart, JobSpec
 from gateway.core.policy import Pack, Rule, RuleId
+from gateway.core.pricing import price
 from gateway.core.quota import (
+    QUOTA_SLOT,
     CapSettings,
     Counter,
     CounterKind,
@@ -25,14 +28,19 @@ from gateway.core.quota import (
     ReserveStatus,
     Share,
     StoredResponse,
+    allocation_countries,
     interpret,
     plan_reservation,
     split_amounts,
 )
+from gateway.core.quota_book import QuotaBook
+from gateway.core.rebuild import CounterValue
 from gateway.core.tenants import Budget, BudgetPeriod, Kyc, KycStatus, Licence, LicenceScope, Tenant, Veu
 from gateway.core.tiers import Tier, TierTable
 
-CAPS_FILE = Path(__file__).resolve().parent.parent / "policies" / "ai-diffusion-2025" / "caps.yaml"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "policies" / "ai-diffusion-2025"
+CAPS_FILE = BUNDLED_DIR / "caps.yaml"
+BUNDLED = load_pack(BUNDLED_DIR)
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 GRACE = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 H100 = 15_832.0
@@ -89,6 +97,7 @@ def plan(
     purpose: str | None = None,
     caps: CapSettings = CAPS,
     now: datetime = NOW,
+    pack: Pack = PACK,
 ) -> Plan:
     out = plan_reservation(
         who,
@@ -96,7 +105,7 @@ def plan(
         job or cost(),
         lineage,
         purpose,
-        PACK,
+        pack,
         caps,
         now,
         decision_id="d1",
@@ -141,9 +150,9 @@ HELD_CASES = [
     ("licence-over-override", tenant(tpp_cap=50e6, licences=(L_CAP,)), Tier.TWO, CAPS,
      [("tenant:t1", 50e6, T, ROOM), ("licensed:tenant:t1", 100e6, T, OVER), ("country:SG", 790e6, T, OVER)],
      "licence:L1"),
-    ("group-licence-uses-group-country", tenant(parent_entity="acme", parent_headquarters="AE", licences=(L_CAP,)),
-     Tier.TWO, CAPS,
-     [("group:acme", LPP, T, ROOM), ("licensed:group:acme", 100e6, T, OVER), ("country:AE", 790e6, T, OVER)],
+    ("group-licence-draws-on-members-own-country",
+     tenant(parent_entity="acme", parent_headquarters="AE", licences=(L_CAP,)), Tier.TWO, CAPS,
+     [("group:acme", LPP, T, ROOM), ("licensed:group:acme", 100e6, T, OVER), ("country:SG", 790e6, T, OVER)],
      "licence:L1"),
     ("expired-licence-ignored", tenant(licences=(L_EXPIRED,)), Tier.TWO, CAPS, [("tenant:t1", LPP, T, FIX)], "lpp"),
     ("nveu-2026-q4", tenant(veu=Veu.NATIONAL, licences=(L_CAP,)), Tier.TWO, CAPS,
@@ -172,11 +181,38 @@ def test_held_tpp_counters(
 
 
 def test_group_members_share_one_slot_and_counter() -> None:
-    """Affiliates of one parent_entity draw on the same key in the parent's country slot."""
+    """Affiliates of one parent_entity draw on the same key in the one quota slot."""
     a = plan(tenant(id="a", headquarters="MY", parent_entity="acme", parent_headquarters="SG"))
     b = plan(tenant(id="b", headquarters="TH", parent_entity="acme", parent_headquarters="SG"))
-    assert (a.hash_tag, a.counters[0].key) == (b.hash_tag, b.counters[0].key) == ("SG", "group:acme")
+    assert (a.hash_tag, a.counters[0].key) == (b.hash_tag, b.counters[0].key) == (QUOTA_SLOT, "group:acme")
     assert (a.tenant_id, b.tenant_id) == ("a", "b")
+
+
+ALLOCATION_CASES = [
+    ("own-country-not-the-parents",
+     tenant(location="SA", headquarters="SA", parent_entity="g", parent_headquarters="AE"), ["country:SA"]),
+    ("located-and-headquartered-apart-draws-on-both", tenant(location="SG", headquarters="MY"),
+     ["country:SG", "country:MY"]),
+    ("tier1-parent-member-in-tier2",
+     tenant(location="SA", headquarters="SA", parent_entity="g", parent_headquarters="US"), ["country:SA"]),
+    ("tier1-headquarters-never-drawn", tenant(location="SA", headquarters="GB"), ["country:SA"]),
+    ("tier1-member-of-tier2-group-draws-on-none",
+     tenant(location="US", headquarters="US", parent_entity="g", parent_headquarters="AE"), []),
+    ("hong-kong-draws-on-china", tenant(location="HK", headquarters="HK"), ["country:CN"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("who", "countries"), [c[1:] for c in ALLOCATION_CASES], ids=[c[0] for c in ALLOCATION_CASES]
+)
+def test_licensed_capacity_draws_on_the_tenants_own_countries(who: Tenant, countries: list[str]) -> None:
+    """Licensed overflow draws on each non-Tier-1 country the tenant is located or headquartered in, in one slot."""
+    p = plan(dataclasses.replace(who, licences=(L_CAP,)), pack=BUNDLED)
+    drawn = [c for c in p.counters if c.code is Code.QUOTA_COUNTRY_TPP]
+    assert [c.key for c in drawn] == countries
+    assert all((c.share, c.amount, c.cap) == (OVER, 8 * H100, 790e6) for c in drawn)
+    assert p.hash_tag == QUOTA_SLOT
+    assert [f"country:{cc}" for cc in allocation_countries(who, BUNDLED.tiers, NOW.date())] == countries
 
 
 @pytest.mark.parametrize(
@@ -200,6 +236,7 @@ def test_national_veu_schedule_by_quarter(day: date, cap: float) -> None:
 OPS = 1e24
 EXEMPT_LINEAGE = dataclasses.replace(CAPS, exempt_lineages=frozenset({"open-weights"}))
 EXEMPT_PURPOSE = dataclasses.replace(CAPS, exempt_purposes=frozenset({"inference"}))
+NO_EXEMPT_PURPOSE = dataclasses.replace(CAPS, exempt_purposes=frozenset())
 LLAMA = (1e26, True, 0.0)
 TRAIN_CASES = [
     ("lineage-and-total", tenant(), "llama", None, CAPS,
@@ -218,7 +255,10 @@ TRAIN_CASES = [
      {"ops:t1:gpt": (5e26, False, 0.0)}, ("L4",)),
     ("exempt-lineage", tenant(), "open-weights", None, EXEMPT_LINEAGE, {}, ()),
     ("exempt-purpose", tenant(), "llama", "inference", EXEMPT_PURPOSE, {}, ()),
-    ("purpose-not-exempt-by-default", tenant(), "llama", "inference", CAPS,
+    ("bundled-pack-exempts-declared-inference", tenant(), "llama", "inference", CAPS, {}, ()),
+    ("declared-training-counted", tenant(), "llama", "training", CAPS,
+     {"ops:t1:llama": LLAMA, "ops:t1:*": LLAMA}, ()),
+    ("operator-removed-the-exemption", tenant(), "llama", "inference", NO_EXEMPT_PURPOSE,
      {"ops:t1:llama": LLAMA, "ops:t1:*": LLAMA}, ()),
 ]  # fmt: skip
 
@@ -244,6 +284,53 @@ def test_training_threshold_counters(
         if c.key.startswith("ops:"):
             assert (c.kind, c.code, c.rule, c.amount) == (C, Code.LICENCE_REQUIRED, RuleId.TRAINING_THRESHOLD, OPS)
     assert p.licence_ids == licences
+
+
+EXEMPTIONS = [
+    ("declared-inference", "inference", "llama", CAPS, ("purpose:inference",)),
+    ("exempt-lineage", None, "open-weights", EXEMPT_LINEAGE, ("lineage:open-weights",)),
+    ("declared-training", "training", "llama", CAPS, ()),
+    ("exemption-removed-by-operator", "inference", "llama", NO_EXEMPT_PURPOSE, ()),
+]
+
+
+@pytest.mark.parametrize(
+    ("purpose", "lineage", "caps", "exemptions"), [e[1:] for e in EXEMPTIONS], ids=[e[0] for e in EXEMPTIONS]
+)
+def test_exemptions_are_named_in_the_decision(
+    purpose: str | None, lineage: str, caps: CapSettings, exemptions: tuple[str, ...]
+) -> None:
+    """A training count skipped on an exemption is named in the plan and the decision, so the ledger can show why."""
+    p = plan(tenant(), job=cost(ops=OPS), lineage=lineage, purpose=purpose, caps=caps)
+    assert p.exemptions == exemptions
+    assert any(c.key.startswith("ops:") for c in p.counters) is (exemptions == ())
+    admitted = ReserveResult(ReserveStatus.ADMITTED, states(*((c.key, 0.0, c.amount) for c in p.counters)))
+    assert interpret(p, admitted, NOW).extra["exemptions"] == exemptions
+
+
+NEAR_1E26 = tenant(declared_training_ops={"llama": 9.9999999e25})
+ONE_H100_HOUR = JobSpec((JobPart(1, "h100"),), 3600.0)
+
+
+@pytest.mark.parametrize(
+    ("purpose", "caps", "outcome"),
+    [
+        ("inference", CAPS, Outcome.ALLOW),
+        ("training", CAPS, Outcome.DENY),
+        (None, CAPS, Outcome.DENY),
+        ("inference", NO_EXEMPT_PURPOSE, Outcome.DENY),
+    ],
+    ids=["declared-inference-admitted", "declared-training-refused", "undeclared-refused", "exemption-removed"],
+)
+def test_inference_near_the_training_threshold(purpose: str | None, caps: CapSettings, outcome: Outcome) -> None:
+    """Near 1e26 the bundled pack admits declared inference and refuses training; without the exemption both count."""
+    assert BUNDLED.gpus is not None
+    job = price(ONE_H100_HOUR, BUNDLED.gpus, None, 1.0)
+    p = plan(NEAR_1E26, job=job, lineage="llama", purpose=purpose, caps=caps, pack=BUNDLED)
+    decision = interpret(p, QuotaBook().reserve(p, NOW.timestamp()), NOW)
+    assert decision.outcome is outcome
+    if outcome is Outcome.DENY:
+        assert decision.code is Code.LICENCE_REQUIRED
 
 
 def test_tier1_has_no_training_threshold() -> None:
@@ -284,7 +371,9 @@ def test_lease_slot_and_identity() -> None:
     """The lease ends after walltime plus the pending allowance; ids and upstream are carried."""
     p = plan(tenant(), job=cost(hours=2.0))
     assert p.lease_end == NOW.timestamp() + 7200 + CAPS.pending_allowance_s
-    assert (p.hash_tag, p.tenant_id, p.decision_id, p.idempotency_key, p.upstream) == ("SG", "t1", "d1", "k1", "slurm")
+    assert (p.hash_tag, p.tenant_id, p.decision_id, p.idempotency_key, p.upstream) == (
+        QUOTA_SLOT, "t1", "d1", "k1", "slurm"
+    )
     assert p.ref.counters == (("tenant:t1", T),)
 
 
@@ -344,6 +433,67 @@ def test_split_fills_allowance_then_overflows() -> None:
     assert split_amounts(counters, [50.0, 0.0, 0.0, 0.0]) == (30.0, 0.0, 0.0, 30.0)
     assert split_amounts(counters, [80.0, 0.0, 0.0, 0.0]) == (20.0, 10.0, 10.0, 30.0)
     assert split_amounts(counters, [120.0, 0.0, 0.0, 0.0]) == (0.0, 30.0, 30.0, 30.0)
+
+
+def chipped(cap: float | None, share: Share, chip_max: float, chip_min: float, amount: float) -> Counter:
+    return dataclasses.replace(counter(cap, share=share), amount=amount, chip_max=chip_max, chip_min=chip_min)
+
+
+WHOLE_CHIPS = [
+    ("job-fits", 80.0, 10.0, 10.0, 20.0, (80.0, 0.0)),
+    ("room-for-two-and-a-half-chips", 80.0, 10.0, 10.0, 75.0, (20.0, 60.0)),
+    ("room-under-one-chip", 80.0, 10.0, 10.0, 95.0, (0.0, 80.0)),
+    ("mixed-chips-count-the-dearest-credit-the-cheapest", 22.0, 10.0, 6.0, 80.0, (12.0, 10.0)),
+    ("divisible-without-chip-sizes", 80.0, 0.0, 0.0, 75.0, (25.0, 55.0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("amount", "chip_max", "chip_min", "before", "takes"), [w[1:] for w in WHOLE_CHIPS], ids=[w[0] for w in WHOLE_CHIPS]
+)
+def test_split_keeps_whole_chips_under_the_allowance(
+    amount: float, chip_max: float, chip_min: float, before: float, takes: tuple[float, float]
+) -> None:
+    """A job that does not fit leaves no fraction of a chip under the allowance; the overflow is rounded up."""
+    counters = [chipped(100.0, ROOM, chip_max, chip_min, amount), chipped(None, OVER, 0.0, 0.0, amount)]
+    assert split_amounts(counters, [before, 0.0]) == takes
+
+
+@pytest.mark.parametrize(
+    ("left", "outcome"),
+    [(7.5 * H100, Outcome.DENY), (8 * H100, Outcome.ALLOW)],
+    ids=["crosses-by-half-a-gpu-refused", "whole-gpus-fit-exactly"],
+)
+def test_country_allocation_counts_whole_chips(left: float, outcome: Outcome) -> None:
+    """With half an H100 of allowance left an 8-H100 job costs the country 8 H100s: crossing it by half is refused."""
+    assert BUNDLED.gpus is not None
+    job = price(JobSpec((JobPart(8, "h100"),), 7200.0), BUNDLED.gpus, None, 1.0)
+    p = plan(tenant(licences=(L_CAP,)), job=job, pack=BUNDLED)
+    book = QuotaBook()
+    book.load([CounterValue(p.hash_tag, "tenant:t1", T, LPP - H100 / 2),
+               CounterValue(p.hash_tag, "country:SG", T, 790e6 - left)], [])  # fmt: skip
+    result = book.reserve(p, NOW.timestamp())
+    decision = interpret(p, result, NOW)
+    assert (decision.outcome, decision.code) == (outcome, Code.QUOTA_COUNTRY_TPP if outcome is Outcome.DENY else None)
+    assert {s.key: s.amount for s in result.counters if not s.key.startswith("ops:")} == {
+        "tenant:t1": 0.0, "licensed:tenant:t1": 8 * H100, "country:SG": 8 * H100,
+    }  # fmt: skip
+
+
+def test_saudi_member_of_uae_group_is_refused_on_saudi_arabias_allocation() -> None:
+    """The reported case: a Saudi member of a UAE group is refused when Saudi Arabia has 16,296 TPP left."""
+    assert BUNDLED.gpus is not None
+    member = tenant(id="dune-sa", location="SA", headquarters="SA", parent_entity="dunes", parent_headquarters="AE",
+                    licences=(L_CAP,))  # fmt: skip
+    p = plan(member, job=price(JobSpec((JobPart(8, "h100"),), 3600.0), BUNDLED.gpus, None, 1.0), pack=BUNDLED)
+    book = QuotaBook()
+    book.load([CounterValue(p.hash_tag, "group:dunes", T, LPP - 1432.0),
+               CounterValue(p.hash_tag, "country:SA", T, 790e6 - 16_296.0)], [])  # fmt: skip
+    result = book.reserve(p, NOW.timestamp())
+    decision = interpret(p, result, NOW)
+    assert (decision.outcome, decision.code, result.failing) == (Outcome.DENY, Code.QUOTA_COUNTRY_TPP, "country:SA")
+    assert "SA" in decision.reasons[0].detail
+    assert book.value(p.hash_tag, "country:AE", NOW.timestamp()) == 0.0
 
 
 LICENSED = plan(tenant(licences=(L_CAP,)))

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from gateway.adapters.quota_redis import RedisQuotaStore
+from gateway.core.leases import QUOTA_SLOT
 from gateway.standin import StandinState, standin_app
 from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp
 from tests.processes import GatewayProcess, free_ports, wait_ready
@@ -265,7 +266,7 @@ async def test_one_tenants_last_capacity(fleet: Fleet) -> None:
     results = await race(fleet, [SOLO])
     assert results == {(200, None): fits, (429, "quota_tenant_tpp"): RACERS - fits}
     assert fleet.standin.submissions([SOLO]) == 1 + fits
-    assert await held(fleet, "SG", f"tenant:{SOLO}") == SOLO_CAP_GPUS
+    assert await held(fleet, QUOTA_SLOT, f"tenant:{SOLO}") == SOLO_CAP_GPUS
     assert_spread(fleet, [SOLO], 1 + fits)
 
 
@@ -278,5 +279,5 @@ async def test_one_countrys_last_allocation(fleet: Fleet) -> None:
     results = await race(fleet, DUNES)
     assert results == {(200, None): fits, (429, "quota_country_tpp"): RACERS - fits}
     assert fleet.standin.submissions(DUNES) == 1 + fits
-    assert await held(fleet, "AE", "country:AE") == COUNTRY_CAP_GPUS
+    assert await held(fleet, QUOTA_SLOT, "country:AE") == COUNTRY_CAP_GPUS
     assert_spread(fleet, DUNES, 1 + fits)

@@ -14,7 +14,7 @@ from gateway.adapters.quota import QuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.cli import main
 from gateway.core.codes import Code
-from gateway.core.leases import Counter, CounterKind, Plan
+from gateway.core.leases import QUOTA_SLOT, Counter, CounterKind, Plan
 from gateway.core.policy import RuleId
 from gateway.core.rebuild import rebuild_state
 from gateway.core.tiers import Tier
@@ -126,14 +126,14 @@ def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
 def check_history(state: dict[str, Any]) -> None:
     """The history left the debits it should: a live update, a released cancel, a refund, budget and ops."""
     counters = state["counters"]
-    assert counters["AE/group:falcon-group"] == 3 * 15832  # the update replaced 1 H100; the cancel gave back 2
+    assert counters[f"{QUOTA_SLOT}/group:falcon-group"] == 3 * 15832  # the update replaced 1 H100; a cancel gave 2
     # The update gave the replaced 1-H100 lease back whole: ops count only the new total, never both.
-    assert counters["AE/ops:falcon-ae:llm-a"] == pytest.approx(989e12 * 5400 * 3)
-    assert counters["AE/ops:falcon-ae:*"] == pytest.approx(989e12 * 5400 * 3)
-    assert counters["AE/ops:falcon-sg:llm-b"] == pytest.approx(989e12 * 3600 * 2)  # cumulative: stays after cancel
-    budget = next(k for k in counters if k.startswith("BR/budget:kiwi-br:"))
+    assert counters[f"{QUOTA_SLOT}/ops:falcon-ae:llm-a"] == pytest.approx(989e12 * 5400 * 3)
+    assert counters[f"{QUOTA_SLOT}/ops:falcon-ae:*"] == pytest.approx(989e12 * 5400 * 3)
+    assert counters[f"{QUOTA_SLOT}/ops:falcon-sg:llm-b"] == pytest.approx(989e12 * 3600 * 2)  # stays after cancel
+    budget = next(k for k in counters if k.startswith(f"{QUOTA_SLOT}/budget:kiwi-br:"))
     assert counters[budget] == pytest.approx(4 * 4992)  # the refunded submission gave its budget back
-    assert counters["BR/tenant:kiwi-br"] == 4 * 4992
+    assert counters[f"{QUOTA_SLOT}/tenant:kiwi-br"] == 4 * 4992
     assert state["owners"]["5"] is None and state["owners"]["2"] is not None
     assert state["owned"]["falcon-ae"] == {"2"}
 
@@ -266,6 +266,22 @@ def test_rebuild_state_table(case: str, records: list[dict[str, Any]], held: flo
     assert (values.get("tenant:t", 0.0), values.get("ops:t:x", 0.0)) == (held, ops)
 
 
+def test_leases_recorded_under_country_tags_rebuild_into_the_one_slot() -> None:
+    """Records from when keys were tagged by country rebuild into today's slot, where new reservations look."""
+    records = [
+        lease_record("a", 0, 100, 5, idempotency_key="k1"),
+        {**lease_record("b", 1, 100, 7), "lease": {**lease_record("b", 1, 100, 7)["lease"], "hash_tag": "AE"}},
+        {"kind": "settle", "decision_id": "a", "ts": 2, "upstream": "u", "job_id": "7", "status": 200},
+    ]
+    state = rebuild_state(records, 50.0, idempotency_window_s=1000, ownership_ttl_s=1000)
+    assert state.tags() == [QUOTA_SLOT]
+    assert {(c.hash_tag, c.key): c.value for c in state.counters} == {
+        (QUOTA_SLOT, "tenant:t"): 12.0, (QUOTA_SLOT, "ops:t:x"): 20.0,
+    }  # fmt: skip
+    assert [(i.hash_tag, i.key) for i in state.idempotency] == [(QUOTA_SLOT, "k1")]
+    assert [o.owner.lease.hash_tag for o in state.owners] == [QUOTA_SLOT]
+
+
 async def test_restore_replaces_only_named_keys(redis_server: RedisProcess) -> None:
     """A restore overwrites the counters it names and leaves other keys under and outside the prefix alone."""
     prefix = f"r{time.monotonic_ns()}:"
@@ -278,7 +294,7 @@ async def test_restore_replaces_only_named_keys(redis_server: RedisProcess) -> N
         await client.set("unrelated", "1")
         await store.restore(rebuild_state([lease_record("a", 0, 100, 5)], 50.0, idempotency_window_s=1000,
                                           ownership_ttl_s=1000), 50.0)  # fmt: skip
-        assert await store.counter_value("FR", "tenant:t", 50.0) == 5.0
+        assert await store.counter_value(QUOTA_SLOT, "tenant:t", 50.0) == 5.0  # recorded under "FR": re-homed
         assert await store.counter_value("DE", "tenant:other", 50.0) == 7.0
         assert await client.get("unrelated") == b"1"
         assert await store.owned_jobs("u", "t") == set()

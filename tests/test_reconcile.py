@@ -9,6 +9,7 @@ import pytest
 
 from gateway.config.located import Problem, load_text
 from gateway.config.reconcile import ReconcileSettings, load_reconcile_settings
+from gateway.core.leases import QUOTA_SLOT
 from gateway.http.reconcile import Reconciler
 from tests.harness import E2E_TENANTS, Clock, Stack, call, ledger_records, run_stack, wait_for_record
 from tests.test_e2e_quota import H100, SUBMIT, held, job
@@ -55,7 +56,7 @@ async def test_completed_job_is_released_and_pending_job_held(stack: Stack) -> N
     assert (status, body["code"]) == (429, "quota_tenant_tpp")
     stack.standin.jobs["1"]["job_state"] = "COMPLETED"
     assert await reconciler(stack).run_once() == {"released": 1, "running": 1}
-    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
     record = await wait_for_record(stack, "release", job_id="1")
     assert {k: record[k] for k in ("decision_id", "tenant", "upstream", "released", "whole_job", "reason")} == {
         "decision_id": first, "tenant": "capped-ae", "upstream": "slurm", "released": True, "whole_job": True,
@@ -91,7 +92,7 @@ async def test_unsure_answers_keep_holding(
         stack.standin.status_answers["1"] = answer
     stack.standin.jobs["2"]["job_state"] = "FAILED"
     assert await reconciler(stack).run_once() == {result: 1, "released": 1}
-    assert await held(stack, "AE", "tenant:capped-ae") == H100
+    assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
     assert [r["job_id"] for r in [await wait_for_record(stack, "release", job_id="2")]] == ["2"]
     assert all(r["job_id"] == "2" for r in releases(stack))
 
@@ -116,7 +117,32 @@ async def test_background_task_releases_on_its_own(tmp_path: Path, clock: Clock)
         await submit(stack, "capped-ae")
         stack.standin.jobs["1"]["job_state"] = "TIMEOUT"
         await wait_for_record(stack, "release", job_id="1", reason="reconciled")
-        assert await held(stack, "AE", "tenant:capped-ae") == 0.0
+        assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == 0.0
+
+
+class FlakyClock(Clock):
+    """The test clock, raising while `failures` is above zero: an unforeseen error inside a round."""
+
+    failures = 0
+
+    def __call__(self) -> float:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("clock source unavailable")
+        return super().__call__()
+
+
+async def test_a_failed_round_does_not_end_reconciliation(tmp_path: Path) -> None:
+    """A round that raises something unforeseen is counted as an error, and the next round releases the job."""
+    clock = FlakyClock()
+    async for stack in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS, extra="reconcile: {interval_s: 0.05}"):
+        await submit(stack, "capped-ae")
+        await wait_for_record(stack, "settle", job_id="1")  # the ledger writer is done with the clock
+        clock.failures = 1
+        stack.standin.jobs["1"]["job_state"] = "COMPLETED"
+        await wait_for_record(stack, "release", job_id="1", reason="reconciled")
+        assert clock.failures == 0 and counted(stack, "error") >= 1
+        assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == 0.0
 
 
 async def test_reconciled_release_survives_restart(tmp_path: Path, clock: Clock) -> None:
@@ -129,7 +155,7 @@ async def test_reconciled_release_survives_restart(tmp_path: Path, clock: Clock)
         await wait_for_record(stack, "release", job_id="2")
     async for stack in run_stack(tmp_path, clock=clock):
         assert stack.server.store is not None
-        assert await held(stack, "AE", "tenant:capped-ae") == H100
+        assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
         owner = await stack.server.store.owner_of("slurm", "2")
         assert owner is not None and owner.tenant_id == "capped-ae"
 
@@ -145,14 +171,14 @@ async def test_ray_succeeded_and_vanished_jobs_are_released(tmp_path: Path) -> N
             assert (await call(stack, "POST", "/api/jobs/", "us-two", payload=ray_job(submission_id)))[0] == 200
         stack.standin.ray_jobs["train-1"]["status"] = "SUCCEEDED"
         assert await reconciler(stack).run_once() == {"released": 1, "running": 1}
-        assert await held(stack, "US", "tenant:us-two") == 2 * H100
+        assert await held(stack, QUOTA_SLOT, "tenant:us-two") == 2 * H100
         record = await wait_for_record(stack, "release", job_id="train-1", reason="reconciled")
         assert record["upstream"] == "ray"
         asked = [r for r in stack.standin.requests if r["path"] == "/api/jobs/train-1" and r["method"] == "GET"]
         assert asked[0]["headers"]["Authorization"] == "Bearer gateway-held-slurm-token"
         del stack.standin.ray_jobs["train-2"]
         assert await reconciler(stack).run_once() == {"released": 1}
-        assert await held(stack, "US", "tenant:us-two") == 0.0
+        assert await held(stack, QUOTA_SLOT, "tenant:us-two") == 0.0
 
 
 @pytest.mark.parametrize(

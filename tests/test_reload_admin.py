@@ -106,7 +106,13 @@ async def test_not_ready_without_an_issuer(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as client:
             async with client.get(f"http://127.0.0.1:{settings.admin_port}/readyz") as resp:
                 assert resp.status == 503
-                assert (await resp.json())["parts"] == {"config": True, "keys": False, "ledger": True}
+                assert (await resp.json())["parts"] == {
+                    "config": True,
+                    "keys": False,
+                    "ledger": True,
+                    "quota": True,
+                    "serving": True,
+                }
             async with client.get(f"http://127.0.0.1:{settings.admin_port}/metrics") as resp:
                 assert "exportgate_ready 0.0" in await resp.text()
             async with client.post(f"http://127.0.0.1:{settings.listen_port}/slurm/v0.0.38/job/submit") as resp:

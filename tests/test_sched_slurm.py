@@ -156,6 +156,22 @@ def test_heterogeneous_job(key: str) -> None:
     assert found.lineage == "acme-7b"
 
 
+HET_PURPOSES = [
+    pytest.param(("inference", "inference"), "inference", id="all-declare-the-same"),
+    pytest.param(("inference", None), None, id="one-undeclared"),
+    pytest.param(("inference", "training"), None, id="mixed"),
+]
+
+
+@pytest.mark.parametrize(("purposes", "expected"), HET_PURPOSES)
+def test_heterogeneous_purpose_needs_every_component(purposes: tuple[str | None, ...], expected: str | None) -> None:
+    """A purpose can exempt the whole job, so a heterogeneous job has one only if every component declares it."""
+    components = [
+        job(gpus="h100:8", environment={"PATH": "/bin", **({"EXPORTGATE_PURPOSE": p} if p else {})}) for p in purposes
+    ]
+    assert submit(components, key="jobs").purpose == expected
+
+
 def test_script_optional_v40() -> None:
     """A v0.0.40 body with the script inside the job is read the same way."""
     found = submit(job(gpus="h100:1", script="#!/bin/bash\ntrue"), script=False)

@@ -168,6 +168,23 @@ def _read_limited(path: Path, limit: int) -> bytes:
     return data
 
 
+def read_jwks_file(path: Path) -> KeySet:
+    """A JWKS file's usable keys, read now; raises JwksError. `exportgate check` and the gateway share it."""
+    return parse_jwks(_read_limited(path, MAX_JWKS_BYTES), str(path))
+
+
+def read_hs256_secret(path: Path) -> KeySet:
+    """A shared HS256 secret file as a key set, read now; raises JwksError (too short, unreadable)."""
+    data = _read_limited(path, MAX_SECRET_BYTES)
+    secret = data.removesuffix(b"\n").removesuffix(b"\r")
+    if len(secret) < MIN_HS256_SECRET_BYTES:
+        raise JwksError(f"{path}: HS256 secret shorter than {MIN_HS256_SECRET_BYTES} bytes")
+    k = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
+    jwk = PyJWK({"kty": "oct", "k": k}, algorithm="HS256")
+    digest = hashlib.sha256(b"hs256-secret:" + secret).hexdigest()
+    return KeySet((Key(None, {"HS256": jwk}),), digest)
+
+
 class JwksFile:
     """A JWKS document on disk (a mounted ConfigMap, say)."""
 
@@ -179,8 +196,7 @@ class JwksFile:
         return str(self._path)
 
     async def load(self) -> KeySet:
-        data = await asyncio.to_thread(_read_limited, self._path, MAX_JWKS_BYTES)
-        return parse_jwks(data, self.name)
+        return await asyncio.to_thread(read_jwks_file, self._path)
 
 
 class JwksUrl:
@@ -243,11 +259,4 @@ class Hs256SecretFile:
         return str(self._path)
 
     async def load(self) -> KeySet:
-        data = await asyncio.to_thread(_read_limited, self._path, MAX_SECRET_BYTES)
-        secret = data.removesuffix(b"\n").removesuffix(b"\r")
-        if len(secret) < MIN_HS256_SECRET_BYTES:
-            raise JwksError(f"{self.name}: HS256 secret shorter than {MIN_HS256_SECRET_BYTES} bytes")
-        k = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
-        jwk = PyJWK({"kty": "oct", "k": k}, algorithm="HS256")
-        digest = hashlib.sha256(b"hs256-secret:" + secret).hexdigest()
-        return KeySet((Key(None, {"HS256": jwk}),), digest)
+        return await asyncio.to_thread(read_hs256_secret, self._path)

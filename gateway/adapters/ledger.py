@@ -1,4 +1,10 @@
-"""The ledger writer: one hash chain per instance in rotating segments, group-committed with fsync, never dropping."""
+"""The ledger writer: one hash chain per instance in rotating segments, group-committed with fsync, never dropping.
+
+The writer task is supervised: if it stops for any reason other than close(), every request waiting on it is
+answered LedgerUnavailable at once, the failure is counted and logged, and the task is restarted from the
+chain head on disk, at most MAX_RESTARTS times within RESTART_WINDOW_S; past that it stays stopped, appends
+are refused and the writer reports itself unhealthy (the gateway turns not ready) until the process restarts.
+"""
 
 import asyncio
 import contextlib
@@ -14,9 +20,28 @@ from typing import Any
 
 from gateway.adapters import ledger_files as files
 from gateway.adapters.signing import Signer
-from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, checkpoint_body, checkpoint_payload, line_of, seal
+from gateway.core.ledger import (
+    CHECKPOINT,
+    GENESIS,
+    PRUNE,
+    canonical,
+    checkpoint_body,
+    checkpoint_payload,
+    line_of,
+    seal,
+)
 
 log = logging.getLogger(__name__)
+
+# A writer task that dies keeps failing fast if its cause recurs at once; after this many restarts within the
+# window it stays stopped rather than loop (restart the process once the cause is fixed).
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+# The first restart waits this long, doubling up to RESTART_MAX_DELAY_S.
+RESTART_DELAY_S = 0.05
+RESTART_MAX_DELAY_S = 2.0
+# json.dumps raises these for a body it cannot write (an object, NaN, a cycle, absurd nesting).
+UNENCODABLE = (TypeError, ValueError, RecursionError)
 
 
 class LedgerUnavailable(Exception):
@@ -35,7 +60,8 @@ class _Mark:
     reason: str
 
 
-_Item = tuple[Mapping[str, Any] | _Mark, "asyncio.Future[dict[str, Any]] | None"]
+# (body, the waiting caller's future or None, time.monotonic() when it was queued)
+_Item = tuple[Mapping[str, Any] | _Mark, "asyncio.Future[dict[str, Any]] | None", float]
 
 
 @dataclass(slots=True)
@@ -44,6 +70,7 @@ class _Sealed:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any] | None] = field(default_factory=list)
+    rejected: set[int] = field(default_factory=set)  # batch positions whose body could not be encoded
     seq: int = 0
     head: str = GENESIS
     since: int = 0
@@ -72,6 +99,8 @@ class LedgerWriter:
         anchor_dir: Path | None = None,
         on_checkpoint: Callable[[dict[str, Any]], None] = lambda record: None,
         clock: Callable[[], float] = time.time,
+        stall_after_s: float = 5.0,
+        close_timeout_s: float = 10.0,
     ) -> None:
         self.root = root
         self.instance = instance
@@ -86,6 +115,8 @@ class LedgerWriter:
         self.checkpoint_every_s = checkpoint_every_s
         self.anchor_dir = anchor_dir
         self.clock = clock
+        self.stall_after_s = stall_after_s
+        self.close_timeout_s = close_timeout_s
         self._on_commit = on_commit
         self._on_error = on_error
         self._on_checkpoint = on_checkpoint
@@ -104,9 +135,29 @@ class LedgerWriter:
         self._segment_opened = 0.0
         self._segment_bytes = 0
         self.segment: Path | None = None
-        self.healthy = False
+        self._ok = False  # opened, and the last write (if any) succeeded
         self._closing = False
         self._broken = False
+        self._dead = False  # stopped for good after too many restarts
+        self._inflight: list[_Item] = []  # the batch being committed
+        self._crashes: list[float] = []  # time.monotonic() of recent task deaths
+        self._last_crash: str | None = None
+        self._failing: str | None = None  # the write error last logged, until a write succeeds again
+
+    @property
+    def running(self) -> bool:
+        """Whether the writer task is alive (False before open, after close, and once stopped for good)."""
+        return self._task is not None and not self._task.done() and not self._dead
+
+    @property
+    def healthy(self) -> bool:
+        """Running, the last write succeeded, and no record has waited longer than `stall_after_s`."""
+        return self._ok and self.running and self.oldest_pending_s() < self.stall_after_s
+
+    def oldest_pending_s(self) -> float:
+        """How long the oldest record not yet durable has been waiting (0 when none is)."""
+        queued = [items[0][2] for items in (self._inflight, self._pending) if items]
+        return max(0.0, time.monotonic() - min(queued)) if queued else 0.0
 
     @property
     def head(self) -> tuple[int, str]:
@@ -131,12 +182,12 @@ class LedgerWriter:
         finally:
             if not opened:
                 self._release()
-        self.healthy = True
-        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+        self._ok = True
+        self._start()
         if repair is not None:
             await self.append(repair, wait=True)
         if self.signer is not None and self._since_cp:
-            self._pending.append((_Mark("open"), None))  # sign what the last run (or a crash) left unsigned
+            self._pending.append((_Mark("open"), None, time.monotonic()))  # sign what the last run left unsigned
             self._wake.set()
 
     def _open_sync(self) -> dict[str, Any] | None:
@@ -179,14 +230,96 @@ class LedgerWriter:
         """Queue a record; with `wait`, return it sealed once its batch is on disk."""
         if self._task is None or self._closing:
             raise LedgerUnavailable("ledger is not open")
+        if not self.running:
+            raise LedgerUnavailable("the ledger writer has stopped")
         if len(self._pending) >= self.queue_limit:
             raise LedgerUnavailable("ledger queue is full")
         future: asyncio.Future[dict[str, Any]] | None = None
         if wait:
             future = asyncio.get_running_loop().create_future()
-        self._pending.append((body, future))
+        else:
+            # Its caller acts before the batch commits (a read is forwarded at once): a record the writer
+            # could not encode would be dropped after the fact, so it is refused now instead.
+            try:
+                canonical(body)
+            except UNENCODABLE as exc:
+                raise self._unencodable(body, exc) from None
+        self._pending.append((body, future, time.monotonic()))
         self._wake.set()
         return None if future is None else await future
+
+    def _unencodable(self, body: Mapping[str, Any], exc: BaseException) -> LedgerUnavailable:
+        """Count and log (once per record) a body that cannot be written; the error its caller gets."""
+        self._on_error()
+        log.error(
+            "ledger: a %.32r record of decision %.40r cannot be encoded and is refused: %s: %.200s",
+            body.get("kind"), body.get("decision_id"), type(exc).__name__, exc,
+        )  # fmt: skip
+        return LedgerUnavailable(f"the record cannot be encoded ({type(exc).__name__})")
+
+    # -- supervision ----------------------------------------------------------------------
+
+    def _start(self, delay: float = 0.0) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._supervised(delay), name="ledger-writer")
+        self._task.add_done_callback(self._stopped)
+
+    async def _supervised(self, delay: float) -> None:
+        if delay:  # a restart: the crash may have come between a write and its bookkeeping
+            await asyncio.sleep(delay)
+            await asyncio.to_thread(self._resync)
+            self._ok = not self._broken
+            log.warning("ledger: writer restarted at seq %d", self._seq)
+        await self._run()
+
+    def _resync(self) -> None:
+        """Take the chain head from disk, the truth, so that a restarted writer never reuses a seq."""
+        seq, head, kind = files.head_from_disk(self.dir, files.segments(self.dir))
+        if (seq, head) != (self._seq, self._head):
+            log.error("ledger: the chain on disk ends at seq %d, the writer was at seq %d; continuing from disk",
+                      seq, self._seq)  # fmt: skip
+            self._seq, self._head = seq, head
+            self._since_cp = 0 if kind in (CHECKPOINT, PRUNE) else max(1, self._since_cp)
+        self._segment_bytes = os.fstat(self._fd).st_size
+
+    def _stopped(self, task: "asyncio.Task[None]") -> None:
+        """Done callback of the writer task: unless close() ended it, a crash to answer, count and restart."""
+        cause = None if task.cancelled() else task.exception()
+        if self._closing and cause is None:
+            self._fail_waiting(LedgerUnavailable("the ledger closed before this record was written"))
+            return
+        self._ok = False
+        self._on_error()
+        what = "cancelled" if task.cancelled() else repr(cause) if cause is not None else "returned"
+        waiting = sum(1 for _, fut, _ in (*self._inflight, *self._pending) if fut is not None)
+        if what != self._last_crash:  # the same cause again gets one line, not another traceback
+            log.error("ledger: the writer task stopped unexpectedly (%s); refusing %d waiting requests",
+                      what, waiting, exc_info=cause)  # fmt: skip
+            self._last_crash = what
+        else:
+            log.error("ledger: the writer task stopped again (%s); refusing %d waiting requests", what, waiting)
+        self._fail_waiting(LedgerUnavailable("the ledger writer stopped"))
+        if self._closing:
+            return
+        now = time.monotonic()
+        self._crashes = [t for t in self._crashes if now - t < RESTART_WINDOW_S] + [now]
+        if len(self._crashes) > MAX_RESTARTS:
+            self._dead = True
+            log.critical(
+                "ledger: the writer stopped %d times within %.0f s and stays stopped: every record is refused "
+                "and the gateway is not ready until it restarts; %d records nobody waited for are not written",
+                len(self._crashes), RESTART_WINDOW_S, len(self._pending),
+            )  # fmt: skip
+            return
+        self._start(min(RESTART_DELAY_S * 2 ** (len(self._crashes) - 1), RESTART_MAX_DELAY_S))
+
+    def _fail_waiting(self, error: LedgerUnavailable) -> None:
+        """Answer every waiting caller with `error`; records nobody waits for stay queued, in order."""
+        kept = [item for item in (*self._inflight, *self._pending) if item[1] is None]
+        for _, fut, _ in (*self._inflight, *self._pending):
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+        self._inflight = []
+        self._pending = deque(kept)
 
     def _idle_timeout(self) -> float | None:
         """Seconds until an interval checkpoint is due for records already written, or None."""
@@ -204,14 +337,14 @@ class LedgerWriter:
                 await asyncio.sleep(self.batch_window_s)
             due = self._idle_timeout()
             if not self._pending and due is not None and due <= 0.001:
-                self._pending.append((_Mark("interval"), None))
+                self._pending.append((_Mark("interval"), None, time.monotonic()))
             while self._pending:
                 if not await self._commit_batch() and self._closing:
                     log.error("ledger: closing with %d records that could not be written", len(self._pending))
                     return
             if self._closing:
                 if self.signer is not None and self._since_cp:
-                    self._pending.append((_Mark("close"), None))
+                    self._pending.append((_Mark("close"), None, time.monotonic()))
                     await self._commit_batch()
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(self._write_manifest, self._manifest())
@@ -240,12 +373,20 @@ class LedgerWriter:
                 add(out.checkpoint)
                 out.since, out.cp_time = 0, now
 
-        for body, _ in batch:
+        for position, (body, future, _) in enumerate(batch):
             if isinstance(body, _Mark):
                 checkpoint(body.reason)
                 out.results.append(None)
                 continue
-            record = seal(body, instance=self.instance, seq=out.seq + 1, prev_hash=out.head)
+            try:
+                record = seal(body, instance=self.instance, seq=out.seq + 1, prev_hash=out.head)
+            except UNENCODABLE as exc:  # this body's fault, not the writer's: refuse it alone
+                out.rejected.add(position)
+                out.results.append(None)
+                error = self._unencodable(body, exc)
+                if future is not None and not future.done():
+                    future.set_exception(error)
+                continue
             add(record)
             out.results.append(record)
             out.since += 1
@@ -258,8 +399,10 @@ class LedgerWriter:
     async def _commit_batch(self) -> bool:
         """Write and fsync one batch (rotating first if due); False if it failed (access records stay queued)."""
         batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+        self._inflight = batch  # if the task dies from here on, the supervisor answers these callers
         now = self.clock()
         started = time.perf_counter()
+        sealed: _Sealed | None = None
         try:
             if self._broken:
                 raise OSError(errno.EIO, "a failed write could not be rolled back; restart to recover the chain")
@@ -270,25 +413,33 @@ class LedgerWriter:
             if data:
                 await asyncio.to_thread(self._write, data)
         except OSError as exc:
-            await self._failed(exc, batch)
+            self._inflight = []
+            rejected = sealed.rejected if sealed is not None else set()
+            await self._failed(exc, [item for i, item in enumerate(batch) if i not in rejected])
             return False
+        self._inflight = []
         self._apply(sealed, len(data))
-        self.healthy = True
-        if sealed.records:
-            self._on_commit(len(sealed.records), time.perf_counter() - started)
-        for record, (_, fut) in zip(sealed.results, batch, strict=True):
+        self._ok = True
+        if self._failing is not None:
+            log.warning("ledger: writes succeed again")
+            self._failing = None
+        for record, (_, fut, _) in zip(sealed.results, batch, strict=True):
             if fut is not None and not fut.done() and record is not None:
                 fut.set_result(record)
+        if sealed.records:
+            self._on_commit(len(sealed.records), time.perf_counter() - started)
         if sealed.checkpoint is not None:
             await self._publish(sealed.checkpoint)
         return True
 
     async def _failed(self, exc: OSError, batch: list[_Item]) -> None:
-        log.error("ledger: write failed: %s", exc)
-        self.healthy = False
+        if str(exc) != self._failing:  # retries of kept records fail the same way: log the cause once
+            log.error("ledger: write failed: %s", exc)
+            self._failing = str(exc)
+        self._ok = False
         self._on_error()
-        kept: list[_Item] = [(body, None) for body, fut in batch if fut is None and not isinstance(body, _Mark)]
-        for _, fut in batch:
+        kept = [(body, None, queued) for body, fut, queued in batch if fut is None and not isinstance(body, _Mark)]
+        for _, fut, _ in batch:
             if fut is not None and not fut.done():
                 fut.set_exception(LedgerUnavailable(f"ledger write failed: {exc.strerror}"))
         self._pending.extendleft(reversed(kept))  # access records are kept, never dropped
@@ -394,12 +545,20 @@ class LedgerWriter:
         self._on_checkpoint(checkpoint)
 
     async def close(self) -> None:
-        """Commit what is queued, sign it with a last checkpoint, then close the segment."""
+        """Commit what is queued, sign it with a last checkpoint, then close the segment (within `close_timeout_s`)."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            done, _ = await asyncio.wait({task}, timeout=self.close_timeout_s)
+            if not done:  # a write blocked in the kernel (a hung disk) must not hold the shutdown forever
+                log.error(
+                    "ledger: the writer did not finish within %.0f s; closing without it, %d records not written",
+                    self.close_timeout_s, len(self._inflight) + len(self._pending),
+                )  # fmt: skip
+                task.cancel()
+                self._fail_waiting(LedgerUnavailable("the ledger closed before this record was written"))
+                return  # the segment stays open: the blocked write may still land; the process is ending
         self._release()
 
     def _release(self) -> None:

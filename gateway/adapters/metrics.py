@@ -13,7 +13,7 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "exportgate_requests_total",
-            "Requests received by the proxy listener.",
+            "Proxied requests; status_class 2xx to 5xx, or client_closed when the client left before its answer.",
             ["route_kind", "status_class"],
             registry=r,
         )
@@ -45,7 +45,17 @@ class Metrics:
             registry=r,
         )
         self.ledger_errors = Counter(
-            "exportgate_ledger_errors_total", "Ledger batches that failed to commit.", registry=r
+            "exportgate_ledger_errors_total",
+            "Ledger batches that failed to commit, records that could not be encoded, and writer task crashes.",
+            registry=r,
+        )
+        self.ledger_writer_up = Gauge(
+            "exportgate_ledger_writer_up", "1 while the ledger writer task runs; computed at each scrape.", registry=r
+        )
+        self.ledger_oldest_pending = Gauge(
+            "exportgate_ledger_oldest_pending_seconds",
+            "How long the oldest ledger record not yet durable has waited (0 when none is); computed at each scrape.",
+            registry=r,
         )
         self.ledger_head = Info(
             "exportgate_ledger_head",
@@ -84,4 +94,19 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.ready = Gauge("exportgate_ready", "1 when config, keys and ledger are loaded.", registry=r)
+        self.ready = Gauge(
+            "exportgate_ready", "1 when config, keys, ledger (and the quota store, if required) are ready.", registry=r
+        )
+        self.ready_part = Gauge(
+            "exportgate_ready_part", "1 for each readiness part that is ready, 0 for one that is not.", ["part"],
+            registry=r,
+        )  # fmt: skip
+        self.connections_open = Gauge(
+            "exportgate_connections_open", "Client connections open on the proxy listener.", registry=r
+        )
+        self.connections_refused = Counter(
+            "exportgate_connections_refused_total",
+            "Client connections closed by a limit: max_connections, head_timeout or body_timeout.",
+            ["reason"],
+            registry=r,
+        )

@@ -6,9 +6,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.config.located import ConfigError
+from gateway.config.located import ConfigError, Problem
 from gateway.config.pack import load_pack
 from gateway.config.registry import load_registry
+from gateway.core.tenants import Registry
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,15 @@ def _fingerprint(pack_dir: Path, registry_file: Path) -> tuple[tuple[str, int, i
     return tuple(out)
 
 
+def _load_registry(path: Path) -> Registry:
+    """The registry, logging each tenant whose requests will fail closed (a country not recorded)."""
+    warnings: list[Problem] = []
+    registry = load_registry(path, warnings)
+    for warning in warnings:
+        log.warning("registry: %s", warning)
+    return registry
+
+
 class PolicyFiles:
     """Holds the current (pack, registry); `reload()` swaps both or neither."""
 
@@ -32,7 +42,7 @@ class PolicyFiles:
         self.pack_dir = pack_dir
         self.registry_file = registry_file
         self._on_reload = on_reload
-        self.pack, self.registry = load_pack(pack_dir), load_registry(registry_file)
+        self.pack, self.registry = load_pack(pack_dir), _load_registry(registry_file)
         self._seen = _fingerprint(pack_dir, registry_file)
         self._task: asyncio.Task[None] | None = None
 
@@ -40,10 +50,10 @@ class PolicyFiles:
         """Load both files again; on any problem log it, count it and keep the last good pair."""
         self._seen = _fingerprint(self.pack_dir, self.registry_file)
         try:
-            pack, registry = load_pack(self.pack_dir), load_registry(self.registry_file)
-        except ConfigError as exc:
+            pack, registry = load_pack(self.pack_dir), _load_registry(self.registry_file)
+        except ConfigError as exc:  # the last good pair keeps serving: a warning, not a failure
             for problem in exc.problems:
-                log.error("reload refused: %s", problem)
+                log.warning("reload refused, keeping the last good pack and registry: %s", problem)
             self._on_reload("error")
             return False
         self.pack, self.registry = pack, registry

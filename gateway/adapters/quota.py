@@ -91,6 +91,10 @@ class QuotaStore(Protocol):
         """
         ...
 
+    async def ping(self) -> None:
+        """Raise BackendUnavailable unless the store answers now (readiness probes ask this)."""
+        ...
+
     async def close(self) -> None:
         """Release connections; the store is not used afterwards."""
         ...

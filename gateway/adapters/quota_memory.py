@@ -142,6 +142,10 @@ class MemoryQuotaStore:
             else:
                 self._owned.pop((owned.upstream, owned.tenant_id), None)
 
+    async def ping(self) -> None:
+        """Memory is always there."""
+        return None
+
     async def close(self) -> None:
         return None
 

@@ -1,4 +1,4 @@
-"""RedisQuotaStore: one Lua script per reservation, on Redis or Redis Cluster, keys tagged by country."""
+"""RedisQuotaStore: one Lua script per reservation, on Redis or Redis Cluster, keys hash-tagged by slot."""
 
 import asyncio
 import json
@@ -40,8 +40,18 @@ def _script(name: str) -> str:
     return (resources.files("gateway.adapters") / "lua" / name).read_text(encoding="utf-8")
 
 
+# Keys and members are whatever strings the gateway was given (a job id a scheduler returned may hold a lone
+# surrogate): they are stored byte for byte like the in-memory store keeps them, never refused by the encoder.
+ENCODING_ERRORS = "surrogatepass"
+
+
 def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return raw.decode("utf-8", ENCODING_ERRORS) if isinstance(raw, bytes) else str(raw)
+
+
+def _quoted(part: str) -> str:
+    """One key part percent-encoded whole (no ':' or '{' survives), any string included."""
+    return quote(part, safe="", errors=ENCODING_ERRORS)
 
 
 def _num(value: float) -> str:
@@ -56,9 +66,10 @@ def _opt(value: float | None) -> str:
 class RedisQuotaStore:
     """Counters, leases and idempotency records in Redis; all of a reservation in one script.
 
-    Every key of a tenant and of the country aggregate it draws on is `<prefix>{<country>}:...`,
-    so each script touches one Cluster slot. Ownership records are keyed by (upstream, job id)
-    and by (upstream, tenant) instead, outside that slot, because lookups know only those.
+    Every key of a reservation is `<prefix>{<plan.hash_tag>}:...` (core plans use one tag for
+    all quota keys, `QUOTA_SLOT`), so each script touches one Cluster slot. Ownership records
+    are keyed by (upstream, job id) and by (upstream, tenant) instead, outside that slot,
+    because lookups know only those.
     The client must use `decode_responses=False` (stored bodies are bytes).
     """
 
@@ -112,6 +123,7 @@ class RedisQuotaStore:
                 socket_connect_timeout=timeout_s,
                 retry=Retry(NoBackoff(), 0),
                 decode_responses=False,
+                encoding_errors=ENCODING_ERRORS,
                 max_connections=max_connections,
             )
         else:
@@ -122,6 +134,7 @@ class RedisQuotaStore:
                 retry=Retry(NoBackoff(), 0),
                 retry_on_timeout=False,
                 decode_responses=False,
+                encoding_errors=ENCODING_ERRORS,
             )
         # Worst case: connect, NOSCRIPT, SCRIPT LOAD, EVALSHA.
         deadline = 4 * timeout_s
@@ -148,14 +161,14 @@ class RedisQuotaStore:
         return [self._key(tag, f"v:{key}"), self._key(tag, f"z:{key}"), self._key(tag, f"a:{key}")]
 
     def _idem_key(self, tag: str, tenant_id: str, idempotency_key: str | None) -> str:
-        suffix = "-" if idempotency_key is None else quote(idempotency_key, safe="")
-        return self._key(tag, f"idem:{quote(tenant_id, safe='')}:{suffix}")
+        suffix = "-" if idempotency_key is None else _quoted(idempotency_key)
+        return self._key(tag, f"idem:{_quoted(tenant_id)}:{suffix}")
 
     def _owner_key(self, upstream: str, job_id: str) -> str:
-        return f"{self._prefix}own:{quote(upstream, safe='')}:{quote(job_id, safe='')}"
+        return f"{self._prefix}own:{_quoted(upstream)}:{_quoted(job_id)}"
 
     def _owned_key(self, upstream: str, tenant_id: str) -> str:
-        return f"{self._prefix}owned:{quote(upstream, safe='')}:{quote(tenant_id, safe='')}"
+        return f"{self._prefix}owned:{_quoted(upstream)}:{_quoted(tenant_id)}"
 
     async def reserve(self, plan: Plan, now: float) -> ReserveResult:
         tag = plan.hash_tag
@@ -172,9 +185,8 @@ class RedisQuotaStore:
         for c in plan.counters:
             keys.extend(self._counter_keys(tag, c.key))
             reach, enforced = "1" if c.reach_refuses else "0", "1" if c.enforced else "0"
-            args.extend(
-                [c.key, c.kind.value, _num(c.amount), _opt(c.cap), _num(c.base), reach, enforced, c.share.value]
-            )
+            args.extend([c.key, c.kind.value, _num(c.amount), _opt(c.cap), _num(c.base), reach, enforced])
+            args.extend([c.share.value, _num(c.chip_max), _num(c.chip_min)])
         replaced = plan.replaces
         if replaced is not None and replaced.hash_tag == tag:  # another slot's lease earns no credit
             keys.append(self._key(tag, f"lease:{replaced.lease_id}"))
@@ -320,6 +332,11 @@ class RedisQuotaStore:
                 ops.add("hset", key, field_name, raw)
             ops.add("expire", key, _ttl(idem.expires - now))
         return ops
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable unless the store answers within its deadline (for readiness)."""
+        async with self._io():
+            await self._client.ping()
 
     async def close(self) -> None:
         await self._client.aclose()

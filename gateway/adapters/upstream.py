@@ -23,15 +23,20 @@ def read_static(name: str, source: HeaderSource, env: Mapping[str, str]) -> str 
     """Secrets from a file or the environment, read once at start (never logged)."""
     if source.file is not None:
         try:
-            return source.prefix + source.file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise CredentialError(f"header {name}: cannot read {source.file}: {exc.strerror}") from exc
-    if source.env is not None:
-        value = env.get(source.env)
-        if value is None:
+            value = source.file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise CredentialError(f"header {name}: cannot read {source.file}: {reason}") from exc
+    elif source.env is not None:
+        got = env.get(source.env)
+        if got is None:
             raise CredentialError(f"header {name}: environment variable {source.env} is not set")
-        return source.prefix + value
-    return None
+        value = got
+    else:
+        return None
+    if "\n" in value or "\r" in value:  # aiohttp would refuse it on every request
+        raise CredentialError(f"header {name}: the value holds a line break")
+    return source.prefix + value
 
 
 def read_key(name: str, path: Path) -> bytes:

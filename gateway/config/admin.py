@@ -33,7 +33,7 @@ def load_admin_tokens(path: Path) -> tuple[AdminToken, ...]:
     node = fields.child("tokens")
     out: list[AdminToken] = []
     if node is None or not isinstance(node.raw, list):
-        problems.append(root.problem("tokens: required list"))
+        fields.problem("tokens", "required list")
     else:
         for item in node.elements():
             entry = Fields(item, problems, ("name", "role", "sha256"))
@@ -41,7 +41,7 @@ def load_admin_tokens(path: Path) -> tuple[AdminToken, ...]:
             role = entry.choice("role", [r.value for r in Role], "read", required=True)
             digest: str = entry.text("sha256", "", required=True)
             if digest and not _HEX64.match(digest):
-                problems.append(item.problem("sha256: must be 64 lower-case hex digits (the token's SHA-256)"))
+                entry.problem("sha256", "must be 64 lower-case hex digits (the token's SHA-256)")
             out.append(AdminToken(name, Role(role), digest))
     if problems:
         raise ConfigError(problems)

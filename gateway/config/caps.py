@@ -6,7 +6,7 @@ from pathlib import Path
 from gateway.config.fields import Fields
 from gateway.config.located import ConfigError, Node, Problem, load_file
 from gateway.core.caps import CapSettings, LppCount, VeuStep
-from gateway.core.iso import ISO_3166_ALPHA2
+from gateway.core.iso import country_problem
 
 _TOP_KEYS = ("leases", "tier1", "lpp", "country_allocation", "national_veu", "universal_veu", "training")
 _TRAINING_KEYS = ("threshold_ops", "per_tenant_total", "exempt_lineages", "exempt_purposes")
@@ -95,8 +95,9 @@ def _overrides(node: Node | None, problems: list[Problem]) -> dict[str, float]:
     out: dict[str, float] = {}
     fields = Fields(node, problems, [k for k, _ in node.items()])
     for code, child in node.items():
-        if code not in ISO_3166_ALPHA2:
-            problems.append(child.problem(f"{code!r} is not an ISO 3166-1 code"))
+        problem = country_problem(code)
+        if problem is not None:
+            problems.append(child.problem(problem))
             continue
         value = _amount(fields, code, problems, required=True)
         if value is not None:

@@ -4,7 +4,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from gateway.config.located import Node, Problem
+from gateway.config.located import Node, Problem, Where
 
 T = TypeVar("T")
 _MISSING = object()
@@ -32,9 +32,16 @@ class Fields:
         assert isinstance(raw, dict)
         return raw.get(key)
 
+    def where(self, key: str) -> Where:
+        """Where field `key` is: its own line, or this mapping's line when the key is absent."""
+        return field_where(self.node, key)
+
+    def problem(self, key: str, message: str) -> None:
+        """Report a problem with field `key`, located at the field itself."""
+        self.problems.append(self.where(key).problem(message))
+
     def missing(self, key: str) -> None:
-        path = f"{self.node.path}.{key}" if self.node.path else key
-        self.problems.append(Problem(self.node.file, self.node.line, path, "required"))
+        self.problem(key, "required")
 
     def _get(self, key: str, required: bool, convert: Callable[[Node], T], default: Any) -> Any:
         child = self.child(key)
@@ -76,6 +83,14 @@ class Fields:
             return value
 
         return self._get(key, required, convert, default)
+
+
+def field_where(node: Node, key: str) -> Where:
+    """Where field `key` of a mapping node is: its own line, or the mapping's line when it is absent."""
+    child: Node | None = node.raw.get(key) if isinstance(node.raw, dict) else None
+    if child is not None:
+        return child.where()
+    return Where(node.file, node.line, f"{node.path}.{key}" if node.path else key)
 
 
 def as_str(node: Node) -> str:

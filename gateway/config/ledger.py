@@ -20,6 +20,7 @@ class LedgerSettings:
     checkpoint_every_s: float = 60.0
     signing_key_file: Path | None = None
     anchor_dir: Path | None = None
+    stall_after_s: float = 5.0
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:
@@ -40,6 +41,7 @@ LEDGER_KEYS = (
     "checkpoint_every_s",
     "signing_key_file",
     "anchor_dir",
+    "stall_after_s",
 )
 
 
@@ -56,6 +58,7 @@ def load_ledger_settings(node: Node, base: Path, env: Mapping[str, str], problem
             ("segment_max_age_s", 86_400.0),
             ("checkpoint_every_records", 1000),
             ("checkpoint_every_s", 60.0),
+            ("stall_after_s", 5.0),
         )
     }
     for key, value in positive.items():
@@ -86,4 +89,5 @@ def load_ledger_settings(node: Node, base: Path, env: Mapping[str, str], problem
         positive["checkpoint_every_s"],
         key_file,
         anchor_dir,
+        positive["stall_after_s"],
     )

@@ -18,7 +18,25 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        if not self.file:  # a value from the environment: `field` names the variable
+            return f"{self.field}: {self.message}"
         return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Where a configured value came from: a file's line and field, or (file "") an environment variable."""
+
+    file: str
+    line: int
+    field: str
+
+    @classmethod
+    def env(cls, name: str) -> "Where":
+        return cls("", 0, name)
+
+    def problem(self, message: str) -> Problem:
+        return Problem(self.file, self.line, self.field, message)
 
 
 class ConfigError(Exception):
@@ -49,7 +67,17 @@ class Node:
         return self.raw
 
     def problem(self, message: str) -> Problem:
-        return Problem(self.file, self.line, self.path or "(top)", message)
+        return self.where().problem(message)
+
+    def where(self) -> Where:
+        return Where(self.file, self.line, self.path or "(top)")
+
+    def walk(self) -> Iterator["Node"]:
+        """This node and every node below it."""
+        yield self
+        children = self.raw.values() if isinstance(self.raw, dict) else self.raw if isinstance(self.raw, list) else ()
+        for child in children:
+            yield from child.walk()
 
     def items(self) -> Iterator[tuple[str, "Node"]]:
         assert isinstance(self.raw, dict)

@@ -8,7 +8,7 @@ from gateway.config.caps import load_caps
 from gateway.config.fields import Fields, as_str
 from gateway.config.gpus import load_gpus
 from gateway.config.located import ConfigError, Node, Problem, load_file
-from gateway.core.iso import ISO_3166_ALPHA2
+from gateway.core.iso import country_problem
 from gateway.core.policy import KycSettings, Pack, ReadAccess, Rule, RuleId
 from gateway.core.tiers import Membership, TierTable
 
@@ -27,8 +27,9 @@ def _country(node: Node, problems: list[Problem]) -> str | None:
     except ValueError as exc:
         problems.append(node.problem(f'{exc} (quote codes such as "NO")'))
         return None
-    if code not in ISO_3166_ALPHA2:
-        problems.append(node.problem(f"{code!r} is not an ISO 3166-1 code"))
+    problem = country_problem(code)
+    if problem is not None:
+        problems.append(node.problem(problem))
         return None
     return code
 
@@ -68,8 +69,9 @@ def _tiers(path: Path, problems: list[Problem]) -> TierTable:
     alias_node = fields.child("aliases")
     if alias_node is not None and isinstance(alias_node.raw, dict):
         for key, value in alias_node.items():
-            if key not in ISO_3166_ALPHA2:
-                problems.append(value.problem(f"{key!r} is not an ISO 3166-1 code"))
+            key_problem = country_problem(key)
+            if key_problem is not None:
+                problems.append(value.problem(key_problem))
             target = _country(value, problems)
             if target:
                 aliases[key] = target

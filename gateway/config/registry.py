@@ -3,8 +3,9 @@
 import hashlib
 from pathlib import Path
 
-from gateway.config.fields import Fields, as_number, as_str
+from gateway.config.fields import Fields, as_number, as_str, field_where
 from gateway.config.located import ConfigError, Node, Problem, load_file
+from gateway.core.iso import country_problem
 from gateway.core.tenants import (
     Budget,
     BudgetPeriod,
@@ -52,18 +53,19 @@ def _identities(node: Node | None, problems: list[Problem]) -> tuple[Identity, .
     return tuple(out)
 
 
-def _kyc(node: Node | None, problems: list[Problem], where: Node) -> Kyc:
+def _kyc(tenant: Fields) -> Kyc:
+    node, problems = tenant.child("kyc"), tenant.problems
     if node is None:
-        problems.append(where.problem("kyc: required"))
+        tenant.missing("kyc")
         return Kyc(KycStatus.PENDING)
     fields = Fields(node, problems, ("status", "verified_at", "expires_at"))
     status = fields.choice("status", [s.value for s in KycStatus], "pending", required=True)
     verified_at = fields.day("verified_at")
     expires_at = fields.day("expires_at")
     if status == "verified" and verified_at is None:
-        problems.append(node.problem("verified_at: required when status is verified"))
+        fields.problem("verified_at", "required when status is verified")
     if verified_at and expires_at and expires_at <= verified_at:
-        problems.append(node.problem("expires_at: must be after verified_at"))
+        fields.problem("expires_at", "must be after verified_at")
     return Kyc(KycStatus(status), verified_at, expires_at)
 
 
@@ -83,10 +85,10 @@ def _licences(node: Node | None, problems: list[Problem]) -> tuple[Licence, ...]
                 scopes.add(LicenceScope(lift))
             except ValueError:
                 known = ", ".join(s.value for s in LicenceScope)
-                problems.append(item.problem(f"lifts: {lift!r} is not one of {known}"))
+                fields.problem("lifts", f"{lift!r} is not one of {known}")
         tpp = fields.number("tpp")
         if tpp is not None and tpp <= 0:
-            problems.append(item.problem("tpp: must be positive"))
+            fields.problem("tpp", "must be positive")
         out.append(
             Licence(
                 fields.text("id", "", required=True),
@@ -107,7 +109,7 @@ def _budget(node: Node | None, problems: list[Problem]) -> Budget | None:
     period = fields.choice("period", [p.value for p in BudgetPeriod], "month", required=True)
     hours = fields.number("tpp_hours", 0.0, required=True)
     if hours <= 0:
-        problems.append(node.problem("tpp_hours: must be positive"))
+        fields.problem("tpp_hours", "must be positive")
     return Budget(BudgetPeriod(period), hours)
 
 
@@ -145,30 +147,46 @@ def _ops_map(node: Node | None, problems: list[Problem]) -> dict[str, float]:
     return out
 
 
-def _country(fields: Fields, key: str) -> str | None:
-    """Countries are kept as written; an unknown code fails closed at decision time."""
-    value: str | None = fields.text(key)
-    return value
+def _country(fields: Fields, key: str, tenant_id: str, warnings: list[Problem]) -> str | None:
+    """An assigned ISO 3166-1 alpha-2 code; anything else is a problem. A country not yet
+    recorded (absent or null) is only a warning: the tenant's requests fail closed."""
+    child = fields.child(key)
+    if child is None or child.raw is None:
+        if fields.ok:
+            warnings.append(
+                fields.where(key).problem(
+                    f"missing: tenant {tenant_id!r} is refused tenant_country_unknown until it is recorded"
+                )
+            )
+        return None
+    if not isinstance(child.raw, str):
+        fields.problem(key, f'must be a string, not {type(child.raw).__name__} (quote codes such as "NO")')
+        return None
+    problem = country_problem(child.raw)
+    if problem is not None:
+        fields.problem(key, problem)
+        return None
+    return child.raw
 
 
-def _tenant(node: Node, problems: list[Problem]) -> Tenant | None:
+def _tenant(node: Node, problems: list[Problem], warnings: list[Problem]) -> Tenant | None:
     fields = Fields(node, problems, TENANT_KEYS)
     if not fields.ok:
         return None
     tenant_id: str = fields.text("id", "", required=True)
     if tenant_id and not all(c.isalnum() or c in "-_." for c in tenant_id):
-        problems.append(node.problem(f"id: {tenant_id!r} may use only letters, digits, '-', '_', '.'"))
+        fields.problem("id", f"{tenant_id!r} may use only letters, digits, '-', '_', '.'")
     tpp_cap = fields.number("tpp_cap")
     if tpp_cap is not None and tpp_cap < 0:
-        problems.append(node.problem("tpp_cap: must not be negative"))
+        fields.problem("tpp_cap", "must not be negative")
     return Tenant(
         id=tenant_id,
         display_name=fields.text("display_name", tenant_id),
         identities=_identities(fields.child("identities"), problems),
-        location=_country(fields, "location"),
-        headquarters=_country(fields, "headquarters"),
-        parent_headquarters=_country(fields, "parent_headquarters"),
-        kyc=_kyc(fields.child("kyc"), problems, node),
+        location=_country(fields, "location", tenant_id, warnings),
+        headquarters=_country(fields, "headquarters", tenant_id, warnings),
+        parent_headquarters=_country(fields, "parent_headquarters", tenant_id, warnings),
+        kyc=_kyc(fields),
         parent_entity=fields.text("parent_entity"),
         veu=Veu(fields.choice("veu", [v.value for v in Veu], "none")),
         licences=_licences(fields.child("licences"), problems),
@@ -179,30 +197,31 @@ def _tenant(node: Node, problems: list[Problem]) -> Tenant | None:
     )
 
 
-def parse_registry(root: Node) -> Registry:
-    """Validate a parsed registry document; duplicate ids or identities are problems."""
+def parse_registry(root: Node, warnings: list[Problem] | None = None) -> Registry:
+    """Validate a parsed registry document; duplicate ids or identities and non-ISO countries are
+    problems. Tenants whose countries are not yet recorded are added to `warnings`."""
     problems: list[Problem] = []
+    warnings = [] if warnings is None else warnings
     fields = Fields(root, problems, ("tenants",))
     tenants_node = fields.child("tenants")
     tenants: list[Tenant] = []
     if tenants_node is None or not isinstance(tenants_node.raw, list):
-        problems.append(root.problem("tenants: required list"))
+        fields.problem("tenants", "required list")
     else:
         seen_ids: set[str] = set()
         seen_identities: dict[Identity, str] = {}
         for item in tenants_node.elements():
-            tenant = _tenant(item, problems)
+            tenant = _tenant(item, problems, warnings)
             if tenant is None:
                 continue
             if tenant.id in seen_ids:
-                problems.append(item.problem(f"id: duplicate tenant id {tenant.id!r}"))
+                problems.append(field_where(item, "id").problem(f"duplicate tenant id {tenant.id!r}"))
             seen_ids.add(tenant.id)
             for identity in tenant.identities:
                 other = seen_identities.get(identity)
                 if other is not None:
-                    problems.append(
-                        item.problem(f"identities: ({identity.issuer}, {identity.subject}) already maps to {other!r}")
-                    )
+                    message = f"({identity.issuer}, {identity.subject}) already maps to {other!r}"
+                    problems.append(field_where(item, "identities").problem(message))
                 seen_identities[identity] = tenant.id
             tenants.append(tenant)
     if problems:
@@ -210,8 +229,8 @@ def parse_registry(root: Node) -> Registry:
     return build_registry(tenants)
 
 
-def load_registry(path: Path) -> Registry:
+def load_registry(path: Path, warnings: list[Problem] | None = None) -> Registry:
     """Load the registry file; its version is the SHA-256 of its bytes."""
-    registry = parse_registry(load_file(path))
+    registry = parse_registry(load_file(path), warnings)
     version = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return build_registry(list(registry.tenants.values()), version)

@@ -1,18 +1,21 @@
 """Process settings from gateway.yaml and EXPORTGATE_* environment variables."""
 
 import ipaddress
+import json
 import os
+import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.adapters.auth import IssuerConfig
-from gateway.config.fields import Fields
+from gateway.config.fields import Fields, as_str, field_where
 from gateway.config.ledger import LedgerSettings, load_ledger_settings
-from gateway.config.located import ConfigError, Node, Problem, load_file, load_text
+from gateway.config.limits import Limits, Shutdown, load_limits, load_shutdown
+from gateway.config.located import ConfigError, Node, Problem, Where, load_file, load_text
 from gateway.config.reconcile import ReconcileSettings, load_reconcile_settings
 from gateway.config.schedulers import load_scheduler_options
 from gateway.core.routes import Route, RouteKind
@@ -60,6 +63,8 @@ class QuotaSettings:
     cluster: bool = False
     timeout_s: float = 0.25
     prefix: str = "eg:"
+    # Whether an unreachable store makes /readyz answer 503 (it is always reported as a part).
+    required_for_ready: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,20 @@ class Settings:
     workers: int = 1
     admin_tokens_file: Path | None = None
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+    limits: Limits = field(default_factory=Limits)
+    shutdown: Shutdown = field(default_factory=Shutdown)
+    # Where each value came from, by field path ("auth.issuers[0].jwks_file"): a file line or a variable.
+    origins: Mapping[str, Where] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, path: str) -> Where:
+        """Where field `path` came from; an absent field is placed at its nearest present parent."""
+        probe = path
+        while probe:
+            found = self.origins.get(probe)
+            if found is not None:
+                return found if probe == path or not found.file else Where(found.file, found.line, path)
+            probe = probe[: probe.rindex("[")] if probe.endswith("]") else probe.rpartition(".")[0]
+        return Where(self.source, 1, path)
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:
@@ -91,15 +110,61 @@ def _resolve(base: Path, value: str | None) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
-def _host_port(fields: Fields, key: str, host: str, port: int, extra: tuple[str, ...] = ()) -> tuple[str, int]:
+# Variables that win over a gateway.yaml field (file or embedded defaults), by the field's path.
+ENV_FIELDS = {
+    "listen.host": "EXPORTGATE_LISTEN_HOST",
+    "listen.port": "EXPORTGATE_LISTEN_PORT",
+    "admin.host": "EXPORTGATE_ADMIN_HOST",
+    "admin.port": "EXPORTGATE_ADMIN_PORT",
+    "instance_id": "EXPORTGATE_INSTANCE_ID",
+}
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def _host_port(
+    fields: Fields, key: str, host: str, port: int, env: Mapping[str, str], extra: tuple[str, ...] = ()
+) -> tuple[str, int]:
+    """`listen` or `admin`: the file's host and port, then EXPORTGATE_<KEY>_HOST/_PORT over them, all checked."""
     node = fields.child(key)
-    if node is None:
-        return host, port
-    sub = Fields(node, fields.problems, ("host", "port", *extra))
-    got_port: int = sub.integer("port", port)
-    if not 0 < got_port < 65536:
-        fields.problems.append(node.problem("port: must be 1..65535"))
-    return sub.text("host", host), got_port
+    if node is not None:
+        sub = Fields(node, fields.problems, ("host", "port", *extra))
+        host = sub.text("host", host)
+        port = sub.integer("port", port)
+        if not 0 < port < 65536:
+            sub.problem("port", "must be 1..65535")
+    host_var, port_var = ENV_FIELDS[f"{key}.host"], ENV_FIELDS[f"{key}.port"]
+    if host_var in env:
+        if env[host_var].strip():
+            host = env[host_var]
+        else:
+            fields.problems.append(Where.env(host_var).problem(f"must not be empty (unset it to use {key}.host)"))
+    if port_var in env:
+        raw = env[port_var]
+        if re.fullmatch(r"[0-9]{1,5}", raw) and 0 < int(raw) < 65536:
+            port = int(raw)
+        else:
+            fields.problems.append(Where.env(port_var).problem(f"{raw!r} is not a port (1..65535)"))
+    return host, port
+
+
+def listener_clash(listen: tuple[str, int], admin: tuple[str, int], workers: int) -> str | None:
+    """Why the admin listeners (admin port, plus one port per further worker) cannot bind beside the proxy."""
+    last = admin[1] + max(workers, 1) - 1
+    if last > 65535:
+        return f"{workers} workers need admin ports {admin[1]}..{last}, past 65535"
+    shared = listen[0] == admin[0] or listen[0] in WILDCARD_HOSTS or admin[0] in WILDCARD_HOSTS
+    if not shared or not admin[1] <= listen[1] <= last:
+        return None
+    if workers <= 1:
+        return f"the proxy and the admin listener both use port {listen[1]}"
+    return f"the {workers} workers' admin listeners use ports {admin[1]}..{last}, which include the proxy's {listen[1]}"
+
+
+def _clash_where(origins: Mapping[str, Where], root: Node) -> Where:
+    """Where a listener clash is reported: a variable that set a port first, then the file's admin port."""
+    set_by_env = [origins[p] for p in ("admin.port", "listen.port") if p in origins and not origins[p].file]
+    in_file = [origins[p] for p in ("admin.port", "listen.port") if p in origins]
+    return (set_by_env or in_file or [Where(root.file, root.line, "admin.port")])[0]
 
 
 def _routes(node: Node | None, problems: list[Problem]) -> tuple[Route, ...]:
@@ -123,7 +188,7 @@ def _routes(node: Node | None, problems: list[Problem]) -> tuple[Route, ...]:
                 )
             )
         except ValueError as exc:
-            problems.append(item.problem(f"path: {exc}"))
+            fields.problem("path", str(exc))
     return tuple(out)
 
 
@@ -149,7 +214,7 @@ def _headers(node: Node | None, base: Path, problems: list[Problem]) -> dict[str
         if source.slurm_jwt_key_file is not None and source.from_tenant is None:
             problems.append(child.problem("slurm_jwt_key_file mints a token for a user: set from_tenant"))
         if not 30 <= source.lifespan_s <= 86400:
-            problems.append(child.problem("lifespan_s: must be 30..86400"))
+            fields.problem("lifespan_s", "must be 30..86400")
         out[name] = source
     return out
 
@@ -198,11 +263,11 @@ def _upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[
         url: str = fields.text("url", "", required=True)
         parts = urlsplit(url)
         if url and (parts.scheme not in ("http", "https") or not parts.hostname):
-            problems.append(item.problem(f"url: {url!r} is not an http(s) URL"))
+            fields.problem("url", f"{url!r} is not an http(s) URL")
         prefix: str = fields.text("prefix", "/")
         scheduler: str = fields.choice("scheduler", SCHEDULERS, "none")
         if not prefix.startswith("/"):
-            problems.append(item.problem("prefix: must start with '/'"))
+            fields.problem("prefix", "must start with '/'")
         out.append(
             UpstreamSettings(
                 name=fields.text("name", "default"),
@@ -219,10 +284,13 @@ def _upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[
         )
     for upstream, item in zip(out, node.elements(), strict=True):
         if upstream.scheduler == "none" and any(r.kind is not RouteKind.PLAIN_READ for r in upstream.routes):
-            problems.append(item.problem("routes: without a scheduler adapter only plain_read routes are allowed"))
-    names = [u.name for u in out]
-    if len(set(names)) != len(names):
-        problems.append(node.problem("upstream names must be unique"))
+            message = "without a scheduler adapter only plain_read routes are allowed"
+            problems.append(field_where(item, "routes").problem(message))
+    seen: set[str] = set()
+    for upstream, item in zip(out, node.elements(), strict=True):
+        if upstream.name in seen:
+            problems.append(field_where(item, "name").problem(f"{upstream.name!r}: upstream names must be unique"))
+        seen.add(upstream.name)
     return tuple(out)
 
 
@@ -233,6 +301,7 @@ def _issuers(node: Node | None, base: Path, problems: list[Problem]) -> tuple[Is
         problems.append(node.problem("must be a list of issuers"))
         return ()
     out = []
+    seen: set[str] = set()
     for item in node.elements():
         before = len(problems)
         fields = Fields(
@@ -260,15 +329,18 @@ def _issuers(node: Node | None, base: Path, problems: list[Problem]) -> tuple[Is
         algorithms: list[str] = fields.texts("algorithms", default_algs)
         for alg in algorithms:
             if alg not in ALGORITHMS:
-                problems.append(item.problem(f"algorithms: {alg!r} is not one of {', '.join(ALGORITHMS)}"))
+                fields.problem("algorithms", f"{alg!r} is not one of {', '.join(ALGORITHMS)}")
         if "HS256" in algorithms and secret is None:
-            problems.append(item.problem("algorithms: HS256 needs hs256_secret_file"))
+            fields.problem("algorithms", "HS256 needs hs256_secret_file")
         jwks_file = _resolve(base, fields.text("jwks_file"))
         jwks_url = fields.text("jwks_url")
         if jwks_file is None and jwks_url is None and secret is None:
             problems.append(item.problem("one of jwks_file, jwks_url, hs256_secret_file is required"))
         audiences: list[str] = fields.texts("audiences", [], required=True)
         issuer: str = fields.text("issuer", "", required=True)
+        if issuer and issuer in seen:  # the authenticator keeps one key set per issuer
+            fields.problem("issuer", f"{issuer!r} is configured twice")
+        seen.add(issuer)
         if len(problems) > before:
             continue
         try:
@@ -295,52 +367,70 @@ def _proxies(fields: Fields) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Netw
     node = fields.child("trusted_proxies")
     values: list[str] = fields.texts("trusted_proxies", [])
     out = []
-    for value in values:
+    for i, value in enumerate(values):
         try:
             out.append(ipaddress.ip_network(value, strict=False))
         except ValueError:
-            assert node is not None
-            fields.problems.append(node.problem(f"{value!r} is not an IP network"))
+            assert node is not None and isinstance(node.raw, list)
+            fields.problems.append(node.raw[i].problem(f"{value!r} is not an IP network"))
     return tuple(out)
 
 
-def _env_defaults(env: Mapping[str, str]) -> str:
-    """The embedded default gateway.yaml, filled from EXPORTGATE_* variables."""
-    upstream = env.get("EXPORTGATE_UPSTREAM", "http://127.0.0.1:6820")
-    scheduler = env.get("EXPORTGATE_SCHEDULER", "slurm")
-    issuer = env.get("EXPORTGATE_ISSUER", "https://idp.example.com")
+EMBEDDED = "<embedded defaults>"
+
+
+def _env_defaults(env: Mapping[str, str]) -> tuple[str, dict[int, str]]:
+    """The embedded default gateway.yaml, filled from EXPORTGATE_* variables, and which variable
+    each of its lines holds (values are JSON strings, which YAML reads as written)."""
+    lines: list[str] = []
+    variables: dict[int, str] = {}
+
+    def put(text: str, variable: str | None = None, default: str = "") -> None:
+        if variable is not None:
+            text += json.dumps(env.get(variable, default))
+            variables[len(lines) + 1] = variable
+        lines.append(text)
+
+    put("upstreams:")
+    put("  - scheduler: ", "EXPORTGATE_SCHEDULER", "slurm")  # problems of the upstream as a whole name it
+    put("    url: ", "EXPORTGATE_UPSTREAM", "http://127.0.0.1:6820")
+    put("    name: default")
     jwks = env.get("EXPORTGATE_JWKS", "")
-    jwks_line = ""
-    if jwks.startswith(("http://", "https://")):
-        jwks_line = f"jwks_url: {jwks!r}"
-    elif jwks:
-        jwks_line = f"jwks_file: {jwks!r}"
-    auth = ""
-    if jwks_line:
-        auth = f"""auth:
-  issuers:
-    - issuer: {issuer!r}
-      audiences: [{env.get("EXPORTGATE_AUDIENCE", "exportgate")!r}]
-      {jwks_line}
-"""
-    return f"""
-upstreams:
-  - name: default
-    url: {upstream!r}
-    scheduler: {scheduler}
-{auth}"""
+    if jwks:
+        put("auth:")
+        put("  issuers:")
+        put("    - issuer: ", "EXPORTGATE_ISSUER", "https://idp.example.com")
+        put("      audiences: [")
+        lines[-1] += json.dumps(env.get("EXPORTGATE_AUDIENCE", "exportgate")) + "]"
+        variables[len(lines)] = "EXPORTGATE_AUDIENCE"
+        put(f"      {'jwks_url' if jwks.startswith(('http://', 'https://')) else 'jwks_file'}: ", "EXPORTGATE_JWKS")
+    return "\n".join(lines) + "\n", variables
+
+
+def _from_variables(where: Where, variables: Mapping[int, str]) -> Where:
+    """A place in the embedded defaults as the variable that filled it, if one did."""
+    variable = variables.get(where.line) if where.file == EMBEDDED else None
+    return where if variable is None else Where.env(variable)
 
 
 def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
-    """Load gateway.yaml (or the embedded defaults when `path` is None) and apply env overrides."""
+    """Load gateway.yaml (or the embedded defaults when `path` is None) and apply env overrides.
+
+    Problems in the embedded defaults name the variable that filled the value."""
     env = dict(os.environ) if env is None else env
-    if path is None:
-        root = load_text(_env_defaults(env), "<embedded defaults>")
-        base = Path.cwd()
-    else:
-        root = load_file(path)
-        base = path.resolve().parent
-    return parse_settings(root, base, env)
+    if path is not None:
+        return parse_settings(load_file(path), path.resolve().parent, env)
+    text, variables = _env_defaults(env)
+    try:
+        settings = parse_settings(load_text(text, EMBEDDED), Path.cwd(), env)
+    except ConfigError as exc:
+        renamed = []
+        for p in exc.problems:
+            where = _from_variables(Where(p.file, p.line, p.field), variables)
+            renamed.append(where.problem(f"{p.field}: {p.message}") if p.file and not where.file else p)
+        raise ConfigError(renamed) from None
+    origins = {path: _from_variables(where, variables) for path, where in settings.origins.items()}
+    return replace(settings, origins=origins)
 
 
 def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
@@ -362,15 +452,30 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
             "reload",
             "workers",
             "reconcile",
+            "shutdown",
         ),
     )
-    listen = _host_port(fields, "listen", "0.0.0.0", 8080)
-    admin = _host_port(fields, "admin", "127.0.0.1", 9180, ("tokens_file",))
+    # Where every value came from; a variable that overrides a field is its origin from here on.
+    origins = {node.path: node.where() for node in root.walk() if node.path}
+    origins.update({path: Where.env(name) for path, name in ENV_FIELDS.items() if env.get(name)})
+    listen = _host_port(fields, "listen", "0.0.0.0", 8080, env)
+    admin = _host_port(fields, "admin", "127.0.0.1", 9180, env, ("tokens_file",))
     admin_node = fields.child("admin")
+    tokens_node = None
+    if admin_node is not None and isinstance(admin_node.raw, dict):
+        tokens_node = admin_node.raw.get("tokens_file")
     tokens_file = None
-    if admin_node is not None and isinstance(admin_node.raw, dict) and "tokens_file" in admin_node.raw:
-        tokens_file = _resolve(base, Fields(admin_node, [], ("host", "port", "tokens_file")).text("tokens_file"))
+    if tokens_node is not None and tokens_node.raw is not None:
+        try:
+            tokens_file = _resolve(base, as_str(tokens_node))
+        except ValueError as exc:
+            problems.append(tokens_node.problem(str(exc)))
     policy = Fields(fields.child("policy") or Node({}, root.file, root.line, "policy"), problems, ("pack", "registry"))
+    for key in ("pack", "registry"):
+        if policy.child(key) is None and env.get("EXPORTGATE_POLICY_DIR"):
+            origins[f"policy.{key}"] = Where.env("EXPORTGATE_POLICY_DIR")
+    if "ledger.dir" not in origins and env.get("EXPORTGATE_LEDGER_DIR"):
+        origins["ledger.dir"] = Where.env("EXPORTGATE_LEDGER_DIR")
     pack_dir = (
         _resolve(base, policy.text("pack"))
         or Path(env.get("EXPORTGATE_POLICY_DIR", str(BUNDLED_POLICIES))) / "ai-diffusion-2025"
@@ -382,16 +487,17 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     ledger_node = fields.child("ledger") or Node({}, root.file, root.line, "ledger")
     ledger = load_ledger_settings(ledger_node, base, env, problems)
     quota_node = fields.child("quota") or Node({}, root.file, root.line, "quota")
-    qf = Fields(quota_node, problems, ("store", "redis_url", "cluster", "timeout_ms", "prefix"))
+    qf = Fields(quota_node, problems, ("store", "redis_url", "cluster", "timeout_ms", "prefix", "required_for_ready"))
     quota = QuotaSettings(
         qf.choice("store", ("memory", "redis"), "memory"),
         qf.text("redis_url"),
         qf.flag("cluster", False),
         qf.number("timeout_ms", 250.0) / 1000,
         qf.text("prefix", "eg:"),
+        qf.flag("required_for_ready", True),
     )
     if quota.store == "redis" and not quota.redis_url:
-        problems.append(quota_node.problem("redis_url: required when store is redis"))
+        qf.problem("redis_url", "required when store is redis")
     auth_node = fields.child("auth")
     issuers: tuple[IssuerConfig, ...] = ()
     if auth_node is not None:
@@ -399,35 +505,37 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         issuers = _issuers(af.child("issuers"), base, problems)
     upstreams = _upstreams(fields.child("upstreams"), base, problems)
     if fields.child("upstreams") is None:
-        problems.append(root.problem("upstreams: required"))
-    limits = Fields(fields.child("limits") or Node({}, root.file, root.line, "limits"), problems, ("max_body_bytes",))
+        fields.missing("upstreams")
+    limits = load_limits(fields.child("limits"), problems)
+    shutdown = load_shutdown(fields.child("shutdown"), problems)
     reload = Fields(fields.child("reload") or Node({}, root.file, root.line, "reload"), problems, ("interval_s",))
     workers: int = fields.integer("workers", 1)
     if workers < 1:
-        problems.append(root.problem("workers: must be at least 1"))
+        fields.problem("workers", "must be at least 1")
     if workers > 1 and quota.store != "redis":
-        problems.append(root.problem("workers: more than one worker needs quota.store: redis"))
+        fields.problem("workers", "more than one worker needs quota.store: redis")
     if "{" in quota.prefix or "}" in quota.prefix:
-        problems.append(quota_node.problem("prefix: must not contain '{' or '}' (keys carry their own hash tag)"))
-    if (listen[1] == admin[1]) and (listen[0] == admin[0] or "0.0.0.0" in (listen[0], admin[0])):
-        problems.append(root.problem("admin: port: must differ from the proxy's listen port"))
+        qf.problem("prefix", "must not contain '{' or '}' (keys carry their own hash tag)")
+    clash = listener_clash(listen, admin, workers)
+    if clash is not None:
+        problems.append(_clash_where(origins, root).problem(clash))
     proxies = _proxies(fields)
-    max_body: int = limits.integer("max_body_bytes", 1 << 20)
-    if max_body <= 0:
-        problems.append(root.problem("limits: max_body_bytes: must be positive"))
     reload_s: float = reload.number("interval_s", 2.0)
     if reload_s <= 0:
-        problems.append(root.problem("reload: interval_s: must be positive"))
+        reload.problem("interval_s", "must be positive")
     reconcile = load_reconcile_settings(fields.child("reconcile"), problems)
     instance = env.get("EXPORTGATE_INSTANCE_ID") or fields.text("instance_id") or socket.gethostname()
+    if instance in (".", ".."):
+        where = origins.get("instance_id") or Where(root.file, root.line, "instance_id")
+        problems.append(where.problem(f"{instance!r} cannot name the ledger chain's directory"))
     if problems:
         raise ConfigError(problems)
     return Settings(
         source=root.file,
-        listen_host=env.get("EXPORTGATE_LISTEN_HOST", listen[0]),
-        listen_port=int(env.get("EXPORTGATE_LISTEN_PORT", listen[1])),
-        admin_host=env.get("EXPORTGATE_ADMIN_HOST", admin[0]),
-        admin_port=int(env.get("EXPORTGATE_ADMIN_PORT", admin[1])),
+        listen_host=listen[0],
+        listen_port=listen[1],
+        admin_host=admin[0],
+        admin_port=admin[1],
         instance_id=instance,
         pack_dir=pack_dir,
         registry_file=registry,
@@ -436,11 +544,14 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         issuers=issuers,
         upstreams=upstreams,
         trusted_proxies=proxies,
-        max_body_bytes=max_body,
+        max_body_bytes=limits.max_body_bytes,
         reload_interval_s=reload_s,
         workers=workers,
         admin_tokens_file=tokens_file,
         reconcile=reconcile,
+        limits=limits,
+        shutdown=shutdown,
+        origins=origins,
     )
 
 

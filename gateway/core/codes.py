@@ -27,6 +27,10 @@ class Code(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    ROLE_INSUFFICIENT = "role_insufficient"
+    REQUEST_TIMEOUT = "request_timeout"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,4 +62,8 @@ CODES: dict[Code, CodeInfo] = {
     Code.BODY_TOO_LARGE: CodeInfo(413, "Request body too large"),
     Code.UPSTREAM_UNREACHABLE: CodeInfo(502, "Scheduler unreachable"),
     Code.UPSTREAM_TIMEOUT: CodeInfo(504, "Scheduler did not answer in time"),
+    Code.METHOD_NOT_ALLOWED: CodeInfo(405, "Method not allowed on this route"),
+    Code.ROLE_INSUFFICIENT: CodeInfo(403, "Token lacks the role this needs"),
+    Code.REQUEST_TIMEOUT: CodeInfo(408, "Request did not arrive in time"),
+    Code.TOO_MANY_CONNECTIONS: CodeInfo(503, "Too many open connections"),
 }

@@ -253,3 +253,22 @@ ISO_3166_ALPHA2: frozenset[str] = frozenset(
         "ZW",
     }
 )
+
+# ISO 3166-1 leaves these to its users: they never name a country.
+_USER_ASSIGNED = frozenset(
+    {"AA", "ZZ", *(f"Q{c}" for c in "MNOPQRSTUVWXYZ"), *(f"X{c}" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
+)
+
+
+def country_problem(code: str) -> str | None:
+    """Why `code` is not an assigned ISO 3166-1 alpha-2 country code; None when it is one."""
+    if code in ISO_3166_ALPHA2:
+        return None
+    problem = f"{code!r} is not an ISO 3166-1 code"
+    if code.upper() in ISO_3166_ALPHA2:
+        return f"{problem} (codes are upper case: {code.upper()!r})"
+    if code in _USER_ASSIGNED:
+        return f"{problem} ({code} is user-assigned: it names no country)"
+    if len(code) != 2:
+        return f"{problem} (use the two-letter alpha-2 code)"
+    return f"{problem} (unassigned)"

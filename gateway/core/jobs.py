@@ -36,13 +36,21 @@ class JobSpec:
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    """A priced job: TPP held at once over controlled chips, TPP-hours and training ops."""
+    """A priced job: TPP held at once over controlled chips, TPP-hours and training ops.
+
+    `chip_tpp_max` / `chip_tpp_min` are the TPP of the dearest and cheapest controlled chip
+    in the job: chips are allocated whole, so a split of `held_tpp` between allowances is
+    made in chips (see `Share.HEADROOM`). Zero when unknown (a cost rebuilt from an older
+    record): the job is then split as one indivisible unit, the conservative reading.
+    """
 
     held_tpp: float
     tpp_hours: float
     training_ops: float
     walltime_s: float
     gpus: int
+    chip_tpp_max: float = 0.0
+    chip_tpp_min: float = 0.0
 
     def as_record(self) -> dict[str, float | int]:
         return {
@@ -51,6 +59,8 @@ class Cost:
             "training_ops": self.training_ops,
             "walltime_s": self.walltime_s,
             "gpus": self.gpus,
+            "chip_tpp_max": self.chip_tpp_max,
+            "chip_tpp_min": self.chip_tpp_min,
         }
 
 

@@ -1,5 +1,6 @@
 """What a quota store is asked and answers: counters, plans, lease references and results."""
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -9,6 +10,15 @@ from gateway.core.policy import RuleId
 from gateway.core.tiers import Tier
 
 MAX_STORED_BODY = 64 * 1024
+
+# The Redis Cluster hash tag of every quota key (`eg:{quota}:...`). Country allocations are
+# per destination country and a tenant may draw on two (location and headquarters), while a
+# group's allowance is shared by members in different countries: counters that one
+# reservation debits together are linked across groups and countries, and a slot per
+# country or group would split a reservation over slots (or a cap over counters) as soon as
+# the registry links them. One slot keeps every reservation one atomic script on Cluster;
+# the price is that quota scripts run on one master (Cluster still gives fail-over).
+QUOTA_SLOT = "quota"
 
 
 class CounterKind(StrEnum):
@@ -24,6 +34,12 @@ class Share(StrEnum):
     FIXED debits `amount`. HEADROOM counters, in plan order, each take as much of `amount`
     as still fits under their cap and never refuse. OVERFLOW counters take what the HEADROOM
     counters before them left over (all of `amount` if there were none).
+
+    Chips are allocated whole: when the job does not fit, a HEADROOM counter with a
+    `chip_max` takes only as many chips as surely fit (room // chip_max), each credited at
+    `chip_min`, so no fraction of a chip stays under the allowance and the overflow (the
+    country allocation) is rounded up. One chip model: an exact chip boundary; mixed models:
+    the error falls on the overflow side. Without `chip_max` the amount is divisible.
     """
 
     FIXED = "fixed"
@@ -46,6 +62,8 @@ class Counter:
     reach_refuses: bool = False
     share: Share = Share.FIXED
     citation: str = ""
+    chip_max: float = 0.0
+    chip_min: float = 0.0
 
     def refuses(self, before: float, amount: float) -> bool:
         """True if debiting `amount` onto `before` (plus `base`) passes, or reaches, the cap."""
@@ -63,7 +81,9 @@ def split_amounts(counters: Sequence[Counter], befores: Sequence[float]) -> tupl
         if counter.share is Share.HEADROOM:
             pool = counter.amount if rest is None else rest
             room = pool if counter.cap is None else max(0.0, counter.cap - counter.base - before)
-            take = min(pool, room)
+            take = pool if pool <= room else room
+            if take < pool and counter.chip_max > 0:
+                take = min(pool, math.floor(room / counter.chip_max) * counter.chip_min)
             out.append(take)
             rest = pool - take
         elif counter.share is Share.OVERFLOW:
@@ -102,6 +122,9 @@ class Plan:
     # The lease of the job this plan's job replaces (an update): while it is live, each counter
     # is checked as if that lease's current debit on it were already given back. Debits are whole.
     replaces: LeaseRef | None = None
+    # Why a count the job would otherwise debit was skipped (`purpose:inference`,
+    # `lineage:<name>`): recorded with the decision so the ledger can explain it.
+    exemptions: tuple[str, ...] = ()
 
     @property
     def ref(self) -> LeaseRef:

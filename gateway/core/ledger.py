@@ -5,13 +5,15 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.core.jsontext import json_utf8
+
 SCHEMA_VERSION = 1
 GENESIS = "0" * 64
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
-    """The bytes a record's hash is computed over: sorted keys, no spaces, no NaN."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """The bytes a record's hash is computed over: sorted keys, no spaces, no NaN, lone surrogates escaped."""
+    return json_utf8(json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
 
 
 def record_hash(record: Mapping[str, Any]) -> str:

@@ -110,6 +110,7 @@ def price(spec: JobSpec, catalogue: GpuCatalogue, default_model: str | None, uti
         raise JobSpecInvalid("walltime", f"walltime must be a positive number of seconds, not {walltime!r}")
     held_tpp = 0.0
     flops = 0.0
+    chips: list[float] = []  # TPP per controlled chip model the job holds
     for part in spec.parts:
         if part.gpus < 0 or part.concurrency < 0:
             raise JobSpecInvalid("gpus", "GPU counts must not be negative")
@@ -119,6 +120,8 @@ def price(spec: JobSpec, catalogue: GpuCatalogue, default_model: str | None, uti
         model = catalogue.resolve(part.model, default_model)
         if model.controlled:
             held_tpp += count * model.tpp
+            if model.tpp > 0:
+                chips.append(model.tpp)
         flops += count * model.dense_flops
     return Cost(
         held_tpp=held_tpp,
@@ -126,4 +129,6 @@ def price(spec: JobSpec, catalogue: GpuCatalogue, default_model: str | None, uti
         training_ops=flops * walltime * utilisation,
         walltime_s=walltime,
         gpus=spec.total_gpus,
+        chip_tpp_max=max(chips, default=0.0),
+        chip_tpp_min=min(chips, default=0.0),
     )

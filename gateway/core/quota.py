@@ -9,6 +9,7 @@ from gateway.core.codes import Code
 from gateway.core.decide import Decision, Outcome, Reason, refuse, verdict
 from gateway.core.jobs import Cost
 from gateway.core.leases import (
+    QUOTA_SLOT,
     Counter,
     CounterKind,
     CounterState,
@@ -23,15 +24,15 @@ from gateway.core.leases import (
 )
 from gateway.core.policy import Pack, RuleId
 from gateway.core.tenants import BudgetPeriod, Licence, LicenceScope, Tenant, Veu
-from gateway.core.tiers import Tier
+from gateway.core.tiers import Tier, TierTable
 
 TOTAL_LINEAGE = "*"
 
 # Re-exported: the quota vocabulary is read through this module.
 __all__ = [
-    "CapSettings", "Counter", "CounterKind", "CounterState", "LeaseRef", "LppCount", "Owner",
+    "QUOTA_SLOT", "CapSettings", "Counter", "CounterKind", "CounterState", "LeaseRef", "LppCount", "Owner",
     "Plan", "ReserveResult", "ReserveStatus", "Share", "StoredResponse", "VeuStep",
-    "interpret", "plan_reservation", "split_amounts",
+    "allocation_countries", "interpret", "plan_reservation", "split_amounts",
 ]  # fmt: skip
 
 
@@ -48,9 +49,23 @@ def country_of_key(key: str) -> str | None:
     return key[len(COUNTRY_PREFIX) :] if key.startswith(COUNTRY_PREFIX) else None
 
 
-def cap_country(tenant: Tenant) -> str | None:
-    """The country whose caps and Redis slot a tenant draws on: its group's HQ, else its own."""
-    return tenant.parent_headquarters if tenant.parent_entity else tenant.headquarters
+def allocation_countries(tenant: Tenant, tiers: TierTable, day: date) -> tuple[str, ...]:
+    """The countries whose allocation capacity a licence grants beyond the allowance draws on.
+
+    Allocations are per destination country, so these are the countries the tenant itself is
+    located and headquartered in (both when they differ: the conservative reading), never its
+    group's parent's. A Tier 1 country has no allocation and is never drawn on; a Tier 3
+    country (reached only while the Tier 3 rule is in shadow) is counted like Tier 2. Aliases
+    apply (Hong Kong draws on China's).
+    """
+    out: list[str] = []
+    for country in (tenant.location, tenant.headquarters):
+        if country is None:
+            continue
+        code = tiers.aliases.get(country, country)
+        if tiers.tier_of(code, day) is not Tier.ONE and code not in out:
+            out.append(code)
+    return tuple(out)
 
 
 def epoch(now: datetime) -> float:
@@ -76,10 +91,20 @@ class _Held:
     licence_ids: tuple[str, ...]
 
 
-def _held(tenant: Tenant, tier: Tier, tpp: float, pack: Pack, caps: CapSettings, now: datetime, cc: str) -> _Held:
+def _chips(cost: Cost) -> tuple[float, float]:
+    """The dearest and cheapest chip's TPP; a cost that does not know them is one indivisible chip."""
+    if cost.chip_tpp_max > 0 and cost.chip_tpp_min > 0:
+        return cost.chip_tpp_max, cost.chip_tpp_min
+    return cost.held_tpp, cost.held_tpp
+
+
+def _held(tenant: Tenant, tier: Tier, cost: Cost, pack: Pack, caps: CapSettings, now: datetime) -> _Held:
     enforced, citation = _rule(pack, RuleId.TENANT_CAP, now)
+    tpp = cost.held_tpp
 
     def tenant_counter(key: str, cap: float | None, kind: CounterKind, share: Share) -> Counter:
+        # Only a HEADROOM split needs the chip sizes: it keeps whole chips under the allowance.
+        chip_max, chip_min = _chips(cost) if share is Share.HEADROOM else (0.0, 0.0)
         return Counter(
             key,
             tpp,
@@ -90,6 +115,8 @@ def _held(tenant: Tenant, tier: Tier, tpp: float, pack: Pack, caps: CapSettings,
             enforced,
             share=share,
             citation=citation,
+            chip_max=chip_max,
+            chip_min=chip_min,
         )
 
     override = tenant.tpp_cap
@@ -118,26 +145,30 @@ def _held(tenant: Tenant, tier: Tier, tpp: float, pack: Pack, caps: CapSettings,
         counter = tenant_counter(subject, allowance, kind, Share.FIXED)
         return _Held((counter,), allowance_basis, allowance_basis, ())
     # Capacity within the allowance draws on no country cap; what a licence grants beyond it
-    # draws on both the licensed allotment and the cap country's allocation.
+    # draws on both the licensed allotment and the allocation of each Tier 2 country the
+    # tenant is located or headquartered in (each takes the whole overflow).
     allotments = [lic.tpp for lic in lifting]
     licensed_cap = None if any(a is None for a in allotments) else sum(a or 0.0 for a in allotments)
     country_lifters = [lic for lic in valid if LicenceScope.COUNTRY_CAP in lic.lifts]
     country_enforced, country_citation = _rule(pack, RuleId.COUNTRY_CAP, now)
-    country = Counter(
-        country_key(cc),
-        tpp,
-        None if country_lifters else caps.country_cap(cc),
-        CounterKind.HELD,
-        Code.QUOTA_COUNTRY_TPP,
-        RuleId.COUNTRY_CAP,
-        country_enforced,
-        share=Share.OVERFLOW,
-        citation=country_citation,
+    countries = tuple(
+        Counter(
+            country_key(cc),
+            tpp,
+            None if country_lifters else caps.country_cap(cc),
+            CounterKind.HELD,
+            Code.QUOTA_COUNTRY_TPP,
+            RuleId.COUNTRY_CAP,
+            country_enforced,
+            share=Share.OVERFLOW,
+            citation=country_citation,
+        )
+        for cc in allocation_countries(tenant, pack.tiers, now.date())
     )
     counters = (
         tenant_counter(subject, allowance, kind, Share.HEADROOM),
         tenant_counter(licensed_key, licensed_cap, CounterKind.HELD, Share.OVERFLOW),
-        country,
+        *countries,
     )
     ids = tuple(dict.fromkeys(lic.id for lic in [*lifting, *country_lifters]))
     basis = "licence:" + "+".join(lic.id for lic in lifting)
@@ -153,12 +184,20 @@ def _ops(
     pack: Pack,
     caps: CapSettings,
     now: datetime,
-) -> tuple[tuple[Counter, ...], tuple[str, ...]]:
+) -> tuple[tuple[Counter, ...], tuple[str, ...], tuple[str, ...]]:
+    """The training-operations counters, the licences lifting them, and the exemptions that skipped them.
+
+    An exemption is the pack's (an exempt lineage) or the tenant's own certification (a
+    declared exempt purpose, such as inference); it is named (`lineage:<name>`,
+    `purpose:<purpose>`) so the ledger shows why the operations were not counted.
+    """
     name = lineage or "default"
-    if tier is Tier.ONE or ops <= 0 or name in caps.exempt_lineages:
-        return (), ()
+    if tier is Tier.ONE or ops <= 0:
+        return (), (), ()
+    if name in caps.exempt_lineages:
+        return (), (), (f"lineage:{name}",)
     if purpose is not None and purpose in caps.exempt_purposes:
-        return (), ()
+        return (), (), (f"purpose:{purpose}",)
     enforced, citation = _rule(pack, RuleId.TRAINING_THRESHOLD, now)
     day = now.date()
     licences = [lic for lic in tenant.licences if _valid(lic, day) and LicenceScope.TRAINING_THRESHOLD in lic.lifts]
@@ -188,13 +227,13 @@ def _ops(
         allotments = [lic.training_ops for lic in mine]
         cap = None if any(a is None for a in allotments) else max(a or 0.0 for a in allotments)
         key = f"ops:{tenant.id}:{name}"
-        return (counter(key, cap, declared.get(name, 0.0), False),), tuple(lic.id for lic in mine)
+        return (counter(key, cap, declared.get(name, 0.0), False),), tuple(lic.id for lic in mine), ()
     threshold = caps.training_threshold_ops
     out = [counter(f"ops:{tenant.id}:{name}", threshold, declared.get(name, 0.0), True)]
     if caps.per_tenant_total:
         base = sum(v for k, v in declared.items() if k != TOTAL_LINEAGE and not covered(k))
         out.append(counter(f"ops:{tenant.id}:{TOTAL_LINEAGE}", threshold, base, True))
-    return tuple(out), ()
+    return tuple(out), (), ()
 
 
 def _budget(tenant: Tenant, cost: Cost, pack: Pack, now: datetime) -> tuple[Counter, ...]:
@@ -237,11 +276,10 @@ def plan_reservation(
     Tier 3 tenant only gets here when the Tier 3 rule is in shadow; it is then mapped like
     Tier 2, so its capacity is still counted.
     """
-    cc = cap_country(tenant)
-    if not cc:
+    if not tenant.location or not tenant.headquarters or (tenant.parent_entity and not tenant.parent_headquarters):
         return refuse(
             Code.TENANT_COUNTRY_UNKNOWN,
-            "the country whose caps the tenant draws on is unknown",
+            "a country the tenant's caps are chosen by (location, headquarters, group parent) is unknown",
             tier,
         )
     amounts = (cost.held_tpp, cost.tpp_hours, cost.training_ops, cost.walltime_s)
@@ -250,11 +288,11 @@ def plan_reservation(
     if lineage == TOTAL_LINEAGE:
         return refuse(Code.JOB_SPEC_INVALID, f"lineage {TOTAL_LINEAGE!r} is reserved", tier)
     utc = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
-    held = _held(tenant, tier, cost.held_tpp, pack, caps, utc, cc)
-    ops, ops_licences = _ops(tenant, tier, cost.training_ops, lineage, purpose, pack, caps, utc)
+    held = _held(tenant, tier, cost, pack, caps, utc)
+    ops, ops_licences, exemptions = _ops(tenant, tier, cost.training_ops, lineage, purpose, pack, caps, utc)
     counters = tuple(c for c in (*held.counters, *ops, *_budget(tenant, cost, pack, utc)) if c.amount > 0)
     return Plan(
-        hash_tag=cc,
+        hash_tag=QUOTA_SLOT,
         tenant_id=tenant.id,
         decision_id=decision_id,
         idempotency_key=idempotency_key,
@@ -265,6 +303,7 @@ def plan_reservation(
         basis=held.basis,
         allowance_basis=held.allowance_basis,
         licence_ids=tuple(dict.fromkeys((*held.licence_ids, *ops_licences))),
+        exemptions=exemptions,
     )
 
 
@@ -272,7 +311,8 @@ def _detail(counter: Counter, state: CounterState | None) -> str:
     total = counter.base + (state.before + state.amount if state else counter.amount)
     cap = counter.cap or 0.0
     if counter.code is Code.QUOTA_COUNTRY_TPP:
-        return "the TPP allocation of the country the tenant's capacity draws on is used up"
+        country = country_of_key(counter.key) or "the country"
+        return f"the TPP allocation of {country}, which the tenant's licensed capacity draws on, is used up"
     if counter.code is Code.LICENCE_REQUIRED:
         lineage = counter.key.rsplit(":", 1)[-1]
         scope = "across all lineages" if lineage == TOTAL_LINEAGE else f"for lineage {lineage!r}"
@@ -305,6 +345,7 @@ def interpret(plan: Plan, result: ReserveResult, now: datetime) -> Decision:
         "quota": quota,
         "lease_end": plan.lease_end,
         "licence_ids": plan.licence_ids,
+        "exemptions": plan.exemptions,
     }
     reasons = [
         Reason(c.code, c.rule, False, _detail(c, states.get(c.key)), c.citation)

@@ -5,7 +5,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.core.leases import CounterKind, LeaseRef, Owner, StoredResponse
+from gateway.core.leases import QUOTA_SLOT, CounterKind, LeaseRef, Owner, StoredResponse
 
 RESERVING_ROUTES = ("submit", "update")
 
@@ -155,7 +155,13 @@ def _number(value: Any) -> float | None:
 
 
 def parse_lease(record: Mapping[str, Any]) -> tuple[str, _Lease] | None:
-    """The reservation a decision record took, or None if it took none (or is malformed)."""
+    """The reservation a decision record took, or None if it took none (or is malformed).
+
+    Every lease is rebuilt in today's slot (`QUOTA_SLOT`), whatever `hash_tag` it was recorded
+    under: records from before all quota keys shared one slot carry their tenant's country
+    (`AE`), and re-homing them keeps their live leases, cumulative debits and idempotency
+    records counting against the caps new reservations check. Counter keys stay as recorded.
+    """
     if record.get("kind") != "decision" or record.get("route_kind") not in RESERVING_ROUTES:
         return None
     if record.get("decision") not in ("allow", "shadow_deny"):
@@ -163,8 +169,8 @@ def parse_lease(record: Mapping[str, Any]) -> tuple[str, _Lease] | None:
     lease, decision_id, tenant = record.get("lease"), _text(record.get("decision_id")), _text(record.get("tenant"))
     if not isinstance(lease, Mapping) or decision_id is None or tenant is None:
         return None
-    tag, end, raw = _text(lease.get("hash_tag")), _number(lease.get("lease_end")), lease.get("counters")
-    if tag is None or end is None or not isinstance(raw, list):
+    tag, end, raw = QUOTA_SLOT, _number(lease.get("lease_end")), lease.get("counters")
+    if _text(lease.get("hash_tag")) is None or end is None or not isinstance(raw, list):
         return None
     debits: list[Debit] = []
     refs: list[tuple[str, CounterKind]] = []

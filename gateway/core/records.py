@@ -30,6 +30,7 @@ def decision_body(
     licences: list[str] | None = None,
     lease: Mapping[str, Any] | None = None,
     kind: str = "decision",
+    exemptions: list[str] | None = None,
 ) -> dict[str, Any]:
     """One decision as the ledger keeps it (`kind` is `decision` or `access`)."""
     return {
@@ -49,6 +50,8 @@ def decision_body(
         "upstream": upstream,
         "basis": decision.basis,
         "licences": licences or [],
+        # Counts skipped on the pack's exemptions (`purpose:inference` is the tenant's own certification).
+        "exemptions": exemptions or [],
         "job": dict(job) if job is not None else None,
         "cost": dict(cost) if cost is not None else None,
         "decision": decision.outcome.value,

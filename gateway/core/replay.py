@@ -142,8 +142,10 @@ def _recorded_cost(raw: Any) -> Cost | None:
     if not isinstance(raw, Mapping):
         return None
     try:
+        # Records before chip sizes were kept leave them 0: the job then splits as one unit.
         return Cost(float(raw["tpp"]), float(raw["tpp_hours"]), float(raw["training_ops"]),
-                    float(raw["walltime_s"]), int(raw["gpus"]))  # fmt: skip
+                    float(raw["walltime_s"]), int(raw["gpus"]),
+                    float(raw.get("chip_tpp_max", 0.0)), float(raw.get("chip_tpp_min", 0.0)))  # fmt: skip
     except (KeyError, TypeError, ValueError):
         return None
 

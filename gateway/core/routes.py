@@ -82,6 +82,17 @@ def match_route(routes: Iterable[Route], method: str, path: str) -> RouteMatch |
     return None
 
 
+def allowed_methods(routes: Iterable[Route], path: str) -> frozenset[str]:
+    """Every method some route allows on `path` (HEAD wherever GET is): the `Allow` of a 405."""
+    found: set[str] = set()
+    for route in routes:
+        if route.regex.match(path):
+            found |= route.methods
+    if "GET" in found:
+        found.add("HEAD")
+    return frozenset(found)
+
+
 def unbound_param(params: Mapping[str, str], bind: Mapping[str, str], identity: Mapping[str, str]) -> str | None:
     """The first path parameter the tenant filled with something other than its own identity.
 

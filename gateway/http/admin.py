@@ -1,16 +1,35 @@
 """The admin listener: /metrics, /healthz and /readyz, never on the proxy's port."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.adapters.metrics import Metrics
+from gateway.core.codes import Code
 from gateway.http.admin_api import AdminApi
+from gateway.http.problems import refusal
+
+Readiness = Callable[[], tuple[bool, dict[str, bool]]]
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def admin_app(metrics: Metrics, ready: Callable[[], dict[str, bool]], api: AdminApi | None = None) -> web.Application:
-    """`ready` reports each part (config, keys, ledger); /readyz is 200 only when all are true."""
+@web.middleware
+async def problems_for_http_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Unknown paths and wrong methods answer problem+json like every other refusal, not aiohttp's text."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = refusal(Code.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here; use {allowed}", "admin")
+        response.headers["Allow"] = allowed
+        return response
+    except web.HTTPNotFound:
+        return refusal(Code.ROUTE_NOT_ALLOWED, "no such admin endpoint", "admin")
+
+
+def admin_app(metrics: Metrics, ready: Readiness, api: AdminApi | None = None) -> web.Application:
+    """`ready` reports each part (config, keys, ledger, quota, serving) and whether they add up to ready."""
 
     async def metrics_handler(request: web.Request) -> web.Response:
         data = generate_latest(metrics.registry)
@@ -20,11 +39,10 @@ def admin_app(metrics: Metrics, ready: Callable[[], dict[str, bool]], api: Admin
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        parts = ready()
-        ok = all(parts.values())
+        ok, parts = ready()
         return web.json_response({"ready": ok, "parts": parts}, status=200 if ok else 503)
 
-    app = web.Application()
+    app = web.Application(middlewares=[problems_for_http_errors])
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

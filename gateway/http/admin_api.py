@@ -55,7 +55,8 @@ class AdminApi:
         if found is None:
             return refusal(Code.AUTH_INVALID, "unknown admin token", "admin")
         if needed is Role.WRITE and found.role is not Role.WRITE:
-            return refusal(Code.AUTH_INVALID, "this admin token has the read role only", "admin")
+            # Authenticated but not allowed: 403, not 401 (a retry with the same token cannot succeed).
+            return refusal(Code.ROLE_INSUFFICIENT, "this admin token has the read role only; this needs write", "admin")
         return found
 
     def _target(self, request: web.Request) -> tuple[str, str] | web.Response:
@@ -110,4 +111,6 @@ class AdminApi:
         return web.json_response({"upstream": upstream, "job_id": job_id, "released": released})
 
     async def _method_not_allowed(self, request: web.Request) -> web.Response:
-        return refusal(Code.ROUTE_NOT_ALLOWED, "use POST to release", "admin")
+        response = refusal(Code.METHOD_NOT_ALLOWED, "use POST to release", "admin")
+        response.headers["Allow"] = "POST"
+        return response

@@ -1,6 +1,7 @@
 """Assemble the gateway from Settings and run its two listeners (proxy and admin)."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ from gateway.adapters.auth import Authenticator
 from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
-from gateway.adapters.quota import QuotaStore
+from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.adapters.quota_memory import MemoryQuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.adapters.rebuild import rebuild_store
@@ -22,13 +23,16 @@ from gateway.adapters.signing import KeyFileError, load_signer
 from gateway.adapters.upstream import Upstream
 from gateway.config.admin import load_admin_tokens
 from gateway.config.settings import Settings, UpstreamSettings
+from gateway.http import client_faults
 from gateway.http.admin import admin_app
 from gateway.http.admin_api import AdminApi
+from gateway.http.connections import Guard, GuardedSite
 from gateway.http.proxy import Gateway
 from gateway.http.reconcile import Reconciler
 from gateway.schedulers import SchedulerAdapter, build_adapter
 
 log = logging.getLogger(__name__)
+LINGER_S = 2.0
 
 
 def adapter_for(upstream: UpstreamSettings) -> SchedulerAdapter | None:
@@ -55,19 +59,42 @@ class Server:
         self.reconciler: Reconciler | None = None
         self._runners: list[web.AppRunner] = []
         self._ledger_ok = False
+        self._store_ok = False
+        self._probe: asyncio.Task[None] | None = None
+        self.draining = False
+        self.guard = Guard(
+            settings.limits,
+            on_open=self.metrics.connections_open.set,
+            on_refused=lambda reason: self.metrics.connections_refused.labels(reason).inc(),
+        )
 
     def ready(self) -> dict[str, bool]:
+        """Each part of readiness; `quota` is reported even when it is not required."""
         return {
             "config": self.policy is not None,
             "keys": bool(self.settings.issuers) and self.auth is not None and self.auth.ready,
             "ledger": self._ledger_ok and self.ledger is not None and self.ledger.healthy,
+            "quota": self._store_ok,
+            "serving": not self.draining,
         }
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """Whether /readyz answers 200, and the parts it reports."""
+        parts = self.ready()
+        required = {k: v for k, v in parts.items() if k != "quota" or self.settings.quota.required_for_ready}
+        return all(required.values()), parts
+
+    def _publish_readiness(self) -> float:
+        ok, parts = self.readiness()
+        for part, value in parts.items():
+            self.metrics.ready_part.labels(part).set(1.0 if value else 0.0)
+        return 1.0 if ok else 0.0
 
     async def start(self) -> None:
         s = self.settings
         self.policy = PolicyFiles(s.pack_dir, s.registry_file, self._on_reload)
         self._publish_policy()
-        self.metrics.ready.set_function(lambda: 1.0 if all(self.ready().values()) else 0.0)
+        self.metrics.ready.set_function(self._publish_readiness)
         self.auth = Authenticator(
             s.issuers,
             clock=self.clock,
@@ -77,6 +104,9 @@ class Server:
         if not s.issuers:
             log.warning("no token issuer configured (auth.issuers or EXPORTGATE_JWKS): every request gets 401")
         self.ledger, signing_ok = self._ledger_writer()
+        ledger = self.ledger  # a dead or stuck writer shows at the next scrape
+        self.metrics.ledger_writer_up.set_function(lambda: 1.0 if ledger.running else 0.0)
+        self.metrics.ledger_oldest_pending.set_function(ledger.oldest_pending_s)
         try:
             if signing_ok:
                 await self.ledger.open()
@@ -89,19 +119,22 @@ class Server:
             await upstream.start(self.env)
             self.upstreams.append(upstream)
         self.store = self._quota_store()
+        await self._probe_store()
+        self._probe = asyncio.create_task(self._probe_store_forever(), name="quota-probe")
         await self._rebuild_memory_store()
         self.gateway = Gateway(
             s, self.policy, self.auth, self.ledger, self.metrics, self.upstreams, self.store, self.clock
         )
         proxy = web.Application(client_max_size=s.max_body_bytes)
         proxy.router.add_route("*", "/{tail:.*}", self.gateway.handle)
+        proxy.on_response_prepare.append(self._close_when_draining)
         # Several workers share the proxy port; the kernel spreads connections among them.
-        await self._listen(proxy, s.listen_host, s.listen_port, reuse_port=s.workers > 1)
+        await self._listen_guarded(proxy, s.listen_host, s.listen_port, reuse_port=s.workers > 1)
         api = None
         if s.admin_tokens_file is not None:
             tokens = load_admin_tokens(s.admin_tokens_file)
             api = AdminApi(tokens, self.store, self.ledger, [u.name for u in s.upstreams], self.clock)
-        await self._listen(admin_app(self.metrics, self.ready, api), s.admin_host, s.admin_port)
+        await self._listen(admin_app(self.metrics, self.readiness, api), s.admin_host, s.admin_port)
         self.policy.start_watching(s.reload_interval_s)
         self.reconciler = Reconciler(
             s.reconcile, self.upstreams, self.store, self.ledger, self.policy, self.metrics, self.clock
@@ -115,6 +148,31 @@ class Server:
             assert q.redis_url is not None
             return RedisQuotaStore.from_url(q.redis_url, cluster=q.cluster, timeout_s=q.timeout_s, prefix=q.prefix)
         return MemoryQuotaStore()
+
+    async def _probe_store(self) -> None:
+        assert self.store is not None
+        try:
+            await self.store.ping()
+        except BackendUnavailable as exc:
+            if self._store_ok or self._probe is None:
+                log.warning("quota store unreachable: %s; job submissions are refused until it answers", exc)
+            self._store_ok = False
+            return
+        if not self._store_ok and self._probe is not None:
+            log.info("quota store answers again")
+        self._store_ok = True
+
+    async def _probe_store_forever(self, every_s: float = 1.0) -> None:
+        """Readiness follows the store within about a second; requests do not wait for the probe."""
+        while True:
+            await asyncio.sleep(every_s)
+            await self._probe_store()
+
+    async def _close_when_draining(self, request: web.Request, response: web.StreamResponse) -> None:
+        """While draining, every answer closes its connection so clients reconnect to a pod that stays."""
+        if self.draining:  # aiohttp has computed the headers by now: set both the header and the state
+            response.force_close()
+            response.headers["Connection"] = "close"
 
     async def _rebuild_memory_store(self) -> None:
         """A restarted single process keeps its quotas: the ledger is the source of truth.
@@ -155,6 +213,7 @@ class Server:
             anchor_dir=s.anchor_dir,
             on_checkpoint=self._on_checkpoint,
             clock=self.clock,
+            stall_after_s=s.stall_after_s,
         )
         return writer, signer is not None or s.signing_key_file is None
 
@@ -180,10 +239,37 @@ class Server:
         self.metrics.ledger_commit_seconds.observe(seconds)
 
     async def _listen(self, app: web.Application, host: str, port: int, *, reuse_port: bool = False) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.shutdown.grace_s
+        )
         await runner.setup()
         await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None).start()
         self._runners.append(runner)
+
+    async def _listen_guarded(self, app: web.Application, host: str, port: int, *, reuse_port: bool) -> None:
+        """The proxy listener: connection cap, head deadline and idle keep-alive from `limits`."""
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.shutdown.grace_s
+        )
+        await runner.setup()
+        client_faults.install()  # aiohttp's own 400s and hang-ups: INFO lines, not ERROR tracebacks
+        handler_args = {
+            "access_log": None,
+            "keepalive_timeout": self.settings.limits.idle_timeout_s,
+            # Bodies pass as sent: the adapter decodes gzip once, bounded, and the upstream gets the same bytes.
+            "auto_decompress": False,
+            # After a refusal that leaves a body unread (413, 408), aiohttp reads and discards the rest
+            # before closing so the client sees the answer, not a reset; bound it so a slow body cannot hold on.
+            "lingering_time": LINGER_S,
+        }
+        await GuardedSite(runner, host, port, self.guard, reuse_port=reuse_port, handler_args=handler_args).start()
+        self._runners.append(runner)
+
+    async def drain(self) -> None:
+        """SIGTERM: turn unready at once and keep serving for `shutdown.drain_s` while balancers notice."""
+        self.draining = True
+        log.info("draining: unready, serving for %.1f s before closing the listeners", self.settings.shutdown.drain_s)
+        await asyncio.sleep(self.settings.shutdown.drain_s)
 
     async def reload(self) -> None:
         """SIGHUP: reload registry, pack and key sets; invalid files keep the last good ones."""
@@ -193,9 +279,15 @@ class Server:
             await self.auth.reload()
 
     async def stop(self) -> None:
+        """Close the listeners (in-flight requests get `shutdown.grace_s`), then the parts they used."""
+        self.draining = True
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
         if self.reconciler is not None:
             await self.reconciler.stop()
         if self.policy is not None:
@@ -235,5 +327,9 @@ async def serve_forever(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await stop.wait()
+        loop.remove_signal_handler(signal.SIGTERM)  # a second SIGTERM must not restart the drain
+        await server.drain()
     finally:
+        started = time.monotonic()
         await server.stop()
+        log.info("stopped in %.1f s after the drain", time.monotonic() - started)

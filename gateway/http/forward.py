@@ -11,6 +11,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.core.codes import Code
+from gateway.http.body import BodyTooLarge, read_bounded
 from gateway.http.headers import downstream_response_headers
 
 
@@ -112,6 +113,8 @@ async def fetch(
 ) -> Buffered:
     """Forward and read the whole (bounded) answer, for responses the gateway inspects."""
     started = time.perf_counter()
+    # The gateway reads this answer (job id, listing), and the session does not decompress.
+    headers["Accept-Encoding"] = "identity"
     try:
         async with session.request(
             request.method,
@@ -121,9 +124,12 @@ async def fetch(
             allow_redirects=False,
         ) as upstream:
             observe(time.perf_counter() - started)
-            data = await upstream.content.read(limit + 1)
-            if len(data) > limit:
-                raise UpstreamFailure(Code.UPSTREAM_UNREACHABLE, "the scheduler's answer was too large", sent=True)
+            try:
+                data = await read_bounded(upstream.content, limit)  # all of it, however it is segmented
+            except BodyTooLarge:
+                raise UpstreamFailure(
+                    Code.UPSTREAM_UNREACHABLE, "the scheduler's answer was too large", sent=True
+                ) from None
             return Buffered(upstream.status, downstream_response_headers(upstream.headers, keep_length=False), data)
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise classify(exc) from exc

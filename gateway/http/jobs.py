@@ -19,6 +19,7 @@ from gateway.core.quota import country_of_key, interpret, plan_reservation
 from gateway.core.records import followup_body
 from gateway.core.routes import RouteMatch
 from gateway.http import forward
+from gateway.http.body import close_after
 from gateway.schedulers import SchedulerAdapter
 
 if TYPE_CHECKING:
@@ -66,6 +67,12 @@ def _whole_job(match: RouteMatch, job_id: str | None) -> bool:
     return match.job_id is None or match.job_id == job_id
 
 
+def _content_encoding(request: web.Request) -> str | None:
+    """Every Content-Encoding the client sent, joined: the upstream reads them all, so the adapter must too."""
+    values = request.headers.getall("Content-Encoding", [])
+    return ", ".join(values) if values else None
+
+
 def _respond(result: forward.Buffered, decision_id: str) -> web.Response:
     response = web.Response(status=result.status, body=result.body, headers=result.headers)
     response.headers["X-Exportgate-Decision-Id"] = decision_id
@@ -86,11 +93,11 @@ class JobFlows:
         adapter = ex.upstream.adapter
         assert adapter is not None and ex.match is not None
         body = await self.gw.read_body(request)
-        if body is None:
-            return await self._too_large(request, ex, admission)
+        if isinstance(body, Code):
+            return await self._unread(request, ex, admission, body)
         try:
             spec = adapter.parse_submission(
-                ex.match, request.headers.get("Content-Type"), request.headers.get("Content-Encoding"), body
+                ex.match, request.headers.get("Content-Type"), _content_encoding(request), body
             )
         except JobSpecInvalid as exc:
             return await self._deny(request, ex, admission, Code.JOB_SPEC_INVALID, str(exc))
@@ -108,12 +115,10 @@ class JobFlows:
         if not isinstance(owner, Owner):
             return owner
         body = await self.gw.read_body(request)
-        if body is None:
-            return await self._too_large(request, ex, admission)
+        if isinstance(body, Code):
+            return await self._unread(request, ex, admission, body)
         try:
-            spec = adapter.parse_update(
-                ex.match, request.headers.get("Content-Type"), request.headers.get("Content-Encoding"), body
-            )
+            spec = adapter.parse_update(ex.match, request.headers.get("Content-Type"), _content_encoding(request), body)
         except JobUpdateNotAllowed as exc:
             return await self._deny(request, ex, admission, Code.JOB_UPDATE_NOT_ALLOWED, str(exc))
         except JobSpecInvalid as exc:
@@ -221,6 +226,7 @@ class JobFlows:
         ex.extra["quota"] = quota.extra.get("quota")
         ex.extra["retry_after"] = quota.extra.get("retry_after_s")
         ex.extra["licences"] = list(planned.licence_ids)
+        ex.extra["exemptions"] = list(planned.exemptions)
         ex.extra["lease"] = lease_record(planned, quota, replaces)
         decision = verdict(admission.tier, admission.reasons + quota.reasons, quota.basis)
         if not decision.forwards:
@@ -329,9 +335,20 @@ class JobFlows:
         """Refuse with `code`, keeping the tier admission resolved."""
         return await self.gw.refuse_with(request, ex, refuse(code, detail, admission.tier))
 
-    async def _too_large(self, request: web.Request, ex: "Exchange", admission: Decision) -> web.StreamResponse:
-        detail = f"the body exceeds {self.gw.settings.max_body_bytes} bytes"
-        return await self._deny(request, ex, admission, Code.BODY_TOO_LARGE, detail)
+    async def _unread(
+        self, request: web.Request, ex: "Exchange", admission: Decision, code: Code
+    ) -> web.StreamResponse:
+        """A body too large or too slow: refused before anything is reserved."""
+        limits = self.gw.settings.limits
+        if code is Code.BODY_TOO_LARGE:
+            detail = f"the body exceeds {self.gw.settings.max_body_bytes} bytes"
+        else:
+            detail = (
+                f"the body paused over {limits.body_timeout_s:g} s or arrived slower than "
+                f"{limits.body_min_rate_bytes_s:g} bytes/s"
+            )
+        # The rest of the body is never read: the connection closes after this answer.
+        return close_after(await self._deny(request, ex, admission, code, detail))
 
     async def _fetch(
         self, request: web.Request, ex: "Exchange", decision: Decision, body: bytes | None, limit: int = LISTING_LIMIT

@@ -8,6 +8,24 @@ from aiohttp import web
 from gateway.core.codes import CODES, Code
 
 Dialect = Callable[[str, int, str, str, str], tuple[str, bytes] | None]
+REALM = "exportgate"
+
+
+def _description(detail: str) -> str:
+    """RFC 6750 error_description allows printable ASCII without quote or backslash."""
+    kept = "".join(c for c in detail if 0x20 <= ord(c) <= 0x7E and c not in '"\\')
+    return kept[:200]
+
+
+def www_authenticate(code: Code, detail: str) -> str | None:
+    """The RFC 6750 challenge for a bearer-token refusal, or None for other refusals."""
+    if code is Code.AUTH_MISSING:  # no credentials: no error attribute (RFC 6750 section 3.1)
+        return f'Bearer realm="{REALM}"'
+    if code is Code.AUTH_INVALID:
+        return f'Bearer realm="{REALM}", error="invalid_token", error_description="{_description(detail)}"'
+    if code is Code.ROLE_INSUFFICIENT:
+        return f'Bearer realm="{REALM}", error="insufficient_scope", error_description="{_description(detail)}"'
+    return None
 
 
 def problem_body(code: Code, detail: str, decision_id: str, citation: str = "") -> bytes:
@@ -39,6 +57,9 @@ def refusal(
     headers = {"X-Exportgate-Decision-Id": decision_id, "Cache-Control": "no-store"}
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, retry_after))
+    challenge = www_authenticate(code, detail)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
     rendered = dialect(code.value, info.status, info.title, detail, decision_id) if dialect else None
     if rendered is None:
         content_type, body = "application/problem+json", problem_body(code, detail, decision_id, citation)

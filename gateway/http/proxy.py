@@ -1,5 +1,6 @@
 """The proxy handler: authenticate, resolve, route, decide, record, then forward or refuse."""
 
+import asyncio
 import logging
 import time
 import uuid
@@ -22,14 +23,17 @@ from gateway.core.codes import Code
 from gateway.core.decide import Decision, Facts, decide, refuse
 from gateway.core.paths import canonical_or_none
 from gateway.core.records import decision_body
-from gateway.core.routes import RouteKind, RouteMatch, match_route, unbound_param
+from gateway.core.routes import RouteKind, RouteMatch, allowed_methods, match_route, unbound_param
 from gateway.core.tenants import Identity, Tenant
 from gateway.http import forward
+from gateway.http.body import BodyTooLarge, BodyTooSlow, ClientClosed, Pace, client_gone, read_limited
 from gateway.http.headers import client_ip, forwarded_headers, upstream_request_headers
 from gateway.http.jobs import JobFlows
 from gateway.http.problems import refusal
 
 log = logging.getLogger(__name__)
+# The `status_class` of requests whose client went away before its answer (nginx logs these as 499).
+CLIENT_CLOSED = "client_closed"
 
 
 @dataclass
@@ -90,13 +94,35 @@ class Gateway:
         )
         try:
             response = await self._handle(request, ex)
-        except Exception:  # the last line of defence: a bug answers problem+json, never a traceback or a 500
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler of a vanished client only with handler_cancellation on.
+            if client_gone(request):
+                self._client_closed(request, ex, "cancelled")
+            raise
+        except Exception as exc:
+            if isinstance(exc, ClientClosed) or (isinstance(exc, ConnectionError) and client_gone(request)):
+                # The client's fault (hung up mid-body, or before its answer could be written): no 5xx.
+                self._client_closed(request, ex, str(exc) or type(exc).__name__)
+                return web.Response(status=499, reason="Client Closed Request")  # never delivered
+            # The last line of defence: a bug answers problem+json, never a traceback or a 500.
+            # It counts as a 5xx even if the client has left too: the fault is the gateway's.
             log.exception("unexpected error on %s %s (decision %s)", request.method, ex.path[:256], ex.decision_id)
             response = self.reply(ex, Code.BACKEND_UNAVAILABLE, "the gateway could not complete this request")
+        else:
+            if client_gone(request):  # answered, but nobody is left to read it (nginx's 499)
+                self._client_closed(request, ex, "before the answer was written")
+                return response
         kind = ex.kind.value if ex.kind else "none"
         self.metrics.requests.labels(kind, f"{response.status // 100}xx").inc()
         self.metrics.request_seconds.labels(kind).observe(time.perf_counter() - ex.started)
         return response
+
+    def _client_closed(self, request: web.Request, ex: Exchange, why: str) -> None:
+        """Count and log a request its client abandoned: a status class of its own, never ERROR."""
+        kind = ex.kind.value if ex.kind else "none"
+        self.metrics.requests.labels(kind, CLIENT_CLOSED).inc()
+        self.metrics.request_seconds.labels(kind).observe(time.perf_counter() - ex.started)
+        log.info("client closed %s %s (decision %s): %s", request.method, ex.path[:256], ex.decision_id, why[:200])
 
     async def _handle(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         try:
@@ -118,9 +144,7 @@ class Gateway:
             )
         ex.match = match_route(ex.upstream.routes, request.method, ex.path)
         if ex.match is None:
-            return await self.refuse_with(
-                request, ex, refuse(Code.ROUTE_NOT_ALLOWED, f"{request.method} {ex.path} is not an allowed route")
-            )
+            return await self._no_route(request, ex)
         unbound = unbound_param(ex.match.params, ex.upstream.settings.bind_params, ex.tenant.upstream_identity)
         if unbound is not None:
             detail = f"{unbound} {ex.match.params[unbound][:64]!r} does not belong to this tenant"
@@ -145,6 +169,18 @@ class Gateway:
             RouteKind.LIST: self.jobs.listing,
         }[kind]
         return await flow(request, ex, decision)
+
+    async def _no_route(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+        """404 for a path no route knows; 405 with `Allow` for a known path asked with another method."""
+        allowed = allowed_methods(ex.upstream.routes, ex.path)
+        if not allowed:
+            detail = f"{request.method} {ex.path[:256]} is not an allowed route"
+            return await self.refuse_with(request, ex, refuse(Code.ROUTE_NOT_ALLOWED, detail))
+        allow = ", ".join(sorted(allowed))
+        detail = f"{request.method[:16]} is not allowed on {ex.path[:256]}; allowed: {allow}"
+        response = await self.refuse_with(request, ex, refuse(Code.METHOD_NOT_ALLOWED, detail))
+        response.headers["Allow"] = allow
+        return response
 
     # -- the three paths ------------------------------------------------------------------
 
@@ -201,12 +237,18 @@ class Gateway:
         self.count(down)
         return self.reply(ex, Code.BACKEND_UNAVAILABLE, down.reasons[0].detail)
 
-    async def read_body(self, request: web.Request) -> bytes | None:
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return None
-        data = await request.content.read(limit + 1)
-        return None if len(data) > limit else data
+    async def read_body(self, request: web.Request) -> bytes | Code:
+        """The whole body as sent, or the refusal code when it is too large or too slow (raises ClientClosed)."""
+        limits = self.settings.limits
+        try:
+            return await read_limited(
+                request, limits.max_body_bytes, Pace(limits.body_timeout_s, limits.body_min_rate_bytes_s)
+            )
+        except BodyTooLarge:
+            return Code.BODY_TOO_LARGE
+        except BodyTooSlow:
+            self.metrics.connections_refused.labels("body_timeout").inc()
+            return Code.REQUEST_TIMEOUT
 
     def upstream_headers(self, request: web.Request, ex: Exchange, decision: Decision) -> CIMultiDict[str]:
         headers = upstream_request_headers(request.headers)
@@ -266,6 +308,7 @@ class Gateway:
             licences=ex.extra.get("licences"),
             lease=ex.extra.get("lease"),
             kind=kind,
+            exemptions=ex.extra.get("exemptions"),
         )
 
     def count(self, decision: Decision) -> None:

@@ -68,9 +68,19 @@ class Reconciler:
             self._task = None
 
     async def _loop(self) -> None:
+        last: str | None = None  # the cause last logged with its traceback
         while True:
             await asyncio.sleep(self.settings.interval_s)
-            await self.run_once()
+            try:
+                await self.run_once()
+                last = None
+            except Exception as exc:  # supervision boundary: one failed round must not end reconciliation
+                self.metrics.reconcile.labels("error").inc()
+                if repr(exc) != last:
+                    log.exception("reconcile: a round failed unexpectedly; the next round runs as usual")
+                    last = repr(exc)
+                else:
+                    log.error("reconcile: a round failed again (%r)", exc)
 
     async def run_once(self) -> dict[str, int]:
         """One round: up to `batch` jobs asked about; returns how many ended in each result."""
@@ -178,6 +188,6 @@ class Reconciler:
 
 
 def _report_crash(task: "asyncio.Task[None]") -> None:
-    """A round that raised something unforeseen ends the task: say so loudly rather than silently."""
+    """Rounds catch their own failures; anything that still ends the task is said loudly, not silently."""
     if not task.cancelled() and task.exception() is not None:
         log.error("reconcile: the background task stopped", exc_info=task.exception())

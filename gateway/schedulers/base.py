@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gateway.core.jobs import JobSpec, JobSpecInvalid
+from gateway.core.jsontext import json_utf8
 from gateway.core.routes import Route, RouteMatch
 
 # Counts above this are refused as absurd (no cluster holds a million GPUs for one job).
@@ -143,8 +144,53 @@ def _finite(text: str) -> float:
     return value
 
 
+# The escape of a UTF-16 surrogate half; a body is valid UTF-8, so only an escape can produce one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _is_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (a parser joins escaped pairs, so any left is lone)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The field path of the first key or string holding a lone surrogate, or None (iterative: no depth limit)."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str) and not _is_text(item):
+            return path or "body"
+        if isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}.{key_name(key)}" if path else key_name(key)
+                if not _is_text(key):
+                    return where
+                stack.append((where, child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+    return None
+
+
 def load_json(body: bytes) -> Any:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no overflowing numbers."""
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no overflowing numbers, no lone surrogates.
+
+    A lone surrogate escape (`"\\ud800"`) is valid JSON but not text: schedulers cannot be relied on to
+    keep it, and a lineage holding one would name quota keys. It is refused before anything is reserved.
+    """
+    value = _parse(body)
+    where = _lone_surrogate(value) if _SURROGATE_ESCAPE.search(body) else None
+    if where is not None:
+        # The path itself may hold the surrogate: shown escaped, as the client wrote it.
+        field = json_utf8(where[:200]).decode("utf-8")
+        raise JobSpecInvalid(field, "holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not text")
+    return value
+
+
+def _parse(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
         return json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant, parse_float=_finite)
@@ -165,15 +211,16 @@ def load_object(content_encoding: str | None, body: bytes) -> dict[str, Any]:
 
 
 def try_json(body: bytes) -> Any:
-    """A response body parsed leniently enough to read, or None when it is not JSON."""
+    """A response body parsed leniently enough to read (lone surrogates kept), or None when it is not JSON."""
     try:
-        return load_json(body)
+        return _parse(body)
     except JobSpecInvalid:
         return None
 
 
 def dump_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact JSON as UTF-8; a lone surrogate a scheduler's answer held is written back as its escape."""
+    return json_utf8(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
 
 
 def count(value: Any, field: str, *, strings: bool = True) -> int:

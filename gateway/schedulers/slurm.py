@@ -294,10 +294,13 @@ class SlurmAdapter:
             raise JobSpecInvalid("time_limit", "no time limit, and no limit is configured for the job's partition")
         parts = tuple(p for c in components for p in c.parts)
         bounded(sum(p.gpus * p.concurrency for p in parts), "gpus")
+        # A purpose can exempt the whole job from the training count, so it is the job's only
+        # when every component declares the same one; one undeclared component leaves it unset.
+        purposes = {c.purpose for c in components}
         return JobSpec(
             parts=parts,
             walltime_s=max(w for w in walltimes if w is not None),
-            purpose=next((c.purpose for c in components if c.purpose), None),
+            purpose=purposes.pop() if len(purposes) == 1 else None,
             lineage=next((c.lineage for c in components if c.lineage), None),
             name=next((c.name for c in components if c.name), None),
         )

@@ -6,7 +6,8 @@
 -- ARGV[1] now, ARGV[2] lease end, ARGV[3] lease id, ARGV[4] tenant id, ARGV[5] idempotency
 -- key ('' for none), ARGV[6] window in seconds, ARGV[7] counter count, then per counter:
 -- key, kind (held|cumulative), amount, cap ('' for none), base, reach (1|0), enforced (1|0),
--- share (fixed|headroom|overflow); then the replaced lease's id ('' for none).
+-- share (fixed|headroom|overflow), chip_max, chip_min (0 0: divisible); then the replaced
+-- lease's id ('' for none).
 --
 -- While the replaced lease is live (not released or refunded), each counter is checked as if
 -- its current debit there were already given back: a held counter's live share, a cumulative
@@ -64,7 +65,8 @@ local function expire(v, z, a)
   store(v, value)
 end
 
-local replaced = ARGV[8 + n * 8] or ''
+local stride = 10
+local replaced = ARGV[8 + n * stride] or ''
 local old = nil
 if replaced ~= '' then
   old = KEYS[3 + n * 3]
@@ -75,12 +77,13 @@ end
 
 local cs = {}
 for i = 1, n do
-  local o = 7 + (i - 1) * 8
+  local o = 7 + (i - 1) * stride
   local k = 2 + (i - 1) * 3
   local c = {
     key = ARGV[o + 1], kind = ARGV[o + 2], amount = tonumber(ARGV[o + 3]),
     cap = tonumber(ARGV[o + 4]), base = tonumber(ARGV[o + 5]), reach = ARGV[o + 6] == '1',
     enforced = ARGV[o + 7] == '1', share = ARGV[o + 8],
+    chip_max = tonumber(ARGV[o + 9]), chip_min = tonumber(ARGV[o + 10]),
     v = KEYS[k + 1], z = KEYS[k + 2], a = KEYS[k + 3],
   }
   if c.kind == 'held' then
@@ -102,6 +105,7 @@ for i = 1, n do
 end
 
 -- Split a shared amount: headroom counters take what fits, overflow counters the rest.
+-- Chips are whole: a job that does not fit leaves no fraction of a chip under the headroom.
 local rest = nil
 for i = 1, n do
   local c = cs[i]
@@ -109,7 +113,13 @@ for i = 1, n do
     local pool = rest or c.amount
     local take = pool
     if c.cap then
-      take = math.min(pool, math.max(0, c.cap - c.base - c.checked))
+      local room = math.max(0, c.cap - c.base - c.checked)
+      if pool > room then
+        take = room
+        if c.chip_max > 0 then
+          take = math.min(pool, math.floor(room / c.chip_max) * c.chip_min)
+        end
+      end
     end
     c.take = take
     rest = pool - take

@@ -1,0 +1,117 @@
+"""What `serve` needs before it may start, checked offline: `check` prints it, `serve` refuses to start on it.
+
+Loading gateway.yaml checks its form; this reads what it names (pack, registry, admin tokens, key
+sets, signing key, upstream credentials) the way the gateway will, so the two cannot disagree.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.adapters.jwks import JwksError, read_hs256_secret, read_jwks_file
+from gateway.adapters.signing import KeyFileError, load_signer
+from gateway.adapters.upstream import CredentialError, SlurmTokens, read_key, read_static
+from gateway.config.admin import load_admin_tokens
+from gateway.config.located import ConfigError, Problem
+from gateway.config.pack import load_pack
+from gateway.config.registry import load_registry
+from gateway.config.settings import Settings
+
+
+@dataclass(slots=True)
+class Preflight:
+    """`problems` stop `serve` (or would leave it never ready); the rest only inform."""
+
+    problems: list[Problem] = field(default_factory=list)
+    # The gateway runs, but refuses some requests by design (a tenant whose country is not recorded).
+    warnings: list[Problem] = field(default_factory=list)
+    # What cannot be checked offline.
+    notes: list[Problem] = field(default_factory=list)
+
+
+def preflight(settings: Settings, env: Mapping[str, str]) -> Preflight:
+    """Everything `serve` reads at start, read now; `env` is the environment it will run in."""
+    out = Preflight()
+    _policy(settings, out)
+    _admin(settings, out)
+    _issuers(settings, out)
+    _ledger(settings, out)
+    _upstreams(settings, env, out)
+    return out
+
+
+def _policy(s: Settings, out: Preflight) -> None:
+    if not s.pack_dir.is_dir():
+        out.problems.append(s.where("policy.pack").problem(f"{s.pack_dir}: no such directory"))
+    else:
+        try:
+            load_pack(s.pack_dir)
+        except ConfigError as exc:
+            out.problems.extend(exc.problems)
+    if not s.registry_file.is_file():
+        out.problems.append(s.where("policy.registry").problem(f"{s.registry_file}: no such file"))
+        return
+    try:
+        load_registry(s.registry_file, out.warnings)
+    except ConfigError as exc:
+        out.problems.extend(exc.problems)
+
+
+def _admin(s: Settings, out: Preflight) -> None:
+    if s.admin_tokens_file is None:
+        return
+    if not s.admin_tokens_file.is_file():
+        message = f"{s.admin_tokens_file}: no such file (make entries with `exportgate keys admin-token`)"
+        out.problems.append(s.where("admin.tokens_file").problem(message))
+        return
+    try:
+        load_admin_tokens(s.admin_tokens_file)
+    except ConfigError as exc:
+        out.problems.extend(exc.problems)
+
+
+def _issuers(s: Settings, out: Preflight) -> None:
+    if not s.issuers:
+        out.warnings.append(
+            Problem("", 0, "auth.issuers", "none configured: every request is refused 401 and /readyz answers 503")
+        )
+    for i, issuer in enumerate(s.issuers):
+        where = f"auth.issuers[{i}]"
+        for key, path, read in (
+            ("jwks_file", issuer.jwks_file, read_jwks_file),
+            ("hs256_secret_file", issuer.hs256_secret_file, read_hs256_secret),
+        ):
+            if path is None:
+                continue
+            try:
+                read(path)
+            except JwksError as exc:
+                out.problems.append(s.where(f"{where}.{key}").problem(str(exc)))
+        if issuer.jwks_url is not None:
+            message = "not fetched offline; serve fetches it at start and retries, not ready until it answers"
+            out.notes.append(s.where(f"{where}.jwks_url").problem(message))
+
+
+def _ledger(s: Settings, out: Preflight) -> None:
+    for key, path in (("ledger.dir", s.ledger.dir), ("ledger.anchor_dir", s.ledger.anchor_dir)):
+        if path is not None and path.exists() and not path.is_dir():
+            out.problems.append(s.where(key).problem(f"{path}: not a directory"))
+    if s.ledger.signing_key_file is not None:
+        try:
+            load_signer(s.ledger.signing_key_file)
+        except KeyFileError as exc:
+            out.problems.append(s.where("ledger.signing_key_file").problem(str(exc)))
+
+
+def _upstreams(s: Settings, env: Mapping[str, str], out: Preflight) -> None:
+    for i, upstream in enumerate(s.upstreams):
+        for name, source in upstream.headers.items():
+            where = f"upstreams[{i}].headers.{name}"
+            try:
+                if source.slurm_jwt_key_file is not None:
+                    where += ".slurm_jwt_key_file"
+                    SlurmTokens(read_key(name, source.slurm_jwt_key_file), source.lifespan_s)
+                elif source.file is not None or source.env is not None:
+                    where += ".file" if source.file is not None else ".env"
+                    read_static(name, source, env)
+            except CredentialError as exc:
+                out.problems.append(s.where(where).problem(str(exc).removeprefix(f"header {name}: ")))

@@ -1,0 +1,104 @@
+"""HTTP conventions a client library relies on: bearer challenges, 403 for a wrong role, 405 with Allow."""
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.harness import E2E_TENANTS, Stack, call, ledger_records, run_stack
+
+READ_TOKEN = "read-token-for-conventions-0123456789"
+SUBMIT = "/slurm/v0.0.38/job/submit"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    tokens = tmp_path / "admin-tokens.yaml"
+    digest = hashlib.sha256(READ_TOKEN.encode()).hexdigest()
+    tokens.write_text(f"tokens:\n  - {{name: auditor, role: read, sha256: {digest}}}\n")
+    async for s in run_stack(tmp_path, registry=E2E_TENANTS, admin_tokens_file=tokens):
+        yield s
+
+
+@pytest.mark.parametrize(
+    ("authorization", "challenge"),
+    [
+        (None, 'Bearer realm="exportgate"'),
+        ("Bearer not.a.jwt", 'Bearer realm="exportgate", error="invalid_token", error_description="'),
+        ("Basic dXNlcjpwYXNz", 'Bearer realm="exportgate", error="invalid_token", error_description="'),
+    ],
+    ids=["no-token", "malformed-token", "other-scheme"],
+)
+async def test_401_carries_a_bearer_challenge(stack: Stack, authorization: str | None, challenge: str) -> None:
+    """Every 401 names the Bearer scheme (RFC 6750); a bad token says error="invalid_token"."""
+    headers = {} if authorization is None else {"Authorization": authorization}
+    status, body, got = await call(stack, "GET", "/slurm/v0.0.38/ping", None, headers=headers)
+    assert status == 401 and body["code"] in ("auth_missing", "auth_invalid")
+    assert got["WWW-Authenticate"].startswith(challenge)
+    assert got["WWW-Authenticate"].endswith('"')
+
+
+async def test_admin_token_with_the_wrong_role_gets_403(stack: Stack) -> None:
+    """A valid read token asking for a write gets 403 role_insufficient with an insufficient_scope challenge."""
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(
+            stack.admin_url + "/admin/v1/jobs/slurm/1/release", headers={"Authorization": f"Bearer {READ_TOKEN}"}
+        ) as resp,
+    ):
+        body = await resp.json(content_type=None)
+        assert (resp.status, body["code"]) == (403, "role_insufficient")
+        assert 'error="insufficient_scope"' in resp.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", SUBMIT, "DELETE, GET, HEAD, POST"),
+        ("PUT", "/slurm/v0.0.38/ping", "GET, HEAD"),
+        ("PATCH", "/slurm/v0.0.38/jobs", "GET, HEAD"),
+    ],
+    ids=["put-on-submit", "put-on-ping", "patch-on-listing"],
+)
+async def test_known_route_with_another_method_gets_405_with_allow(
+    stack: Stack, method: str, path: str, allow: str
+) -> None:
+    """A path a route knows, asked with a method it does not allow, gets 405 method_not_allowed and Allow."""
+    status, body, headers = await call(stack, method, path, "us-two")
+    assert (status, body["code"]) == (405, "method_not_allowed")
+    assert headers["Allow"] == allow
+    assert headers["Content-Type"] == "application/problem+json"
+    assert not stack.standin.requests, "a refused request reached the scheduler"
+    refusal = [r for r in ledger_records(stack) if r.get("decision_id") == body["decision_id"]]
+    assert refusal and [r["code"] for r in refusal[0]["reasons"]] == ["method_not_allowed"]
+
+
+async def test_unknown_path_still_gets_404_route_not_allowed(stack: Stack) -> None:
+    """A path no route knows, whatever the method, stays 404 route_not_allowed (no Allow to offer)."""
+    status, body, headers = await call(stack, "GET", "/no/such/route", "us-two")
+    assert (status, body["code"]) == (404, "route_not_allowed")
+    assert "Allow" not in headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code", "allow"),
+    [
+        ("GET", "/admin/v1/nothing-here", 404, "route_not_allowed", None),
+        ("GET", "/favicon.ico", 404, "route_not_allowed", None),
+        ("POST", "/metrics", 405, "method_not_allowed", "GET, HEAD"),
+        ("GET", "/admin/v1/jobs/slurm/1/release", 405, "method_not_allowed", "POST"),
+    ],
+    ids=["unknown-admin-path", "unknown-root-path", "post-metrics", "get-release"],
+)
+async def test_admin_listener_answers_problem_json(
+    stack: Stack, method: str, path: str, status: int, code: str, allow: str | None
+) -> None:
+    """Unknown admin paths and wrong methods answer problem+json with a stable code, not aiohttp's text."""
+    headers = {"Authorization": f"Bearer {READ_TOKEN}"}
+    async with aiohttp.ClientSession() as client, client.request(method, stack.admin_url + path, headers=headers) as r:
+        assert r.status == status
+        assert r.headers["Content-Type"] == "application/problem+json"
+        assert (await r.json(content_type=None))["code"] == code
+        assert r.headers.get("Allow") == allow
