@@ -63,6 +63,7 @@ instance_id: bench
 policy: {{pack: {POLICIES / "ai-diffusion-2025"}, registry: {POLICIES / "tenants.example.yaml"}}}
 ledger: {{dir: {workdir / "ledger"}}}
 quota: {{store: memory}}
+shutdown: {{drain_s: 0}}
 auth:
   issuers: [{{issuer: "{ISSUER}", audiences: [exportgate], algorithms: [RS256], jwks_file: {workdir / "jwks.json"}}}]
 upstreams:

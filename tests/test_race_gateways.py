@@ -92,6 +92,7 @@ ledger: {{dir: {workdir / "ledger"}}}
 # A generous store timeout: a timed-out script may still have run, which would blur the count.
 quota: {{store: redis, redis_url: "{redis_url}", timeout_ms: 5000, prefix: "{prefix}"}}
 reload: {{interval_s: 5}}
+shutdown: {{drain_s: 0}}
 auth:
   issuers:
     - issuer: "{ISSUER}"

@@ -29,6 +29,7 @@ admin: {{host: 127.0.0.1, port: {admin_port}}}
 instance_id: sup
 policy: {{registry: {POLICIES / "tenants.example.yaml"}}}
 ledger: {{dir: {workdir / "ledger"}}}
+shutdown: {{drain_s: 0}}
 quota: {quota if store == "redis" else "{store: memory}"}
 auth:
   issuers: [{{issuer: "{ISSUER}", audiences: ["{AUDIENCE}"], algorithms: [RS256], jwks_file: {workdir / "jwks.json"}}}]
