@@ -19,7 +19,7 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.standin import StandinState, standin_app
+from gateway.demo.standin import StandinState, standin_app
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

@@ -7,9 +7,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.adapters.ledger import LedgerWriter
-from gateway.adapters.signing import generate, load_public_key, load_signer
-from gateway.cli_ledger import check_instance
+from gateway.adapters.ledger.signing import generate, load_public_key, load_signer
+from gateway.adapters.ledger.writer import LedgerWriter
+from gateway.cli.ledger import check_instance
 from gateway.core.verify import TrustedKey
 
 BODY = {

@@ -14,8 +14,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.config.settings import Settings, load_settings
+from gateway.demo.standin import StandinState, standin_app
 from gateway.http.app import Server
-from gateway.standin import StandinState, standin_app
 from tests.redis_server import free_port
 
 ISSUER = "https://idp.example.com"

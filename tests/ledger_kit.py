@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.adapters.ledger import LedgerWriter
-from gateway.adapters.signing import PublicKey, Signer, generate, load_public_key, load_signer
+from gateway.adapters.ledger.signing import PublicKey, Signer, generate, load_public_key, load_signer
+from gateway.adapters.ledger.writer import LedgerWriter
 from gateway.cli import main
 
 

@@ -32,3 +32,42 @@ def test_pure_modules_import_no_io(path: Path) -> None:
 def test_core_is_not_empty() -> None:
     """The architecture test looks at real files (guards against a moved package)."""
     assert len([p for p in PURE if p.parent.name == "core"]) >= 8
+
+
+# Dependencies point one way: each package may import only from its own layer and those below.
+LAYERS = {"core": 0, "schedulers": 1, "config": 2, "adapters": 3, "http": 4, "cli": 5, "demo": 5}
+
+
+def gateway_imports(path: Path) -> set[str]:
+    """The `gateway.*` modules a file imports, TYPE_CHECKING imports included (a cycle is a cycle)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gateway"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("gateway"))
+    return found
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.get(parts[1]) if len(parts) > 1 else None
+
+
+LAYERED = sorted(p for p in ROOT.rglob("*.py") if p.relative_to(ROOT).parts[0] in LAYERS)
+
+
+@pytest.mark.parametrize("path", LAYERED, ids=[str(p.relative_to(ROOT)) for p in LAYERED])
+def test_layers_import_only_downwards(path: Path) -> None:
+    """core <- schedulers <- config <- adapters <- http <- cli/demo: no module imports a layer above its own."""
+    mine = LAYERS[path.relative_to(ROOT).parts[0]]
+    above = {m for m in gateway_imports(path) if (layer_of(m) or 0) > mine}
+    assert above == set()
+
+
+def test_every_package_is_layered() -> None:
+    """Every package under gateway/ has a layer, so a new one cannot slip past the rule above."""
+    packages = {p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages <= set(LAYERS)

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.adapters.signing import generate
+from gateway.adapters.ledger.signing import generate
 from tests.harness import POLICIES, Idp, run_stack
 from tests.redis_server import free_port
 from tests.test_e2e_proxy import post

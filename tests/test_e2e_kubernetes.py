@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from gateway.core.leases import QUOTA_SLOT
+from gateway.demo.standin_k8s import k8s_app
 from tests.harness import E2E_TENANTS, Stack, call, run_stack, wait_for_record
-from tests.standin_k8s import k8s_app
 
 H100 = 15832.0
 JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"

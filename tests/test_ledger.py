@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.adapters.ledger import LedgerWriter
+from gateway.adapters.ledger.writer import LedgerWriter
 from gateway.core.ledger import GENESIS, link_problem
 from tests.harness import Stack, run_stack
 from tests.test_e2e_proxy import ledger_records, post

@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
+from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.cli import main
-from gateway.standin import StandinState
+from gateway.demo.standin import StandinState
 from tests.harness import Idp, start_standin, write_config
 from tests.ledger_kit import Keys, chain, fill
 from tests.test_e2e_proxy import JOB, SUBMIT

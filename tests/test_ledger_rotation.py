@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
-from gateway.adapters.signing import load_public_key, load_signer
+from gateway.adapters.ledger.signing import load_public_key, load_signer
+from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.config.located import ConfigError
 from gateway.config.settings import load_settings
 from gateway.core.ledger import GENESIS, checkpoint_payload, link_problem

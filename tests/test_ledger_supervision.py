@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.adapters import ledger as ledger_module
-from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
+from gateway.adapters.ledger import writer as ledger_module
+from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.core.ledger import GENESIS, canonical, line_of, link_problem, seal
 from tests.harness import E2E_TENANTS, Stack, run_stack, wait_for_record
 from tests.ledger_kit import Keys, chain, run_cli

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.adapters.signing import Signer
+from gateway.adapters.ledger.signing import Signer
 from gateway.core.ledger import canonical, checkpoint_payload, record_hash
 from tests.ledger_kit import Keys, fill, read_lines, run_cli
 

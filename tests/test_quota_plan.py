@@ -14,6 +14,7 @@ from gateway.config.pack import load_pack
 from gateway.core.codes import Code
 from gateway.core.decide import Decision, Outcome
 from gateway.core.jobs import Cost, JobPart, JobSpec
+from gateway.core.leases import CounterValue
 from gateway.core.policy import Pack, Rule, RuleId
 from gateway.core.pricing import price
 from gateway.core.quota import (
@@ -34,7 +35,6 @@ from gateway.core.quota import (
     split_amounts,
 )
 from gateway.core.quota_book import QuotaBook
-from gateway.core.rebuild import CounterValue
 from gateway.core.tenants import Budget, BudgetPeriod, Kyc, KycStatus, Licence, LicenceScope, Tenant, Veu
 from gateway.core.tiers import Tier, TierTable
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.core.leases import QUOTA_SLOT
-from gateway.standin import StandinState, standin_app
+from gateway.demo.standin import StandinState, standin_app
 from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp
 from tests.processes import GatewayProcess, free_ports, wait_ready
 from tests.redis_server import RedisProcess, free_port

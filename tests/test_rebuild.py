@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from gateway.adapters.ledger_reader import records_in_time_order
+from gateway.adapters.ledger.reader import records_in_time_order
 from gateway.adapters.quota import QuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.cli import main

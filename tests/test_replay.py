@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.adapters.ledger_reader import records_in_time_order
+from gateway.adapters.ledger.reader import records_in_time_order
 from gateway.cli import main
 from gateway.config.pack import load_pack
 from gateway.config.registry import load_registry

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from gateway.cli import main
-from gateway.standin import StandinState
+from gateway.demo.standin import StandinState
 from tests.harness import E2E_TENANTS, Idp, Stack, run_stack, start_standin, write_config
 from tests.ledger_kit import Keys
 from tests.processes import GatewayProcess, wait_ready

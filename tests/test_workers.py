@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.cli.workers import with_workers, worker_settings
 from gateway.config.settings import QuotaSettings, Settings, load_settings
-from gateway.workers import with_workers, worker_settings
 from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp
 from tests.processes import GatewayProcess, children, free_ports, ready, wait_ready
 from tests.redis_server import RedisProcess, free_port

@@ -8,7 +8,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,6 +24,7 @@ from gateway.adapters.jwks import (
     KeySource,
     merge,
 )
+from gateway.config.auth import IssuerConfig as IssuerConfig
 from gateway.core.claims import MAX_TOKEN_BYTES as MAX_TOKEN_BYTES
 from gateway.core.claims import (
     ClaimRefused,
@@ -48,51 +48,6 @@ class RefreshResult(StrEnum):
     UNCHANGED = "unchanged"
     ERROR = "error"
     SKIPPED_COOLDOWN = "skipped_cooldown"
-
-
-@dataclass(frozen=True, slots=True)
-class IssuerConfig:
-    """One trusted token issuer: its audiences, pinned algorithms and where its keys live."""
-
-    issuer: str
-    audiences: tuple[str, ...]
-    algorithms: tuple[str, ...]
-    jwks_file: Path | None = None
-    jwks_url: str | None = None
-    hs256_secret_file: Path | None = None
-    subject_claim: str = "sub"
-    leeway_s: float = 30.0
-    refetch_cooldown_s: float = 30.0
-    refresh_interval_s: float = 300.0
-
-    def __post_init__(self) -> None:
-        problem = _config_problem(self)
-        if problem is not None:
-            raise ValueError(f"issuer {self.issuer!r}: {problem}")
-
-
-def _config_problem(c: IssuerConfig) -> str | None:
-    """What is wrong with an issuer's configuration, if anything."""
-    asymmetric = set(c.algorithms) - {"HS256"}
-    if not c.issuer:
-        return "issuer must not be empty"
-    if not c.audiences or not all(c.audiences):
-        return "audiences must be non-empty strings"
-    if not c.algorithms or not set(c.algorithms) <= SUPPORTED_ALGORITHMS:
-        return f"algorithms must be a non-empty subset of {sorted(SUPPORTED_ALGORITHMS)}"
-    if ("HS256" in c.algorithms) != (c.hs256_secret_file is not None):
-        return "HS256 must be pinned if and only if hs256_secret_file is set"
-    if c.jwks_file is not None and c.jwks_url is not None:
-        return "set jwks_file or jwks_url, not both"
-    if bool(asymmetric) != (c.jwks_file is not None or c.jwks_url is not None):
-        return "asymmetric algorithms need a jwks_file or jwks_url, and only they use one"
-    if c.jwks_url is not None and not c.jwks_url.startswith(("https://", "http://")):
-        return "jwks_url must be an http(s) URL"
-    if not c.subject_claim:
-        return "subject_claim must not be empty"
-    if c.leeway_s < 0 or c.refetch_cooldown_s < 0 or c.refresh_interval_s <= 0:
-        return "leeway_s and refetch_cooldown_s must be >= 0, refresh_interval_s > 0"
-    return None
 
 
 class AuthError(Exception):

@@ -14,9 +14,11 @@ import aiohttp
 from jwt import PyJWK, PyJWTError
 from yarl import URL
 
+from gateway.config.auth import SUPPORTED_ALGORITHMS as SUPPORTED_ALGORITHMS
+
 log = logging.getLogger(__name__)
 
-SUPPORTED_ALGORITHMS = frozenset({"RS256", "PS256", "ES256", "EdDSA", "HS256"})
+
 FETCH_TIMEOUT_S = 5.0
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 64

@@ -7,11 +7,11 @@ from gateway.core.leases import (
     LeaseRef,
     Owner,
     Plan,
+    QuotaState,
     ReserveResult,
     ReserveStatus,
     StoredResponse,
 )
-from gateway.core.rebuild import QuotaState
 
 __all__ = [
     "DEFAULT_IDEMPOTENCY_WINDOW_S", "DEFAULT_OWNERSHIP_TTL_S", "BackendUnavailable", "CounterState",

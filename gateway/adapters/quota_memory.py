@@ -4,9 +4,8 @@ import heapq
 from dataclasses import dataclass, field
 
 from gateway.adapters.quota import DEFAULT_IDEMPOTENCY_WINDOW_S, DEFAULT_OWNERSHIP_TTL_S, lease_ref
-from gateway.core.leases import LeaseRef, Owner, Plan, ReserveResult, ReserveStatus, StoredResponse
+from gateway.core.leases import LeaseRef, Owner, Plan, QuotaState, ReserveResult, ReserveStatus, StoredResponse
 from gateway.core.quota_book import QuotaBook
-from gateway.core.rebuild import QuotaState
 
 
 @dataclass(slots=True)

@@ -27,11 +27,11 @@ from gateway.core.leases import (
     LeaseRef,
     Owner,
     Plan,
+    QuotaState,
     ReserveResult,
     ReserveStatus,
     StoredResponse,
 )
-from gateway.core.rebuild import QuotaState
 
 Client = Redis | RedisCluster
 

@@ -3,9 +3,10 @@
 import asyncio
 from pathlib import Path
 
-from gateway.adapters.ledger_reader import records_in_time_order
+from gateway.adapters.ledger.reader import records_in_time_order
 from gateway.adapters.quota import DEFAULT_IDEMPOTENCY_WINDOW_S, DEFAULT_OWNERSHIP_TTL_S, QuotaStore
-from gateway.core.rebuild import QuotaState, rebuild_state
+from gateway.core.leases import QuotaState
+from gateway.core.rebuild import rebuild_state
 
 
 def state_from_ledger(

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import jwt
 
-from gateway.config.settings import HeaderSource, UpstreamSettings
+from gateway.config.upstreams import HeaderSource, UpstreamSettings
 from gateway.core.routes import Route
 from gateway.core.tenants import Tenant
 from gateway.schedulers import SchedulerAdapter

@@ -9,51 +9,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from gateway.adapters.auth import IssuerConfig
-from gateway.config.fields import Fields, as_str, field_where
+from gateway.config.auth import IssuerConfig, load_issuers
+from gateway.config.fields import Fields, as_str
 from gateway.config.ledger import LedgerSettings, load_ledger_settings
 from gateway.config.limits import Limits, Shutdown, load_limits, load_shutdown
 from gateway.config.located import ConfigError, Node, Problem, Where, load_file, load_text
 from gateway.config.reconcile import ReconcileSettings, load_reconcile_settings
-from gateway.config.schedulers import load_scheduler_options
-from gateway.core.routes import Route, RouteKind
-from gateway.schedulers import SchedulerOptions
+from gateway.config.upstreams import UpstreamSettings, load_upstreams
 
 BUNDLED_POLICIES = Path(__file__).resolve().parent.parent.parent / "policies"
-SCHEDULERS = ("slurm", "kubernetes", "ray", "generic", "none")
-ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "HS256")
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderSource:
-    """Where an upstream credential header's value comes from; secrets are read at start."""
-
-    file: Path | None = None
-    env: str | None = None
-    from_tenant: str | None = None
-    prefix: str = ""
-    slurm_jwt_key_file: Path | None = None
-    lifespan_s: float = 600.0
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamSettings:
-    name: str
-    url: str
-    prefix: str
-    scheduler: str
-    routes: tuple[Route, ...]
-    options: SchedulerOptions | None = None
-    timeout_s: float = 60.0
-    connect_timeout_s: float = 5.0
-    headers: Mapping[str, HeaderSource] = field(default_factory=dict)
-    bind_params: Mapping[str, str] = field(default_factory=dict)
-
-
-# Path parameters a tenant may only fill with its own identity, per scheduler (overridable).
-DEFAULT_BIND_PARAMS: dict[str, dict[str, str]] = {"kubernetes": {"ns": "k8s_namespace"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,202 +130,6 @@ def _clash_where(origins: Mapping[str, Where], root: Node) -> Where:
     set_by_env = [origins[p] for p in ("admin.port", "listen.port") if p in origins and not origins[p].file]
     in_file = [origins[p] for p in ("admin.port", "listen.port") if p in origins]
     return (set_by_env or in_file or [Where(root.file, root.line, "admin.port")])[0]
-
-
-def _routes(node: Node | None, problems: list[Problem]) -> tuple[Route, ...]:
-    if node is None or node.raw is None:
-        return ()
-    if not isinstance(node.raw, list):
-        problems.append(node.problem("must be a list of routes"))
-        return ()
-    out = []
-    for i, item in enumerate(node.elements()):
-        fields = Fields(item, problems, ("name", "methods", "path", "kind", "websocket"))
-        methods: list[str] = fields.texts("methods", ["GET"])
-        path: str = fields.text("path", "", required=True)
-        kind = fields.choice("kind", [k.value for k in RouteKind], required=True)
-        if not path or kind is None:
-            continue
-        try:
-            out.append(
-                Route.of(
-                    fields.text("name", f"route{i}"), methods, path, RouteKind(kind), fields.flag("websocket", False)
-                )
-            )
-        except ValueError as exc:
-            fields.problem("path", str(exc))
-    return tuple(out)
-
-
-def _headers(node: Node | None, base: Path, problems: list[Problem]) -> dict[str, HeaderSource]:
-    if node is None or node.raw is None:
-        return {}
-    if not isinstance(node.raw, dict):
-        problems.append(node.problem("must be a mapping of header name to source"))
-        return {}
-    out = {}
-    for name, child in node.items():
-        fields = Fields(child, problems, ("file", "env", "from_tenant", "prefix", "slurm_jwt_key_file", "lifespan_s"))
-        source = HeaderSource(
-            _resolve(base, fields.text("file")),
-            fields.text("env"),
-            fields.text("from_tenant"),
-            fields.text("prefix", ""),
-            _resolve(base, fields.text("slurm_jwt_key_file")),
-            fields.number("lifespan_s", 600.0),
-        )
-        if sum(x is not None for x in (source.file, source.env, source.from_tenant)) != 1:
-            problems.append(child.problem("exactly one of file, env, from_tenant"))
-        if source.slurm_jwt_key_file is not None and source.from_tenant is None:
-            problems.append(child.problem("slurm_jwt_key_file mints a token for a user: set from_tenant"))
-        if not 30 <= source.lifespan_s <= 86400:
-            fields.problem("lifespan_s", "must be 30..86400")
-        out[name] = source
-    return out
-
-
-def _bind_params(node: Node | None, scheduler: str, problems: list[Problem]) -> dict[str, str]:
-    """`{path param: upstream_identity field}`; the scheduler's default when absent."""
-    if node is None:
-        return dict(DEFAULT_BIND_PARAMS.get(scheduler, {}))
-    if node.raw is None:
-        return {}
-    if not isinstance(node.raw, dict):
-        problems.append(node.problem("must be a mapping of path parameter to upstream_identity field"))
-        return {}
-    out = {}
-    for param, child in node.items():
-        if not isinstance(child.raw, str) or not child.raw:
-            problems.append(child.problem("must name an upstream_identity field"))
-            continue
-        out[param] = child.raw
-    return out
-
-
-def _upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[UpstreamSettings, ...]:
-    if node is None or not isinstance(node.raw, list) or not node.raw:
-        if node is not None:
-            problems.append(node.problem("must be a non-empty list"))
-        return ()
-    out = []
-    for item in node.elements():
-        fields = Fields(
-            item,
-            problems,
-            (
-                "name",
-                "url",
-                "prefix",
-                "scheduler",
-                "scheduler_options",
-                "routes",
-                "timeout_s",
-                "connect_timeout_s",
-                "headers",
-                "bind_params",
-            ),
-        )
-        url: str = fields.text("url", "", required=True)
-        parts = urlsplit(url)
-        if url and (parts.scheme not in ("http", "https") or not parts.hostname):
-            fields.problem("url", f"{url!r} is not an http(s) URL")
-        prefix: str = fields.text("prefix", "/")
-        scheduler: str = fields.choice("scheduler", SCHEDULERS, "none")
-        if not prefix.startswith("/"):
-            fields.problem("prefix", "must start with '/'")
-        out.append(
-            UpstreamSettings(
-                name=fields.text("name", "default"),
-                url=url.rstrip("/"),
-                prefix=prefix,
-                scheduler=scheduler,
-                routes=_routes(fields.child("routes"), problems),
-                options=load_scheduler_options(scheduler, fields.child("scheduler_options"), problems, item),
-                timeout_s=fields.number("timeout_s", 60.0),
-                connect_timeout_s=fields.number("connect_timeout_s", 5.0),
-                headers=_headers(fields.child("headers"), base, problems),
-                bind_params=_bind_params(fields.child("bind_params"), scheduler, problems),
-            )
-        )
-    for upstream, item in zip(out, node.elements(), strict=True):
-        if upstream.scheduler == "none" and any(r.kind is not RouteKind.PLAIN_READ for r in upstream.routes):
-            message = "without a scheduler adapter only plain_read routes are allowed"
-            problems.append(field_where(item, "routes").problem(message))
-    seen: set[str] = set()
-    for upstream, item in zip(out, node.elements(), strict=True):
-        if upstream.name in seen:
-            problems.append(field_where(item, "name").problem(f"{upstream.name!r}: upstream names must be unique"))
-        seen.add(upstream.name)
-    return tuple(out)
-
-
-def _issuers(node: Node | None, base: Path, problems: list[Problem]) -> tuple[IssuerConfig, ...]:
-    if node is None or node.raw is None:
-        return ()
-    if not isinstance(node.raw, list):
-        problems.append(node.problem("must be a list of issuers"))
-        return ()
-    out = []
-    seen: set[str] = set()
-    for item in node.elements():
-        before = len(problems)
-        fields = Fields(
-            item,
-            problems,
-            (
-                "issuer",
-                "audiences",
-                "algorithms",
-                "jwks_file",
-                "jwks_url",
-                "hs256_secret_file",
-                "subject_claim",
-                "leeway_s",
-                "refetch_cooldown_s",
-                "refresh_interval_s",
-            ),
-        )
-        secret = _resolve(base, fields.text("hs256_secret_file"))
-        default_algs = (
-            ["HS256"]
-            if secret is not None and fields.child("jwks_file") is None and fields.child("jwks_url") is None
-            else ["RS256", "PS256", "ES256", "EdDSA"]
-        )
-        algorithms: list[str] = fields.texts("algorithms", default_algs)
-        for alg in algorithms:
-            if alg not in ALGORITHMS:
-                fields.problem("algorithms", f"{alg!r} is not one of {', '.join(ALGORITHMS)}")
-        if "HS256" in algorithms and secret is None:
-            fields.problem("algorithms", "HS256 needs hs256_secret_file")
-        jwks_file = _resolve(base, fields.text("jwks_file"))
-        jwks_url = fields.text("jwks_url")
-        if jwks_file is None and jwks_url is None and secret is None:
-            problems.append(item.problem("one of jwks_file, jwks_url, hs256_secret_file is required"))
-        audiences: list[str] = fields.texts("audiences", [], required=True)
-        issuer: str = fields.text("issuer", "", required=True)
-        if issuer and issuer in seen:  # the authenticator keeps one key set per issuer
-            fields.problem("issuer", f"{issuer!r} is configured twice")
-        seen.add(issuer)
-        if len(problems) > before:
-            continue
-        try:
-            out.append(
-                IssuerConfig(
-                    issuer=issuer,
-                    audiences=tuple(audiences),
-                    algorithms=tuple(algorithms),
-                    jwks_file=jwks_file,
-                    jwks_url=jwks_url,
-                    hs256_secret_file=secret,
-                    subject_claim=fields.text("subject_claim", "sub"),
-                    leeway_s=fields.number("leeway_s", 30.0),
-                    refetch_cooldown_s=fields.number("refetch_cooldown_s", 30.0),
-                    refresh_interval_s=fields.number("refresh_interval_s", 300.0),
-                )
-            )
-        except ValueError as exc:
-            problems.append(item.problem(str(exc)))
-    return tuple(out)
 
 
 def _proxies(fields: Fields) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -502,8 +271,8 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     issuers: tuple[IssuerConfig, ...] = ()
     if auth_node is not None:
         af = Fields(auth_node, problems, ("issuers",))
-        issuers = _issuers(af.child("issuers"), base, problems)
-    upstreams = _upstreams(fields.child("upstreams"), base, problems)
+        issuers = load_issuers(af.child("issuers"), base, problems)
+    upstreams = load_upstreams(fields.child("upstreams"), base, problems)
     if fields.child("upstreams") is None:
         fields.missing("upstreams")
     limits = load_limits(fields.child("limits"), problems)

@@ -181,3 +181,104 @@ class Owner:
 
     tenant_id: str
     lease: LeaseRef
+
+
+# -- quota state: what a store holds, as rebuilt from the ledger or restored into a store --------
+
+
+@dataclass(frozen=True, slots=True)
+class Debit:
+    """What one lease took from one counter."""
+
+    key: str
+    kind: CounterKind
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """One reservation as a store keeps it; refunded and released leases stay until collected."""
+
+    hash_tag: str
+    lease_id: str
+    tenant_id: str
+    end: float
+    idempotency_key: str | None
+    debits: tuple[Debit, ...]
+    counters: tuple[tuple[str, CounterKind], ...]
+    released: bool = False
+    refunded: bool = False
+    job: tuple[str, str] | None = None
+
+    @property
+    def ref(self) -> LeaseRef:
+        return LeaseRef(self.hash_tag, self.tenant_id, self.lease_id, self.idempotency_key, self.counters)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldShare:
+    """A live lease's part of a held counter."""
+
+    lease_id: str
+    end: float
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class CounterValue:
+    """A counter's value (zero when nothing is held or debited) and, if held, its live leases."""
+
+    hash_tag: str
+    key: str
+    kind: CounterKind
+    value: float
+    held: tuple[HeldShare, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyState:
+    """An idempotency record: pending (no response) or done with the response to replay."""
+
+    hash_tag: str
+    tenant_id: str
+    key: str
+    lease_id: str
+    expires: float
+    response: StoredResponse | None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerState:
+    """Who owns an upstream job, since when."""
+
+    upstream: str
+    job_id: str
+    owner: Owner
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedJobs:
+    """The jobs a tenant owns on one upstream (empty when all have lapsed)."""
+
+    upstream: str
+    tenant_id: str
+    jobs: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaState:
+    """Everything a quota store holds, as the ledger says it should be at one instant."""
+
+    now: float
+    counters: tuple[CounterValue, ...] = ()
+    leases: tuple[LeaseState, ...] = ()
+    idempotency: tuple[IdempotencyState, ...] = ()
+    owners: tuple[OwnerState, ...] = ()
+    owned: tuple[OwnedJobs, ...] = ()
+    skipped: int = 0
+
+    def tags(self) -> list[str]:
+        """The hash tags (Redis slots) this state names, sorted."""
+        found = {c.hash_tag for c in self.counters} | {lease.hash_tag for lease in self.leases}
+        return sorted(found | {i.hash_tag for i in self.idempotency})

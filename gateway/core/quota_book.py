@@ -3,8 +3,16 @@
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gateway.core.leases import CounterKind, CounterState, Plan, ReserveResult, ReserveStatus, split_amounts
-from gateway.core.rebuild import CounterValue, LeaseState
+from gateway.core.leases import (
+    CounterKind,
+    CounterState,
+    CounterValue,
+    LeaseState,
+    Plan,
+    ReserveResult,
+    ReserveStatus,
+    split_amounts,
+)
 
 Slot = tuple[str, str]  # (hash tag, counter key)
 LeaseKey = tuple[str, str]  # (hash tag, lease id), as Redis keys a lease hash

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
+from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.config.admin import AdminToken, Role
 from gateway.core.codes import Code

@@ -12,17 +12,18 @@ from typing import Any
 from aiohttp import web
 
 from gateway.adapters.auth import Authenticator
-from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
+from gateway.adapters.ledger.signing import KeyFileError, load_signer
+from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.adapters.quota_memory import MemoryQuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.adapters.rebuild import rebuild_store
-from gateway.adapters.signing import KeyFileError, load_signer
 from gateway.adapters.upstream import Upstream
 from gateway.config.admin import load_admin_tokens
-from gateway.config.settings import Settings, UpstreamSettings
+from gateway.config.settings import Settings
+from gateway.config.upstreams import UpstreamSettings
 from gateway.http import client_faults
 from gateway.http.admin import admin_app
 from gateway.http.admin_api import AdminApi

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.adapters.ledger import LedgerUnavailable
+from gateway.adapters.ledger.writer import LedgerUnavailable
 from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.core.codes import Code
 from gateway.core.decide import Decision, refuse, verdict

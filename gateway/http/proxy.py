@@ -13,7 +13,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.adapters.auth import Authenticator, AuthError
-from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
+from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.quota import QuotaStore

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import aiohttp
 from yarl import URL
 
-from gateway.adapters.ledger import LedgerUnavailable, LedgerWriter
+from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.quota import BackendUnavailable, QuotaStore

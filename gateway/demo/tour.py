@@ -15,13 +15,13 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.adapters.signing import generate, load_public_key
-from gateway.cli_ledger import verify
+from gateway.adapters.ledger.signing import generate, load_public_key
+from gateway.cli.ledger import verify
+from gateway.cli.preflight import preflight
 from gateway.config.located import ConfigError
 from gateway.config.settings import BUNDLED_POLICIES, load_settings
+from gateway.demo.standin import StandinState, standin_app
 from gateway.http.app import Server
-from gateway.preflight import preflight
-from gateway.standin import StandinState, standin_app
 
 ISSUER = "https://idp.example.com"
 AUDIENCE = "exportgate"

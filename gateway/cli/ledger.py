@@ -10,10 +10,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters import ledger_files as files
-from gateway.adapters.ledger_prune import PruneError, prune_instance
-from gateway.adapters.ledger_reader import instance_dirs, live_segments, read_instance
-from gateway.adapters.signing import KeyFileError, PublicKey, generate, load_public_key, load_signer
+from gateway.adapters.ledger import files
+from gateway.adapters.ledger.prune import PruneError, prune_instance
+from gateway.adapters.ledger.reader import instance_dirs, live_segments, read_instance
+from gateway.adapters.ledger.signing import KeyFileError, PublicKey, generate, load_public_key, load_signer
 from gateway.core.verify import ChainCheck, Expected, Finding, Kind, TrustedKey, Where
 
 _HEAD = re.compile(r"^(?P<instance>[^=]+)=(?:(?P<seq>\d+):)?(?P<hash>[0-9a-f]{64})$")

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters import ledger_files as files
-from gateway.adapters.ledger_reader import live_segments, prune_anchor
-from gateway.adapters.signing import Signer
+from gateway.adapters.ledger import files
+from gateway.adapters.ledger.reader import live_segments, prune_anchor
+from gateway.adapters.ledger.signing import Signer
 from gateway.core.ledger import line_of, prune_payload
 from gateway.core.ledger import prune_anchor as anchor_record
 

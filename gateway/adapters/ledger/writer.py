@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters import ledger_files as files
-from gateway.adapters.signing import Signer
+from gateway.adapters.ledger import files
+from gateway.adapters.ledger.signing import Signer
 from gateway.core.ledger import (
     CHECKPOINT,
     GENESIS,

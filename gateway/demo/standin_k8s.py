@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.standin import StandinState
+from gateway.demo.standin import StandinState
 
 _JSON = "application/json"
 

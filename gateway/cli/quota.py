@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters.ledger_reader import records_in_time_order
+from gateway.adapters.ledger.reader import records_in_time_order
 from gateway.adapters.quota import BackendUnavailable
 from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.adapters.rebuild import state_from_ledger
 from gateway.config.located import ConfigError
 from gateway.config.pack import load_pack
 from gateway.config.registry import load_registry
-from gateway.core.rebuild import QuotaState
+from gateway.core.leases import QuotaState
 from gateway.core.replay import ReplayReport, replay
 from gateway.core.tenants import Registry
 

@@ -1,16 +1,16 @@
 """The `exportgate` command; each group of subcommands lives in its own module."""
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 
+from gateway.cli import ledger as ledger_commands
+from gateway.cli import quota as quota_commands
+from gateway.cli.preflight import preflight
 from gateway.config.located import ConfigError, Problem
 from gateway.config.settings import describe, load_settings
-from gateway.preflight import preflight
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except ConfigError as exc:
         return _refuse(exc.problems)
-    from gateway.workers import serve, with_workers
+    from gateway.cli.workers import serve, with_workers
 
     settings, refusal = with_workers(settings, args.workers)
     if refusal is not None:
@@ -64,7 +64,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import main as demo_main
+    from gateway.demo.tour import main as demo_main
 
     return demo_main()
 
@@ -82,21 +82,9 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check)
     demo = sub.add_parser("demo", help="run a gateway and a stand-in scheduler and print decisions")
     demo.set_defaults(func=_demo)
-    for module in _command_modules():
-        module.register(sub)
+    ledger_commands.register(sub)
+    quota_commands.register(sub)
     return root
-
-
-def _command_modules() -> list[ModuleType]:
-    """Subcommand groups that register themselves (`register(subparsers)`), if present."""
-    found: list[ModuleType] = []
-    for name in ("gateway.cli_ledger", "gateway.cli_quota", "gateway.cli_workers"):
-        try:
-            found.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:

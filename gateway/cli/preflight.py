@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.adapters.jwks import JwksError, read_hs256_secret, read_jwks_file
-from gateway.adapters.signing import KeyFileError, load_signer
+from gateway.adapters.ledger.signing import KeyFileError, load_signer
 from gateway.adapters.upstream import CredentialError, SlurmTokens, read_key, read_static
 from gateway.config.admin import load_admin_tokens
 from gateway.config.located import ConfigError, Problem

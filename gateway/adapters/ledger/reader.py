@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters import ledger_files as files
+from gateway.adapters.ledger import files
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,178 @@
+"""The `upstreams:` section of gateway.yaml: each scheduler's URL, adapter, routes, credentials and bound parameters."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gateway.config.fields import Fields, field_where
+from gateway.config.located import Node, Problem
+from gateway.config.schedulers import load_scheduler_options
+from gateway.core.routes import Route, RouteKind
+from gateway.schedulers import SchedulerOptions
+
+SCHEDULERS = ("slurm", "kubernetes", "ray", "generic", "none")
+
+
+def _resolve(base: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSource:
+    """Where an upstream credential header's value comes from; secrets are read at start."""
+
+    file: Path | None = None
+    env: str | None = None
+    from_tenant: str | None = None
+    prefix: str = ""
+    slurm_jwt_key_file: Path | None = None
+    lifespan_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    name: str
+    url: str
+    prefix: str
+    scheduler: str
+    routes: tuple[Route, ...]
+    options: SchedulerOptions | None = None
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 5.0
+    headers: Mapping[str, HeaderSource] = field(default_factory=dict)
+    bind_params: Mapping[str, str] = field(default_factory=dict)
+
+
+# Path parameters a tenant may only fill with its own identity, per scheduler (overridable).
+DEFAULT_BIND_PARAMS: dict[str, dict[str, str]] = {"kubernetes": {"ns": "k8s_namespace"}}
+
+
+def _routes(node: Node | None, problems: list[Problem]) -> tuple[Route, ...]:
+    if node is None or node.raw is None:
+        return ()
+    if not isinstance(node.raw, list):
+        problems.append(node.problem("must be a list of routes"))
+        return ()
+    out = []
+    for i, item in enumerate(node.elements()):
+        fields = Fields(item, problems, ("name", "methods", "path", "kind", "websocket"))
+        methods: list[str] = fields.texts("methods", ["GET"])
+        path: str = fields.text("path", "", required=True)
+        kind = fields.choice("kind", [k.value for k in RouteKind], required=True)
+        if not path or kind is None:
+            continue
+        try:
+            out.append(
+                Route.of(
+                    fields.text("name", f"route{i}"), methods, path, RouteKind(kind), fields.flag("websocket", False)
+                )
+            )
+        except ValueError as exc:
+            fields.problem("path", str(exc))
+    return tuple(out)
+
+
+def _headers(node: Node | None, base: Path, problems: list[Problem]) -> dict[str, HeaderSource]:
+    if node is None or node.raw is None:
+        return {}
+    if not isinstance(node.raw, dict):
+        problems.append(node.problem("must be a mapping of header name to source"))
+        return {}
+    out = {}
+    for name, child in node.items():
+        fields = Fields(child, problems, ("file", "env", "from_tenant", "prefix", "slurm_jwt_key_file", "lifespan_s"))
+        source = HeaderSource(
+            _resolve(base, fields.text("file")),
+            fields.text("env"),
+            fields.text("from_tenant"),
+            fields.text("prefix", ""),
+            _resolve(base, fields.text("slurm_jwt_key_file")),
+            fields.number("lifespan_s", 600.0),
+        )
+        if sum(x is not None for x in (source.file, source.env, source.from_tenant)) != 1:
+            problems.append(child.problem("exactly one of file, env, from_tenant"))
+        if source.slurm_jwt_key_file is not None and source.from_tenant is None:
+            problems.append(child.problem("slurm_jwt_key_file mints a token for a user: set from_tenant"))
+        if not 30 <= source.lifespan_s <= 86400:
+            fields.problem("lifespan_s", "must be 30..86400")
+        out[name] = source
+    return out
+
+
+def _bind_params(node: Node | None, scheduler: str, problems: list[Problem]) -> dict[str, str]:
+    """`{path param: upstream_identity field}`; the scheduler's default when absent."""
+    if node is None:
+        return dict(DEFAULT_BIND_PARAMS.get(scheduler, {}))
+    if node.raw is None:
+        return {}
+    if not isinstance(node.raw, dict):
+        problems.append(node.problem("must be a mapping of path parameter to upstream_identity field"))
+        return {}
+    out = {}
+    for param, child in node.items():
+        if not isinstance(child.raw, str) or not child.raw:
+            problems.append(child.problem("must name an upstream_identity field"))
+            continue
+        out[param] = child.raw
+    return out
+
+
+def load_upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tuple[UpstreamSettings, ...]:
+    if node is None or not isinstance(node.raw, list) or not node.raw:
+        if node is not None:
+            problems.append(node.problem("must be a non-empty list"))
+        return ()
+    out = []
+    for item in node.elements():
+        fields = Fields(
+            item,
+            problems,
+            (
+                "name",
+                "url",
+                "prefix",
+                "scheduler",
+                "scheduler_options",
+                "routes",
+                "timeout_s",
+                "connect_timeout_s",
+                "headers",
+                "bind_params",
+            ),
+        )
+        url: str = fields.text("url", "", required=True)
+        parts = urlsplit(url)
+        if url and (parts.scheme not in ("http", "https") or not parts.hostname):
+            fields.problem("url", f"{url!r} is not an http(s) URL")
+        prefix: str = fields.text("prefix", "/")
+        scheduler: str = fields.choice("scheduler", SCHEDULERS, "none")
+        if not prefix.startswith("/"):
+            fields.problem("prefix", "must start with '/'")
+        out.append(
+            UpstreamSettings(
+                name=fields.text("name", "default"),
+                url=url.rstrip("/"),
+                prefix=prefix,
+                scheduler=scheduler,
+                routes=_routes(fields.child("routes"), problems),
+                options=load_scheduler_options(scheduler, fields.child("scheduler_options"), problems, item),
+                timeout_s=fields.number("timeout_s", 60.0),
+                connect_timeout_s=fields.number("connect_timeout_s", 5.0),
+                headers=_headers(fields.child("headers"), base, problems),
+                bind_params=_bind_params(fields.child("bind_params"), scheduler, problems),
+            )
+        )
+    for upstream, item in zip(out, node.elements(), strict=True):
+        if upstream.scheduler == "none" and any(r.kind is not RouteKind.PLAIN_READ for r in upstream.routes):
+            message = "without a scheduler adapter only plain_read routes are allowed"
+            problems.append(field_where(item, "routes").problem(message))
+    seen: set[str] = set()
+    for upstream, item in zip(out, node.elements(), strict=True):
+        if upstream.name in seen:
+            problems.append(field_where(item, "name").problem(f"{upstream.name!r}: upstream names must be unique"))
+        seen.add(upstream.name)
+    return tuple(out)
