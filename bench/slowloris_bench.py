@@ -3,20 +3,12 @@
 import argparse
 import asyncio
 import contextlib
-import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
-import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bench.gateway_bench import ISSUER, ROOT, _config, _free_port, _wait
+from bench.stack import running
 
 PING = "/slurm/v0.0.38/ping"
 
@@ -76,35 +68,9 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=300)
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    jwk.update({"kid": "bench", "alg": "RS256", "use": "sig"})
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": "exportgate", "sub": "acme-us", "iat": now, "exp": now + 3600}
-    token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
-    standin_port, port, admin = _free_port(), _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTGATE_")}
-    with tempfile.TemporaryDirectory(prefix="exportgate-bench-") as tmp:
-        config = _config(Path(tmp), port, admin, f"http://127.0.0.1:{standin_port}", {"keys": [jwk]})
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "bench.gateway_bench", "--standin", str(standin_port)], cwd=ROOT),
-            subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                cwd=ROOT,
-                env=env,
-                stderr=subprocess.DEVNULL,
-            ),
-        ]
-        try:
-            _wait(f"http://127.0.0.1:{standin_port}{PING}", procs)
-            _wait(f"http://127.0.0.1:{admin}/readyz", procs)
-            print(f"one gateway process (default limits: head_timeout_s 10), {args.requests} sequential GETs each")
-            asyncio.run(_measure(port, token, args.sockets, args.requests))
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(30)
+    with running() as stack:
+        print(f"one gateway process (default limits: head_timeout_s 10), {args.requests} sequential GETs each")
+        asyncio.run(_measure(int(stack.gateway.rsplit(":", 1)[1]), stack.token, args.sockets, args.requests))
 
 
 if __name__ == "__main__":

@@ -3,18 +3,11 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config.fields import Fields
+from gateway.config.fields import Fields, resolve_path
 from gateway.config.located import Node, Problem
 
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA", "HS256")
 SUPPORTED_ALGORITHMS = frozenset(ALGORITHMS)
-
-
-def _resolve(base: Path, value: str | None) -> Path | None:
-    if value is None:
-        return None
-    path = Path(value)
-    return path if path.is_absolute() else base / path
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +81,7 @@ def load_issuers(node: Node | None, base: Path, problems: list[Problem]) -> tupl
                 "refresh_interval_s",
             ),
         )
-        secret = _resolve(base, fields.text("hs256_secret_file"))
+        secret = resolve_path(base, fields.text("hs256_secret_file"))
         default_algs = (
             ["HS256"]
             if secret is not None and fields.child("jwks_file") is None and fields.child("jwks_url") is None
@@ -100,7 +93,7 @@ def load_issuers(node: Node | None, base: Path, problems: list[Problem]) -> tupl
                 fields.problem("algorithms", f"{alg!r} is not one of {', '.join(ALGORITHMS)}")
         if "HS256" in algorithms and secret is None:
             fields.problem("algorithms", "HS256 needs hs256_secret_file")
-        jwks_file = _resolve(base, fields.text("jwks_file"))
+        jwks_file = resolve_path(base, fields.text("jwks_file"))
         jwks_url = fields.text("jwks_url")
         if jwks_file is None and jwks_url is None and secret is None:
             problems.append(item.problem("one of jwks_file, jwks_url, hs256_secret_file is required"))

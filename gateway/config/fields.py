@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterable
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.config.located import Node, Problem, Where
@@ -83,6 +84,14 @@ class Fields:
             return value
 
         return self._get(key, required, convert, default)
+
+
+def resolve_path(base: Path, value: str | None) -> Path | None:
+    """A configured path, relative ones taken from `base` (the directory of the file that names it)."""
+    if value is None:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else base / path
 
 
 def field_where(node: Node, key: str) -> Where:

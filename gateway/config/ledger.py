@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config.fields import Fields
+from gateway.config.fields import Fields, resolve_path
 from gateway.config.located import Node, Problem
 
 
@@ -21,13 +21,6 @@ class LedgerSettings:
     signing_key_file: Path | None = None
     anchor_dir: Path | None = None
     stall_after_s: float = 5.0
-
-
-def _resolve(base: Path, value: str | None) -> Path | None:
-    if value is None:
-        return None
-    path = Path(value)
-    return path if path.is_absolute() else base / path
 
 
 LEDGER_KEYS = (
@@ -48,7 +41,7 @@ LEDGER_KEYS = (
 def load_ledger_settings(node: Node, base: Path, env: Mapping[str, str], problems: list[Problem]) -> LedgerSettings:
     """The `ledger:` section; every size and interval must be positive, key file and anchor dir checked."""
     lf = Fields(node, problems, LEDGER_KEYS)
-    ledger_dir = _resolve(base, lf.text("dir")) or Path(env.get("EXPORTGATE_LEDGER_DIR", "exportgate-ledger"))
+    ledger_dir = resolve_path(base, lf.text("dir")) or Path(env.get("EXPORTGATE_LEDGER_DIR", "exportgate-ledger"))
     positive = {
         key: (lf.integer(key, default) if isinstance(default, int) else lf.number(key, default))
         for key, default in (
@@ -65,13 +58,13 @@ def load_ledger_settings(node: Node, base: Path, env: Mapping[str, str], problem
         if value <= 0:
             child = lf.child(key)
             problems.append((child or node).problem("must be greater than 0"))
-    key_file = _resolve(base, lf.text("signing_key_file"))
+    key_file = resolve_path(base, lf.text("signing_key_file"))
     if key_file is not None and not key_file.is_file():
         child = lf.child("signing_key_file")
         problems.append(
             (child or node).problem(f"{key_file}: no such file (create one with `exportgate keys generate`)")
         )
-    anchor_dir = _resolve(base, lf.text("anchor_dir"))
+    anchor_dir = resolve_path(base, lf.text("anchor_dir"))
     if anchor_dir is not None and anchor_dir.resolve().is_relative_to(ledger_dir.resolve()):
         child = lf.child("anchor_dir")
         problems.append((child or node).problem("must lie outside the ledger directory (it is the ledger's witness)"))

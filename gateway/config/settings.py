@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.auth import IssuerConfig, load_issuers
-from gateway.config.fields import Fields, as_str
+from gateway.config.fields import Fields, as_str, resolve_path
 from gateway.config.ledger import LedgerSettings, load_ledger_settings
 from gateway.config.limits import Limits, Shutdown, load_limits, load_shutdown
 from gateway.config.located import ConfigError, Node, Problem, Where, load_file, load_text
@@ -66,13 +66,6 @@ class Settings:
                 return found if probe == path or not found.file else Where(found.file, found.line, path)
             probe = probe[: probe.rindex("[")] if probe.endswith("]") else probe.rpartition(".")[0]
         return Where(self.source, 1, path)
-
-
-def _resolve(base: Path, value: str | None) -> Path | None:
-    if value is None:
-        return None
-    path = Path(value)
-    return path if path.is_absolute() else base / path
 
 
 # Variables that win over a gateway.yaml field (file or embedded defaults), by the field's path.
@@ -236,7 +229,7 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     tokens_file = None
     if tokens_node is not None and tokens_node.raw is not None:
         try:
-            tokens_file = _resolve(base, as_str(tokens_node))
+            tokens_file = resolve_path(base, as_str(tokens_node))
         except ValueError as exc:
             problems.append(tokens_node.problem(str(exc)))
     policy = Fields(fields.child("policy") or Node({}, root.file, root.line, "policy"), problems, ("pack", "registry"))
@@ -246,11 +239,11 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     if "ledger.dir" not in origins and env.get("EXPORTGATE_LEDGER_DIR"):
         origins["ledger.dir"] = Where.env("EXPORTGATE_LEDGER_DIR")
     pack_dir = (
-        _resolve(base, policy.text("pack"))
+        resolve_path(base, policy.text("pack"))
         or Path(env.get("EXPORTGATE_POLICY_DIR", str(BUNDLED_POLICIES))) / "ai-diffusion-2025"
     )
     registry = (
-        _resolve(base, policy.text("registry"))
+        resolve_path(base, policy.text("registry"))
         or Path(env.get("EXPORTGATE_POLICY_DIR", str(BUNDLED_POLICIES))) / "tenants.example.yaml"
     )
     ledger_node = fields.child("ledger") or Node({}, root.file, root.line, "ledger")

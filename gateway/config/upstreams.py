@@ -5,20 +5,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.config.fields import Fields, field_where
+from gateway.config.fields import Fields, field_where, resolve_path
 from gateway.config.located import Node, Problem
 from gateway.config.schedulers import load_scheduler_options
 from gateway.core.routes import Route, RouteKind
 from gateway.schedulers import SchedulerOptions
 
 SCHEDULERS = ("slurm", "kubernetes", "ray", "generic", "none")
-
-
-def _resolve(base: Path, value: str | None) -> Path | None:
-    if value is None:
-        return None
-    path = Path(value)
-    return path if path.is_absolute() else base / path
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +79,11 @@ def _headers(node: Node | None, base: Path, problems: list[Problem]) -> dict[str
     for name, child in node.items():
         fields = Fields(child, problems, ("file", "env", "from_tenant", "prefix", "slurm_jwt_key_file", "lifespan_s"))
         source = HeaderSource(
-            _resolve(base, fields.text("file")),
+            resolve_path(base, fields.text("file")),
             fields.text("env"),
             fields.text("from_tenant"),
             fields.text("prefix", ""),
-            _resolve(base, fields.text("slurm_jwt_key_file")),
+            resolve_path(base, fields.text("slurm_jwt_key_file")),
             fields.number("lifespan_s", 600.0),
         )
         if sum(x is not None for x in (source.file, source.env, source.from_tenant)) != 1:
