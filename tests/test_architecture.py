@@ -71,3 +71,64 @@ def test_every_package_is_layered() -> None:
     """Every package under gateway/ has a layer, so a new one cannot slip past the rule above."""
     packages = {p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert packages <= set(LAYERS)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_edges(path: Path, modules: set[str]) -> set[str]:
+    """The gateway modules a file imports; `from pkg import sub` imports the submodule, not the package's names."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gateway"):
+            subs = {f"{node.module}.{alias.name}" for alias in node.names} & modules
+            found |= subs or {node.module}
+            if len(subs) < len(node.names):  # some names are the package's own
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("gateway"))
+    return found & modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each gateway module and the gateway modules it imports, TYPE_CHECKING imports included."""
+    files = {module_name(p): p for p in ROOT.rglob("*.py")}
+    return {name: module_edges(path, set(files)) - {name} for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle as the modules along it, or [] when there is none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return []
+
+
+def test_import_graph_has_no_cycle() -> None:
+    """No gateway module imports itself back through others, at module level or under TYPE_CHECKING."""
+    graph = import_graph()
+    assert "gateway.http.pipeline" in graph  # the graph is the real package
+    assert find_cycle(graph) == []
+
+
+def test_find_cycle_finds_one() -> None:
+    """The cycle finder is not vacuous: it reports a cycle it is given."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

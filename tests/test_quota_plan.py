@@ -305,7 +305,9 @@ def test_exemptions_are_named_in_the_decision(
     assert p.exemptions == exemptions
     assert any(c.key.startswith("ops:") for c in p.counters) is (exemptions == ())
     admitted = ReserveResult(ReserveStatus.ADMITTED, states(*((c.key, 0.0, c.amount) for c in p.counters)))
-    assert interpret(p, admitted, NOW).extra["exemptions"] == exemptions
+    quota = interpret(p, admitted, NOW).quota
+    assert quota is not None
+    assert quota.exemptions == exemptions
 
 
 NEAR_1E26 = tenant(declared_training_ops={"llama": 9.9999999e25})
@@ -512,9 +514,9 @@ def test_interpret_admitted_within_allowance() -> None:
     )
     decision = interpret(LICENSED, result, NOW)
     assert (decision.outcome, decision.basis, decision.reasons) == (Outcome.ALLOW, "lpp", ())
-    quota = decision.extra["quota"]
-    assert isinstance(quota, dict)
-    assert quota["tenant:t1"] == {"before": 0.0, "amount": TPP8, "after": TPP8, "cap": LPP}
+    quota = decision.quota.counters if decision.quota is not None else None
+    assert quota is not None
+    assert quota["tenant:t1"].as_record() == {"before": 0.0, "amount": TPP8, "after": TPP8, "cap": LPP}
 
 
 def test_interpret_admitted_on_licence() -> None:
@@ -560,7 +562,7 @@ def test_interpret_denied(
     result = ReserveResult(ReserveStatus.DENIED, counters, failing, (), earliest, None)
     decision = interpret(p, result, NOW)
     assert (decision.outcome, decision.code) == (Outcome.DENY, code)
-    assert decision.extra.get("retry_after_s") == retry
+    assert (decision.quota.retry_after_s if decision.quota is not None else None) == retry
 
 
 def test_interpret_retries() -> None:
@@ -570,7 +572,7 @@ def test_interpret_retries() -> None:
     assert (in_progress.outcome, in_progress.code) == (Outcome.DENY, Code.REQUEST_IN_PROGRESS)
     stored = StoredResponse(200, (("content-type", "application/json"),), b'{"job_id": 7}')
     replay = interpret(p, ReserveResult(ReserveStatus.REPLAY, response=stored), NOW)
-    assert (replay.outcome, replay.extra["replay"]) == (Outcome.ALLOW, stored)
+    assert (replay.outcome, replay.quota.replay if replay.quota is not None else None) == (Outcome.ALLOW, stored)
 
 
 def test_stored_response_is_bounded() -> None:

@@ -1,12 +1,13 @@
 """decide(): the pure admission decision over a request's facts and the active pack."""
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from gateway.core.codes import Code
 from gateway.core.iso import ISO_3166_ALPHA2
+from gateway.core.jobs import Cost
+from gateway.core.outcome import QuotaOutcome
 from gateway.core.policy import Pack, ReadAccess, RuleId
 from gateway.core.routes import RouteKind
 from gateway.core.tenants import KycStatus, Tenant
@@ -41,13 +42,14 @@ class Facts:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The verdict: an outcome, the refusal code if denied, and every reason considered."""
+    """The verdict: outcome, refusal code, every reason considered; for a job also its cost and quota outcome."""
 
     outcome: Outcome
     tier: Tier | None
     reasons: tuple[Reason, ...] = ()
     basis: str = "tier_default"
-    extra: Mapping[str, object] = field(default_factory=dict)
+    cost: Cost | None = None
+    quota: QuotaOutcome | None = None
 
     @property
     def code(self) -> Code | None:

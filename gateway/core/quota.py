@@ -1,7 +1,7 @@
 """Quota arithmetic: the counters a job debits under which caps, and what a store's answer means."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 
 from gateway.core.caps import CapSettings, LppCount, VeuStep
@@ -22,6 +22,7 @@ from gateway.core.leases import (
     StoredResponse,
     split_amounts,
 )
+from gateway.core.outcome import CounterUse, QuotaOutcome
 from gateway.core.policy import Pack, RuleId
 from gateway.core.tenants import BudgetPeriod, Licence, LicenceScope, Tenant, Veu
 from gateway.core.tiers import Tier, TierTable
@@ -331,21 +332,13 @@ def interpret(plan: Plan, result: ReserveResult, now: datetime) -> Decision:
             True,
             "a request with this idempotency key is still being decided",
         )
-        return Decision(Outcome.DENY, plan.tier, (reason,), plan.basis)
+        return Decision(Outcome.DENY, plan.tier, (reason,), plan.basis, quota=QuotaOutcome(plan))
     if result.status is ReserveStatus.REPLAY:
-        return Decision(Outcome.ALLOW, plan.tier, (), plan.basis, {"replay": result.response})
+        return Decision(Outcome.ALLOW, plan.tier, (), plan.basis, quota=QuotaOutcome(plan, replay=result.response))
     by_key = {c.key: c for c in plan.counters}
     states = {s.key: s for s in result.counters}
-    quota = {
-        s.key: {"before": s.before, "amount": s.amount, "after": s.after, "cap": by_key[s.key].cap}
-        for s in result.counters
-        if s.key in by_key
-    }
-    extra: dict[str, object] = {
-        "quota": quota,
-        "lease_end": plan.lease_end,
-        "licence_ids": plan.licence_ids,
-        "exemptions": plan.exemptions,
+    uses = {
+        s.key: CounterUse(s.before, s.amount, s.after, by_key[s.key].cap) for s in result.counters if s.key in by_key
     }
     reasons = [
         Reason(c.code, c.rule, False, _detail(c, states.get(c.key)), c.citation)
@@ -354,20 +347,17 @@ def interpret(plan: Plan, result: ReserveResult, now: datetime) -> Decision:
     if result.status is ReserveStatus.DENIED:
         failing = by_key.get(result.failing or "")
         if failing is None:
-            return refuse(
-                Code.BACKEND_UNAVAILABLE,
-                "the quota store refused without naming a counter",
-                plan.tier,
-            )
+            refused = refuse(Code.BACKEND_UNAVAILABLE, "the quota store refused without naming a counter", plan.tier)
+            return replace(refused, quota=QuotaOutcome(plan))
         state = states.get(failing.key)
         reasons.insert(0, Reason(failing.code, failing.rule, True, _detail(failing, state), failing.citation))
         amount = state.amount if state else failing.amount
         alone_fits = failing.cap is not None and failing.base + amount <= failing.cap
+        retry = None
         if failing.kind is CounterKind.HELD and alone_fits and result.earliest_end is not None:
-            extra["retry_after_s"] = max(1, math.ceil(result.earliest_end - epoch(now)))
-        decision = verdict(plan.tier, tuple(reasons), plan.basis)
-        return Decision(decision.outcome, decision.tier, decision.reasons, decision.basis, extra)
+            retry = max(1, math.ceil(result.earliest_end - epoch(now)))
+        quota = QuotaOutcome(plan, uses, retry_after_s=retry)
+        return replace(verdict(plan.tier, tuple(reasons), plan.basis), quota=quota)
     spilled = any(states[c.key].amount > 0 for c in plan.counters if c.share is Share.OVERFLOW and c.key in states)
     basis = plan.basis if spilled else plan.allowance_basis
-    decision = verdict(plan.tier, tuple(reasons), basis)
-    return Decision(decision.outcome, decision.tier, decision.reasons, decision.basis, extra)
+    return replace(verdict(plan.tier, tuple(reasons), basis), quota=QuotaOutcome(plan, uses))

@@ -4,6 +4,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.core.decide import Decision
+from gateway.core.outcome import QuotaOutcome
 from gateway.core.policy import Pack
 from gateway.core.tenants import Identity, Tenant
 
@@ -24,15 +25,11 @@ def decision_body(
     pack: Pack,
     registry_version: str,
     job: Mapping[str, Any] | None = None,
-    cost: Mapping[str, Any] | None = None,
-    quota_before: Mapping[str, float] | None = None,
-    quota_after: Mapping[str, float] | None = None,
-    licences: list[str] | None = None,
-    lease: Mapping[str, Any] | None = None,
     kind: str = "decision",
-    exemptions: list[str] | None = None,
 ) -> dict[str, Any]:
     """One decision as the ledger keeps it (`kind` is `decision` or `access`)."""
+    quota, cost = decision.quota, decision.cost
+    uses = quota.counters if quota is not None else None
     return {
         "kind": kind,
         "decision_id": decision_id,
@@ -49,11 +46,11 @@ def decision_body(
         "path": path,
         "upstream": upstream,
         "basis": decision.basis,
-        "licences": licences or [],
+        "licences": list(quota.licence_ids) if quota is not None else [],
         # Counts skipped on the pack's exemptions (`purpose:inference` is the tenant's own certification).
-        "exemptions": exemptions or [],
+        "exemptions": list(quota.exemptions) if quota is not None else [],
         "job": dict(job) if job is not None else None,
-        "cost": dict(cost) if cost is not None else None,
+        "cost": cost.as_record() if cost is not None else None,
         "decision": decision.outcome.value,
         "code": decision.code.value if decision.code else None,
         "reasons": [
@@ -62,9 +59,24 @@ def decision_body(
         ],
         "policy": {"name": pack.name, "version": pack.version, "hash": pack.content_hash},
         "registry": registry_version,
-        "quota_before": dict(quota_before) if quota_before is not None else None,
-        "quota_after": dict(quota_after) if quota_after is not None else None,
-        "lease": dict(lease) if lease is not None else None,
+        "quota_before": {k: u.before for k, u in uses.items()} if uses else None,
+        "quota_after": {k: u.after for k, u in uses.items()} if uses else None,
+        "lease": lease_record(quota) if quota is not None else None,
+    }
+
+
+def lease_record(quota: QuotaOutcome) -> dict[str, Any]:
+    """What the ledger needs to rebuild this reservation: slot, end, debits, idempotency key."""
+    plan, uses = quota.plan, quota.counters or {}
+    return {
+        "hash_tag": plan.hash_tag,
+        "lease_end": plan.lease_end,
+        "idempotency_key": plan.idempotency_key,
+        "replaces_job": quota.replaces_job,
+        "counters": [
+            {"key": c.key, "kind": c.kind.value, "amount": uses[c.key].amount if c.key in uses else c.amount}
+            for c in plan.counters
+        ],
     }
 
 

@@ -3,20 +3,19 @@
 import re
 from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.core.codes import Code
-from gateway.core.decide import Decision, Facts, decide, refuse, verdict
-from gateway.core.jobs import Cost, JobPart, JobSpec, JobSpecInvalid
+from gateway.core.decide import Decision, Facts, decide, refuse
+from gateway.core.jobs import Cost, JobPart, JobSpec
 from gateway.core.leases import LeaseRef, ReserveStatus
 from gateway.core.policy import Pack
-from gateway.core.pricing import price
-from gateway.core.quota import interpret, plan_reservation
 from gateway.core.quota_book import LeaseKey, QuotaBook
 from gateway.core.rebuild import parse_lease
 from gateway.core.routes import RouteKind
+from gateway.core.submission import Job, judge, price_and_plan
 from gateway.core.tenants import Kyc, KycStatus, Registry, Tenant, Veu
 
 REDECIDED = ("submit", "update")
@@ -156,15 +155,9 @@ def _spec(job: Mapping[str, Any]) -> JobSpec:
     return JobSpec(parts, float(walltime) if walltime is not None else None, job.get("purpose"), job.get("lineage"))
 
 
-def _cost(record: Mapping[str, Any], spec: JobSpec, pack: Pack) -> Cost | JobSpecInvalid | None:
-    """The job re-priced under `pack`; the recorded cost if it left the model to a default."""
-    assert pack.gpus is not None
-    if any(p.model is None and p.gpus * p.concurrency > 0 for p in spec.parts):
-        return _recorded_cost(record.get("cost"))  # the adapter's default model is not in the ledger
-    try:
-        return price(spec, pack.gpus, None, pack.gpus.utilisation)
-    except JobSpecInvalid as exc:
-        return exc
+def _defaulted(spec: JobSpec) -> bool:
+    """Whether the job left a part's GPU model to the adapter's default."""
+    return any(p.model is None and p.gpus * p.concurrency > 0 for p in spec.parts)
 
 
 @dataclass(slots=True)
@@ -254,29 +247,22 @@ class _Replayer:
             if recorded_code in (Code.JOB_SPEC_INVALID.value, Code.BACKEND_UNAVAILABLE.value):
                 return refuse(Code(recorded_code), "as recorded", admission.tier), False
             return admission, True  # refused before its body was read: admitted, but unpriced
-        if self.pack.gpus is None or self.pack.caps is None:
-            return refuse(Code.BACKEND_UNAVAILABLE, "the pack cannot price jobs", admission.tier), False
         spec = _spec(job)
-        cost = _cost(record, spec, self.pack)
-        if isinstance(cost, JobSpecInvalid):
-            return refuse(Code.JOB_SPEC_INVALID, str(cost), admission.tier), False
-        if cost is None:
+        # The adapter's default model is not in the ledger: a job that left it to one keeps its recorded price.
+        cost = _recorded_cost(record.get("cost")) if _defaulted(spec) else None
+        if cost is None and _defaulted(spec) and self.pack.gpus is not None and self.pack.caps is not None:
             return refuse(Code(recorded_code or Code.JOB_SPEC_INVALID), "as recorded", admission.tier), False
-        assert admission.tier is not None
-        planned = plan_reservation(
-            tenant, admission.tier, cost, spec.lineage, spec.purpose, self.pack, self.pack.caps, now,
-            decision_id=decision_id, idempotency_key=None, upstream=upstream,
-        )  # fmt: skip
-        if isinstance(planned, Decision):
-            return planned, False
         old = self.jobs.get((upstream, replaced)) if replaced is not None else None
-        if old is not None:  # checked as if the job's old lease were given back, as the gateway does
-            planned = replace(planned, replaces=LeaseRef(old[0], tenant.id, old[1], None, ()))
-        reserved = self.book.reserve(planned, ts)
+        # Checked as if the job's old lease were given back, as the gateway does.
+        lease = LeaseRef(old[0], tenant.id, old[1], None, ()) if old is not None else None
+        priced = price_and_plan(admission, tenant, Job(spec, decision_id, upstream, replaced=lease, cost=cost),
+                                self.pack, now)  # fmt: skip
+        if isinstance(priced, Decision):
+            return priced, False
+        reserved = self.book.reserve(priced.plan, ts)
         if reserved.status is ReserveStatus.ADMITTED:
-            self.leases[decision_id] = (planned.hash_tag, decision_id)
-        quota = interpret(planned, reserved, now)
-        decision = verdict(admission.tier, admission.reasons + quota.reasons, quota.basis)
+            self.leases[decision_id] = (priced.plan.hash_tag, decision_id)
+        decision = judge(admission, priced, reserved, now)
         if decision.forwards and replaced is not None:
             self.replaces[decision_id] = replaced
         return decision, False

@@ -28,7 +28,8 @@ from gateway.http import client_faults
 from gateway.http.admin import admin_app
 from gateway.http.admin_api import AdminApi
 from gateway.http.connections import Guard, GuardedSite
-from gateway.http.proxy import Gateway
+from gateway.http.pipeline import Pipeline
+from gateway.http.proxy import build_pipeline, proxy_app
 from gateway.http.reconcile import Reconciler
 from gateway.schedulers import SchedulerAdapter, build_adapter
 
@@ -54,7 +55,7 @@ class Server:
         self.policy: PolicyFiles | None = None
         self.auth: Authenticator | None = None
         self.ledger: LedgerWriter | None = None
-        self.gateway: Gateway | None = None
+        self.pipeline: Pipeline | None = None
         self.store: QuotaStore | None = None
         self.upstreams: list[Upstream] = []
         self.reconciler: Reconciler | None = None
@@ -123,11 +124,10 @@ class Server:
         await self._probe_store()
         self._probe = asyncio.create_task(self._probe_store_forever(), name="quota-probe")
         await self._rebuild_memory_store()
-        self.gateway = Gateway(
+        self.pipeline = build_pipeline(
             s, self.policy, self.auth, self.ledger, self.metrics, self.upstreams, self.store, self.clock
         )
-        proxy = web.Application(client_max_size=s.max_body_bytes)
-        proxy.router.add_route("*", "/{tail:.*}", self.gateway.handle)
+        proxy = proxy_app(self.pipeline, s.max_body_bytes)
         proxy.on_response_prepare.append(self._close_when_draining)
         # Several workers share the proxy port; the kernel spreads connections among them.
         await self._listen_guarded(proxy, s.listen_host, s.listen_port, reuse_port=s.workers > 1)

@@ -1,0 +1,67 @@
+"""The whole verdict on a job submission or update, shared by live handling and replay."""
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from gateway.core.codes import Code
+from gateway.core.decide import Decision, refuse, verdict
+from gateway.core.jobs import Cost, JobSpec, JobSpecInvalid
+from gateway.core.leases import LeaseRef, Plan, ReserveResult
+from gateway.core.policy import Pack
+from gateway.core.pricing import price
+from gateway.core.quota import interpret, plan_reservation
+from gateway.core.tenants import Tenant
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """A job priced and planned: what it costs and the lease it asks the store for."""
+
+    cost: Cost
+    plan: Plan
+    replaces_job: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What the request says about the job, gathered by the shell before pricing it."""
+
+    spec: JobSpec
+    decision_id: str
+    upstream: str
+    default_model: str | None = None
+    idempotency_key: str | None = None
+    replaces_job: str | None = None  # an update: the job whose lease the new one replaces
+    replaced: LeaseRef | None = None  # ...and that lease, checked as if it were given back
+    cost: Cost | None = None  # already known (replay of a record whose model was a default)
+
+
+def price_and_plan(admission: Decision, tenant: Tenant, job: Job, pack: Pack, now: datetime) -> Priced | Decision:
+    """Price the job and plan its reservation, or the refusal that needs no counter."""
+    if pack.gpus is None or pack.caps is None:
+        detail = f"policy pack {pack.name} has no GPU catalogue or caps; submissions cannot be priced"
+        return refuse(Code.BACKEND_UNAVAILABLE, detail, admission.tier)
+    cost = job.cost
+    if cost is None:
+        try:
+            cost = price(job.spec, pack.gpus, job.default_model, pack.gpus.utilisation)
+        except JobSpecInvalid as exc:
+            return refuse(Code.JOB_SPEC_INVALID, str(exc), admission.tier)
+    assert admission.tier is not None  # an admitted tenant has a tier
+    planned = plan_reservation(
+        tenant, admission.tier, cost, job.spec.lineage, job.spec.purpose, pack, pack.caps, now,
+        decision_id=job.decision_id, idempotency_key=job.idempotency_key, upstream=job.upstream,
+    )  # fmt: skip
+    if isinstance(planned, Decision):
+        return replace(planned, cost=cost)
+    if job.replaced is not None:  # an update: checked as if the job's old lease were given back
+        planned = replace(planned, replaces=job.replaced)
+    return Priced(cost, planned, job.replaces_job)
+
+
+def judge(admission: Decision, priced: Priced, result: ReserveResult, now: datetime) -> Decision:
+    """The decision: admission's reasons and the quota's, the basis, the cost and the quota outcome."""
+    quota = interpret(priced.plan, result, now)
+    decision = verdict(admission.tier, admission.reasons + quota.reasons, quota.basis)
+    outcome = replace(quota.quota, replaces_job=priced.replaces_job) if quota.quota is not None else None
+    return replace(decision, cost=priced.cost, quota=outcome)

@@ -1,0 +1,82 @@
+"""What one request has shown so far (`Call`), and the typed request once it is admitted (`Admitted`)."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.adapters.upstream import Upstream
+from gateway.core.decide import Decision
+from gateway.core.routes import RouteKind, RouteMatch
+from gateway.core.tenants import Identity, Tenant
+from gateway.schedulers import SchedulerAdapter
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as the ledger and the metrics see it; each stage fills in what it learnt."""
+
+    request: web.Request
+    decision_id: str
+    started: float
+    now: float
+    client_ip: str
+    upstream: Upstream
+    path: str
+    identity: Identity | None = None
+    tenant: Tenant | None = None
+    match: RouteMatch | None = None
+    job: Mapping[str, Any] | None = None  # the job as the ledger keeps it, once its body is parsed
+
+    @property
+    def kind(self) -> RouteKind | None:
+        return self.match.route.kind if self.match else None
+
+    @property
+    def when(self) -> datetime:
+        return datetime.fromtimestamp(self.now, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request past authentication, routing and admission: nothing about it is unknown any more."""
+
+    call: Call
+    tenant: Tenant
+    match: RouteMatch
+    admission: Decision
+
+    @property
+    def request(self) -> web.Request:
+        return self.call.request
+
+    @property
+    def upstream(self) -> Upstream:
+        return self.call.upstream
+
+    @property
+    def decision_id(self) -> str:
+        return self.call.decision_id
+
+    def whole_job(self, job_id: str | None) -> bool:
+        """Whether the route names the whole owned job, not one part of it (Slurm's `12_3`, `12+1`)."""
+        return self.match.job_id is None or self.match.job_id == job_id
+
+
+@dataclass(frozen=True, slots=True)
+class JobCall:
+    """An admitted request on a job route, with the scheduler adapter that reads it."""
+
+    admitted: Admitted
+    adapter: SchedulerAdapter
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A stage's refusal, for the responder to record and answer (`allow` for a 405, `close` for an unread body)."""
+
+    decision: Decision
+    allow: str | None = None
+    close: bool = False

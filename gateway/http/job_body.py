@@ -1,0 +1,100 @@
+"""The body stage: read a job route's body within the limits and parse it with the scheduler adapter."""
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway.adapters.metrics import Metrics
+from gateway.config.limits import Limits
+from gateway.core.codes import Code
+from gateway.core.decide import refuse
+from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
+from gateway.http.body import BodyTooLarge, BodyTooSlow, Pace, read_limited
+from gateway.http.call import JobCall, Refused
+
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class JobBody:
+    """A job route's body as sent, and what the adapter read from it (None: an update of no resources)."""
+
+    raw: bytes
+    spec: JobSpec | None
+    idempotency_key: str | None = None
+
+
+def job_record(spec: JobSpec) -> dict[str, Any]:
+    """The job as the ledger keeps it."""
+    return {
+        "parts": [asdict(p) for p in spec.parts],
+        "walltime_s": spec.walltime_s,
+        "purpose": spec.purpose,
+        "lineage": spec.lineage,
+    }
+
+
+def _content_encoding(request: web.Request) -> str | None:
+    """Every Content-Encoding the client sent, joined: the upstream reads them all, so the adapter must too."""
+    values = request.headers.getall("Content-Encoding", [])
+    return ", ".join(values) if values else None
+
+
+class BodyReader:
+    """Reads and parses job bodies; a refusal when the body is too large, too slow or unreadable."""
+
+    def __init__(self, limits: Limits, metrics: Metrics) -> None:
+        self.limits = limits
+        self.metrics = metrics
+
+    async def submission(self, job: JobCall) -> JobBody | Refused:
+        raw = await self._read(job)
+        if isinstance(raw, Refused):
+            return raw
+        a = job.admitted
+        try:
+            spec = job.adapter.parse_submission(
+                a.match, a.request.headers.get("Content-Type"), _content_encoding(a.request), raw
+            )
+        except JobSpecInvalid as exc:
+            return Refused(refuse(Code.JOB_SPEC_INVALID, str(exc), a.admission.tier))
+        idem = a.request.headers.get("Idempotency-Key") or spec.idempotency_key
+        if idem is not None and not IDEMPOTENCY_KEY.match(idem):
+            detail = "Idempotency-Key: 1 to 128 letters, digits, '.', '_', ':' or '-'"
+            return Refused(refuse(Code.JOB_SPEC_INVALID, detail, a.admission.tier))
+        return JobBody(raw, spec, idem)
+
+    async def update(self, job: JobCall) -> JobBody | Refused:
+        raw = await self._read(job)
+        if isinstance(raw, Refused):
+            return raw
+        a = job.admitted
+        try:
+            spec = job.adapter.parse_update(
+                a.match, a.request.headers.get("Content-Type"), _content_encoding(a.request), raw
+            )
+        except JobUpdateNotAllowed as exc:
+            return Refused(refuse(Code.JOB_UPDATE_NOT_ALLOWED, str(exc), a.admission.tier))
+        except JobSpecInvalid as exc:
+            return Refused(refuse(Code.JOB_SPEC_INVALID, str(exc), a.admission.tier))
+        return JobBody(raw, spec)
+
+    async def _read(self, job: JobCall) -> bytes | Refused:
+        """The whole body as sent (raises ClientClosed), or the refusal when it is too large or too slow."""
+        limits, tier = self.limits, job.admitted.admission.tier
+        try:
+            return await read_limited(
+                job.admitted.request, limits.max_body_bytes, Pace(limits.body_timeout_s, limits.body_min_rate_bytes_s)
+            )
+        except BodyTooLarge:
+            detail = f"the body exceeds {limits.max_body_bytes} bytes"
+            return Refused(refuse(Code.BODY_TOO_LARGE, detail, tier), close=True)
+        except BodyTooSlow:
+            self.metrics.connections_refused.labels("body_timeout").inc()
+            detail = (
+                f"the body paused over {limits.body_timeout_s:g} s or arrived slower than "
+                f"{limits.body_min_rate_bytes_s:g} bytes/s"
+            )
+            return Refused(refuse(Code.REQUEST_TIMEOUT, detail, tier), close=True)

@@ -1,0 +1,56 @@
+"""Routes that name a job: the ownership stage, then the owned read or the cancel and its release."""
+
+from aiohttp import web
+
+from gateway.adapters.quota import BackendUnavailable, QuotaStore
+from gateway.core.codes import Code
+from gateway.core.decide import refuse
+from gateway.core.leases import Owner
+from gateway.http.call import JobCall
+from gateway.http.reads import Reads
+from gateway.http.relay import answer
+from gateway.http.responder import Responder
+from gateway.http.settle import Settler
+
+
+class OwnedJobs:
+    """A job the route names reaches the scheduler only for its owner."""
+
+    def __init__(self, store: QuotaStore, responder: Responder, reads: Reads, settler: Settler) -> None:
+        self.store = store
+        self.responder = responder
+        self.reads = reads
+        self.settler = settler
+
+    async def owner(self, job: JobCall) -> Owner | web.Response:
+        """The owner (this tenant) of the job the route names; otherwise the refusal to send."""
+        a = job.admitted
+        job_id = job.adapter.job_id_of(a.match)
+        if job_id is None:
+            return await self.responder.refuse(a.call, refuse(Code.JOB_NOT_OWNED, "no job id", a.admission.tier))
+        try:
+            owner = await self.store.owner_of(a.upstream.name, job_id)
+        except BackendUnavailable as exc:
+            return self.responder.backend_down(a.call, a.admission, "quota", str(exc))
+        if owner is None or owner.tenant_id != a.tenant.id:
+            detail = f"job {job_id[:64]} was not submitted by this tenant through the gateway"
+            return await self.responder.refuse(a.call, refuse(Code.JOB_NOT_OWNED, detail, a.admission.tier))
+        return owner
+
+    async def read(self, job: JobCall) -> web.StreamResponse:
+        owner = await self.owner(job)
+        return owner if isinstance(owner, web.Response) else await self.reads.access(job.admitted)
+
+    async def cancel(self, job: JobCall) -> web.StreamResponse:
+        """Forward an owned cancel; when the scheduler accepts it, give the job's capacity back."""
+        owner = await self.owner(job)
+        if isinstance(owner, web.Response):
+            return owner
+        a = job.admitted
+        job_id = job.adapter.job_id_of(a.match)
+        result = await self.reads.fetch_recorded(a, a.admission, None)
+        if isinstance(result, web.StreamResponse):
+            return result
+        if 200 <= result.status < 300 and job_id is not None:
+            await self.settler.released(job, job_id)
+        return answer(result, a.decision_id)

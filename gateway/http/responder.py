@@ -1,0 +1,161 @@
+"""The one place that records, counts and answers: refusals, ledger records, metrics and replies."""
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
+from gateway.adapters.metrics import Metrics
+from gateway.adapters.policy_files import PolicyFiles
+from gateway.core.codes import Code
+from gateway.core.decide import Decision, refuse
+from gateway.core.quota import country_of_key
+from gateway.core.records import decision_body, followup_body
+from gateway.http.body import close_after
+from gateway.http.call import Call, Refused
+from gateway.http.problems import refusal
+
+log = logging.getLogger(__name__)
+# The `status_class` of requests whose client went away before its answer (nginx logs these as 499).
+CLIENT_CLOSED = "client_closed"
+
+
+class Responder:
+    """Refuses, records, counts and replies for every stage; no stage writes to the ledger itself."""
+
+    def __init__(
+        self, ledger: LedgerWriter, metrics: Metrics, policy: PolicyFiles, clock: Callable[[], float]
+    ) -> None:
+        self.ledger = ledger
+        self.metrics = metrics
+        self.policy = policy
+        self.clock = clock
+
+    # -- answers --------------------------------------------------------------------------
+
+    def reply(
+        self, call: Call, code: Code, detail: str, *, citation: str = "", retry_after: int | None = None
+    ) -> web.Response:
+        """A refusal in the upstream scheduler's dialect when it has one, else problem+json."""
+        adapter = call.upstream.adapter
+        return refusal(
+            code,
+            detail,
+            call.decision_id,
+            citation=citation,
+            retry_after=retry_after,
+            dialect=adapter.refusal if adapter is not None else None,
+        )
+
+    async def refused(self, call: Call, refused: Refused) -> web.Response:
+        """A stage's refusal; after an unread body the connection closes, so its rest is never a next request."""
+        response = await self.refuse(call, refused.decision, allow=refused.allow)
+        if refused.close:
+            close_after(response)
+        return response
+
+    async def refuse(self, call: Call, decision: Decision, *, allow: str | None = None) -> web.Response:
+        """Record the refusal durably (best effort if the ledger is down), then answer."""
+        code = decision.code or Code.BACKEND_UNAVAILABLE
+        self.count(decision)
+        try:
+            await self.ledger.append(self.record(call, decision), wait=True)
+        except LedgerUnavailable:
+            self.metrics.backend_errors.labels("ledger").inc()
+        reason = next((r for r in decision.reasons if r.enforced), None)
+        response = self.reply(
+            call,
+            code,
+            reason.detail if reason else code.value,
+            citation=reason.citation if reason else "",
+            retry_after=decision.quota.retry_after_s if decision.quota is not None else None,
+        )
+        if allow is not None:
+            response.headers["Allow"] = allow
+        return response
+
+    def backend_down(self, call: Call, decision: Decision, backend: str, detail: str) -> web.Response:
+        """Nothing was forwarded: a backend could not serve or record this decision."""
+        self.backend_error(backend)
+        log.error("refusing %s %s: %s unavailable: %s", call.request.method, call.path, backend, detail)
+        down = refuse(
+            Code.BACKEND_UNAVAILABLE, f"the {backend} cannot record this decision; nothing was forwarded", decision.tier
+        )
+        self.count(down)
+        return self.reply(call, Code.BACKEND_UNAVAILABLE, down.reasons[0].detail)
+
+    # -- records --------------------------------------------------------------------------
+
+    async def commit(self, call: Call, decision: Decision, *, wait: bool = True) -> web.Response | None:
+        """Record an admitted decision (durably when `wait`) and count it; the refusal if the ledger is down."""
+        try:
+            await self.ledger.append(self.record(call, decision, kind="decision" if wait else "access"), wait=wait)
+        except LedgerUnavailable as exc:
+            return self.backend_down(call, decision, "ledger", str(exc))
+        self.count(decision)
+        return None
+
+    async def followup(self, kind: str, call: Call, **fields: Any) -> None:
+        """Settle, refund, release and replay records reference the decision; they do not wait."""
+        body = followup_body(kind, call.decision_id, self.clock(), tenant=call.tenant.id if call.tenant else None,
+                             upstream=call.upstream.name, **fields)  # fmt: skip
+        try:
+            await self.ledger.append(body, wait=False)
+        except LedgerUnavailable:
+            self.backend_error("ledger")
+            log.error("ledger: %s record of %s could not be queued", kind, call.decision_id)
+
+    def record(self, call: Call, decision: Decision, kind: str = "decision") -> dict[str, Any]:
+        return decision_body(
+            decision_id=call.decision_id,
+            ts=call.now,
+            tenant=call.tenant,
+            identity=call.identity,
+            client_ip=call.client_ip,
+            route=call.match.route.name if call.match else None,
+            route_kind=call.kind.value if call.kind else None,
+            method=call.request.method,
+            path=call.path[:512],
+            upstream=call.upstream.name,
+            decision=decision,
+            pack=self.policy.pack,
+            registry_version=self.policy.registry.version,
+            job=call.job,
+            kind=kind,
+        )
+
+    # -- counting -------------------------------------------------------------------------
+
+    def count(self, decision: Decision) -> None:
+        tier = str(int(decision.tier)) if decision.tier is not None else "none"
+        code = decision.code.value if decision.code else ""
+        self.metrics.decisions.labels(decision.outcome.value, code, tier).inc()
+
+    def backend_error(self, backend: str) -> None:
+        self.metrics.backend_errors.labels(backend).inc()
+
+    def observe_countries(self, decision: Decision) -> None:
+        """The country allocations a reservation left, for the per-country gauges."""
+        counters = decision.quota.counters if decision.quota is not None else None
+        for key, use in (counters or {}).items():
+            country = country_of_key(key)
+            if country is not None:
+                self.metrics.country_tpp_held.labels(country).set(use.after)
+                if use.cap is not None:
+                    self.metrics.country_tpp_cap.labels(country).set(use.cap)
+
+    def finished(self, call: Call, status: int) -> None:
+        kind = call.kind.value if call.kind else "none"
+        self.metrics.requests.labels(kind, f"{status // 100}xx").inc()
+        self.metrics.request_seconds.labels(kind).observe(time.perf_counter() - call.started)
+
+    def client_closed(self, call: Call, why: str) -> None:
+        """Count and log a request its client abandoned: a status class of its own, never ERROR."""
+        kind = call.kind.value if call.kind else "none"
+        self.metrics.requests.labels(kind, CLIENT_CLOSED).inc()
+        self.metrics.request_seconds.labels(kind).observe(time.perf_counter() - call.started)
+        log.info("client closed %s %s (decision %s): %s", call.request.method, call.path[:256], call.decision_id,
+                 why[:200])  # fmt: skip

@@ -1,0 +1,100 @@
+"""Submissions and updates: read and price the body, decide, reserve, record, forward, settle."""
+
+from aiohttp import web
+
+from gateway.adapters.policy_files import PolicyFiles
+from gateway.adapters.quota import BackendUnavailable, QuotaStore
+from gateway.core.codes import Code
+from gateway.core.decide import Decision, refuse
+from gateway.core.leases import LeaseRef, ReserveStatus
+from gateway.core.submission import Job, judge, price_and_plan
+from gateway.http import forward
+from gateway.http.call import JobCall, Refused
+from gateway.http.job_body import BodyReader, JobBody, job_record
+from gateway.http.owned import OwnedJobs
+from gateway.http.reads import Reads
+from gateway.http.relay import Relay, answer
+from gateway.http.responder import Responder
+from gateway.http.settle import Settler
+
+
+class Submissions:
+    """The reservation path: every stage once, in order, each handing the next what it made."""
+
+    def __init__(
+        self,
+        policy: PolicyFiles,
+        store: QuotaStore,
+        responder: Responder,
+        *,
+        reader: BodyReader,
+        relay: Relay,
+        reads: Reads,
+        owned: OwnedJobs,
+        settler: Settler,
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.responder = responder
+        self.reader = reader
+        self.relay = relay
+        self.reads = reads
+        self.owned = owned
+        self.settler = settler
+
+    async def submit(self, job: JobCall) -> web.StreamResponse:
+        body = await self.reader.submission(job)
+        if isinstance(body, Refused):
+            return await self.responder.refused(job.admitted.call, body)
+        return await self._reserve_and_forward(job, body)
+
+    async def update(self, job: JobCall) -> web.StreamResponse:
+        """An update that changes resources is priced as the new total; others are owned, recorded fetches."""
+        owner = await self.owned.owner(job)
+        if isinstance(owner, web.Response):
+            return owner
+        body = await self.reader.update(job)
+        if isinstance(body, Refused):
+            return await self.responder.refused(job.admitted.call, body)
+        a = job.admitted
+        if body.spec is None:
+            result = await self.reads.fetch_recorded(a, a.admission, body.raw)
+            return result if isinstance(result, web.StreamResponse) else answer(result, a.decision_id)
+        job_id = job.adapter.job_id_of(a.match)
+        if not a.whole_job(job_id):
+            # Its new total would replace the whole job's lease while pricing only the part.
+            detail = f"the update changes the resources of part of job {job_id}; update the whole job"
+            refused = refuse(Code.JOB_UPDATE_NOT_ALLOWED, detail, a.admission.tier)
+            return await self.responder.refuse(a.call, refused)
+        return await self._reserve_and_forward(job, body, replaces=job_id, replaced=owner.lease)
+
+    async def _reserve_and_forward(
+        self, job: JobCall, body: JobBody, *, replaces: str | None = None, replaced: LeaseRef | None = None
+    ) -> web.StreamResponse:
+        a, call = job.admitted, job.admitted.call
+        assert body.spec is not None  # only bodies that price reach here
+        call.job = job_record(body.spec)
+        facts = Job(body.spec, a.decision_id, a.upstream.name, job.adapter.default_gpu_model,
+                    body.idempotency_key, replaces, replaced)  # fmt: skip
+        priced = price_and_plan(a.admission, a.tenant, facts, self.policy.pack, call.when)
+        if isinstance(priced, Decision):
+            return await self.responder.refuse(call, priced)
+        try:
+            result = await self.store.reserve(priced.plan, call.now)
+        except BackendUnavailable as exc:
+            return self.responder.backend_down(call, a.admission, "quota", str(exc))
+        if result.status is ReserveStatus.REPLAY and result.response is not None:
+            return await self.settler.replayed(call, result.response)
+        decision = judge(a.admission, priced, result, call.when)
+        if not decision.forwards:
+            return await self.responder.refuse(call, decision)
+        self.responder.observe_countries(decision)
+        refused = await self.responder.commit(call, decision)
+        if refused is not None:
+            await self.settler.refund(call, priced.plan, "ledger unavailable")
+            return refused
+        try:
+            answered = await self.relay.fetch(a, decision, body.raw)
+        except forward.UpstreamFailure as exc:
+            return await self.settler.failed(call, priced.plan, exc)
+        return await self.settler.answered(job, priced, answered)
