@@ -1,9 +1,11 @@
 """A real gateway, a stand-in scheduler and an IdP key pair, all on loopback free ports."""
 
 import asyncio
+import inspect
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.config.settings import Settings, load_settings
+from gateway.core.ledger import GENESIS, link_problem
 from gateway.demo.standin import StandinState, standin_app
 from gateway.http.app import Server
 from tests.redis_server import free_port
@@ -21,6 +24,13 @@ from tests.redis_server import free_port
 ISSUER = "https://idp.example.com"
 AUDIENCE = "exportgate"
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
+H100 = 15832.0  # TPP of one H100 (gpus.yaml)
+SUBMIT = "/slurm/v0.0.38/job/submit"
+JOB_PATH = "/slurm/v0.0.38/job/{}"
+JOB = {
+    "job": {"name": "t", "partition": "gpu", "time_limit": 60, "gpus": "h100:1", "environment": {"PATH": "/usr/bin"}},
+    "script": "#!/bin/bash\ntrue",
+}
 
 SLURM_ROUTES = """
     routes:
@@ -95,55 +105,104 @@ class Stack:
         return {"Authorization": f"Bearer {self.idp.token(sub, **claims)}"}
 
 
-def write_config(
-    workdir: Path,
-    upstream_url: str,
+def upstream_yaml(
+    url: str,
     *,
-    extra: str = "",
-    ledger_dir: Path | None = None,
-    upstream_extra: str = SLURM_ROUTES,
-    timeout_s: float = 2.0,
     scheduler: str = "slurm",
-    headers: str | None = None,
-    admin_tokens_file: Path | None = None,
-    ledger_options: str = "",
-    limits: str = "max_body_bytes: 65536",
-    shutdown: str = "drain_s: 0",
-) -> Path:
-    """gateway.yaml for one upstream; `headers` (YAML at the upstream's indent) replaces Slurm's.
+    name: str | None = None,
+    timeout_s: float | None = None,
+    connect_timeout_s: float | None = None,
+    headers: str = "",
+    extra: str = "",
+) -> str:
+    """One entry of `upstreams:`; `headers` and `extra` are YAML at the entry's indent (4 spaces)."""
+    lines = [f"  - name: {name or scheduler}", f"    url: {url}", f"    scheduler: {scheduler}"]
+    lines += [f"    timeout_s: {timeout_s}"] if timeout_s is not None else []
+    lines += [f"    connect_timeout_s: {connect_timeout_s}"] if connect_timeout_s is not None else []
+    return "\n".join(lines) + "\n" + headers + "\n" + extra + "\n"
 
-    `ledger_options` (flow-mapping entries, e.g. "stall_after_s: 1") join the `ledger:` section.
+
+def gateway_yaml(
+    workdir: Path,
+    *,
+    upstreams: str,
+    listen_port: int | None = None,
+    admin_port: int | None = None,
+    admin_tokens_file: Path | None = None,
+    instance_id: str = "test-gw",
+    pack: Path | None = POLICIES / "ai-diffusion-2025",
+    registry: Path | None = None,
+    ledger_dir: Path | None = None,
+    ledger_options: str = "",
+    signing_key_file: Path | None = None,
+    anchor_dir: Path | None = None,
+    quota: str | None = None,
+    trusted_proxies: str | None = None,
+    limits: str | None = None,
+    shutdown: str | None = "drain_s: 0",
+    reload: str | None = None,
+    extra: str = "",
+) -> str:
+    """The one gateway.yaml builder: JWKS, registry and ledger under `workdir` unless named.
+
+    `upstreams` is the YAML list (see upstream_yaml); `ledger_options`, `quota`, `limits`,
+    `shutdown` and `reload` are flow-mapping entries (e.g. "stall_after_s: 1"); a section left
+    None is not written; `extra` is appended as top-level YAML.
     """
-    (workdir / "jwks.json").exists() or (workdir / "jwks.json").write_text("{}")
-    path = workdir / "gateway.yaml"
-    path.write_text(f"""
-listen: {{host: 127.0.0.1, port: {free_port()}}}
-admin: {{host: 127.0.0.1, port: {free_port()}{f", tokens_file: {admin_tokens_file}" if admin_tokens_file else ""}}}
-instance_id: test-gw
-policy:
-  pack: {POLICIES / "ai-diffusion-2025"}
-  registry: {workdir / "tenants.yaml"}
-ledger: {{dir: {ledger_dir or workdir / "ledger"}{", " + ledger_options if ledger_options else ""}}}
-trusted_proxies: ["10.0.0.0/8"]
-limits: {{{limits}}}
-shutdown: {{{shutdown}}}
-reload: {{interval_s: 0.1}}
-auth:
+    admin = f"host: 127.0.0.1, port: {admin_port or free_port()}"
+    admin += f", tokens_file: {admin_tokens_file}" if admin_tokens_file else ""
+    policy = f"pack: {pack}, " if pack else ""
+    ledger = [f"dir: {ledger_dir or workdir / 'ledger'}", ledger_options]
+    ledger += [f"signing_key_file: {signing_key_file}"] if signing_key_file else []
+    ledger += [f"anchor_dir: {anchor_dir}"] if anchor_dir else []
+    sections = {"quota": quota, "limits": limits, "shutdown": shutdown, "reload": reload}
+    optional = "".join(f"{key}: {{{value}}}\n" for key, value in sections.items() if value is not None)
+    return f"""
+listen: {{host: 127.0.0.1, port: {listen_port or free_port()}}}
+admin: {{{admin}}}
+instance_id: {instance_id}
+policy: {{{policy}registry: {registry or workdir / "tenants.yaml"}}}
+ledger: {{{", ".join(part for part in ledger if part)}}}
+{f"trusted_proxies: {trusted_proxies}" if trusted_proxies else ""}
+{optional}auth:
   issuers:
     - issuer: "{ISSUER}"
       audiences: ["{AUDIENCE}"]
       algorithms: [RS256]
       jwks_file: {workdir / "jwks.json"}
 upstreams:
-  - name: {scheduler}
-    url: {upstream_url}
-    scheduler: {scheduler}
-    timeout_s: {timeout_s}
-    connect_timeout_s: 1
-{SLURM_HEADERS.format(token=workdir / "slurm.token") if headers is None else headers}
-{upstream_extra}
+{upstreams}
 {extra}
-""")
+"""
+
+
+def write_config(
+    workdir: Path,
+    upstream_url: str,
+    *,
+    upstream_extra: str = SLURM_ROUTES,
+    timeout_s: float = 2.0,
+    scheduler: str = "slurm",
+    headers: str | None = None,
+    limits: str = "max_body_bytes: 65536",
+    **options: Any,
+) -> Path:
+    """A stack's gateway.yaml (see gateway_yaml) with one upstream, and the files it names.
+
+    `headers` (YAML at the upstream's indent) replaces Slurm's; `options` go to gateway_yaml.
+    """
+    (workdir / "jwks.json").exists() or (workdir / "jwks.json").write_text("{}")
+    upstream = upstream_yaml(
+        upstream_url,
+        scheduler=scheduler,
+        timeout_s=timeout_s,
+        connect_timeout_s=1,
+        headers=SLURM_HEADERS.format(token=workdir / "slurm.token") if headers is None else headers,
+        extra=upstream_extra,
+    )
+    options = {"trusted_proxies": '["10.0.0.0/8"]', "reload": "interval_s: 0.1", **options}
+    path = workdir / "gateway.yaml"
+    path.write_text(gateway_yaml(workdir, upstreams=upstream, limits=limits, **options))
     (workdir / "slurm.token").write_text("gateway-held-slurm-token\n")
     if not (workdir / "tenants.yaml").exists():
         (workdir / "tenants.yaml").write_text((POLICIES / "tenants.example.yaml").read_text())
@@ -160,7 +219,8 @@ async def start_standin(
     return runner, f"http://127.0.0.1:{port}"
 
 
-async def run_stack(
+@asynccontextmanager
+async def running_stack(
     workdir: Path,
     *,
     clock: Callable[[], float] = time.time,
@@ -168,7 +228,7 @@ async def run_stack(
     standin: Callable[[StandinState], web.Application] = standin_app,
     **config: Any,
 ) -> AsyncIterator[Stack]:
-    """Start stand-in and gateway; yield; stop both.
+    """Start stand-in and gateway; yield the Stack; stop both (`async with running_stack(...) as stack`).
 
     `clock` drives the gateway and the IdP's token times; `registry` (YAML text) replaces
     the example tenant registry; `standin` builds the scheduler stand-in's app.
@@ -193,24 +253,34 @@ Reply = tuple[int, Any, dict[str, str]]
 
 
 async def call(
-    stack: Stack,
+    target: "Stack | str",
     method: str,
     path: str,
-    sub: str | None,
+    sub: str | None = None,
     *,
     payload: object = None,
     data: bytes | None = None,
     headers: dict[str, str] | None = None,
+    admin_token: str | None = None,
+    admin: bool = False,
 ) -> Reply:
-    """One request as `sub` (no token when None), `payload` sent as JSON or `data` as is.
+    """The one request helper: `method path` as `sub` (no token when None), `payload` as JSON or `data` as is.
 
+    `target` is a Stack or the base URL of a gateway run otherwise. With `admin` (or an
+    `admin_token`, sent as the bearer token) a Stack's admin listener is asked.
     Returns the status, the body (parsed when it is JSON, else text) and the headers.
     """
-    sent = stack.auth(sub) if sub else {}
+    if isinstance(target, str):
+        assert sub is None, "a token for `sub` needs the Stack's IdP"
+        base, sent = target, {}
+    else:
+        base = target.admin_url if admin or admin_token else target.url
+        sent = target.auth(sub) if sub else {}
+    sent.update({"Authorization": f"Bearer {admin_token}"} if admin_token else {})
     sent.update(headers or {})
     async with (
         aiohttp.ClientSession() as client,
-        client.request(method, stack.url + path, json=payload, data=data, headers=sent) as resp,
+        client.request(method, base + path, json=payload, data=data, headers=sent) as resp,
     ):
         raw = await resp.read()
         try:
@@ -220,24 +290,125 @@ async def call(
         return resp.status, body, dict(resp.headers)
 
 
-def ledger_records(stack: Stack) -> list[dict[str, Any]]:
-    """Every committed ledger record of the stack's instance, in order."""
-    lines: list[dict[str, Any]] = []
-    for segment in sorted((stack.settings.ledger.dir / "test-gw").glob("*.jsonl")):
-        lines.extend(json.loads(line) for line in segment.read_text().splitlines())
-    return lines
+async def metrics(stack: Stack) -> str:
+    """The admin listener's /metrics text."""
+    _, text, _ = await call(stack, "GET", "/metrics", admin=True)
+    return str(text)
+
+
+async def wait_for_metric(stack: Stack, line: str, within_s: float = 3.0) -> str:
+    """The admin /metrics text once it contains `line`."""
+    scraped: list[str] = []
+
+    async def shows() -> bool:
+        scraped.append(await metrics(stack))
+        return line in scraped[-1]
+
+    await wait_until(shows, within_s, every=0.05, message=f"/metrics never showed {line}")
+    return scraped[-1]
+
+
+def ledger_records(
+    source: "Stack | Path", instance: str | None = None, *, committed_only: bool = False
+) -> list[dict[str, Any]]:
+    """The one ledger reader: every record, in order, of a Stack's instance, of `instance` under the
+    ledger root `source`, or of the one segment file `source`.
+
+    With `committed_only` a last line without its newline (a torn tail) is left out.
+    """
+    if isinstance(source, Stack):
+        segments = sorted((source.settings.ledger.dir / source.settings.instance_id).glob("*.jsonl"))
+    elif instance is not None:
+        segments = sorted((source / instance).glob("*.jsonl"))
+    else:
+        segments = [source]
+    records: list[dict[str, Any]] = []
+    for segment in segments:
+        lines = segment.read_bytes().splitlines(keepends=True)
+        records.extend(json.loads(line) for line in lines if not committed_only or line.endswith(b"\n"))
+    return records
+
+
+def chain_problems(records: list[dict[str, Any]]) -> list[str]:
+    """Each broken link of one instance's hash chain, as "seq N: problem"."""
+    problems = []
+    prev_seq, prev_hash = 0, GENESIS
+    for record in records:
+        problem = link_problem(record, prev_hash, prev_seq)
+        if problem:
+            problems.append(f"seq {record.get('seq')}: {problem}")
+        prev_seq, prev_hash = record["seq"], record["hash"]
+    return problems
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], within_s: float = 5.0, *, every: float = 0.01, message: str = ""
+) -> None:
+    """Poll `predicate` (plain or async) until it is true; fail after `within_s` seconds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"not true within {within_s} s")
+        await asyncio.sleep(every)
 
 
 async def wait_for_record(stack: Stack, kind: str, timeout_s: float = 2.0, **match: Any) -> dict[str, Any]:
     """The first `kind` record whose fields equal `match`, once its (non-waiting) group commit lands."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for record in ledger_records(stack):
-            if record.get("kind") == kind and all(record.get(k) == v for k, v in match.items()):
-                return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {kind} record with {match}")
-        await asyncio.sleep(0.01)
+    found: list[dict[str, Any]] = []
+
+    def landed() -> bool:
+        found.extend(
+            r for r in ledger_records(stack) if r.get("kind") == kind and all(r.get(k) == v for k, v in match.items())
+        )
+        return bool(found)
+
+    await wait_until(landed, timeout_s, message=f"no {kind} record with {match}")
+    return found[0]
+
+
+async def held(stack: Stack, tag: str, key: str) -> float:
+    """A counter's value in the gateway's own store, at the gateway's time."""
+    store = stack.server.store
+    assert store is not None
+    return await store.counter_value(tag, key, stack.server.clock())
+
+
+def slurm_job(
+    gpus: str = "h100:1",
+    *,
+    name: str = "t",
+    time_limit: int | None = 60,
+    lineage: str | None = None,
+    partition: str | None = "gpu",
+    env: bool = True,
+) -> Any:
+    """A v0.0.38 submission body asking for `gpus`; without `env` the stand-in rejects it."""
+    spec: dict[str, Any] = {"name": name} | ({"partition": partition} if partition else {})
+    if time_limit is not None:
+        spec["time_limit"] = time_limit
+    spec["gpus"] = gpus
+    if env:
+        spec["environment"] = {"PATH": "/usr/bin"} | ({"EXPORTGATE_LINEAGE": lineage} if lineage else {})
+    return {"job": spec, "script": "#!/bin/bash\ntrue"}
+
+
+def ray_job(submission_id: str | None = "train-1", minutes: str | None = "60") -> Any:
+    """A Ray job submission asking for two H100s."""
+    body: dict[str, Any] = {
+        "entrypoint": "python train.py",
+        "entrypoint_num_gpus": 2,
+        "entrypoint_resources": {"accelerator_type:H100": 2},
+        "runtime_env": {"env_vars": {"K": "V"}},
+        "metadata": {"user": "alice"} | ({"time_limit_min": minutes} if minutes else {}),
+    }
+    if submission_id is not None:
+        body["submission_id"] = submission_id
+    return body
 
 
 def tenant(tenant_id: str, countries: str, extra: str = "", *, slurm_user: str | None = None) -> str:

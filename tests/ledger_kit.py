@@ -1,6 +1,5 @@
 """Helpers for the ledger tests: keys made at test time, writers filled with records, the CLI run in-process."""
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +32,6 @@ async def fill(root: Path, instance: str, count: int, *, start: int = 0, **optio
         )
     await writer.close()
     return writer
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def chain(root: Path, instance: str) -> list[dict[str, Any]]:
-    """Every record of one instance's segments, in order."""
-    out: list[dict[str, Any]] = []
-    for segment in sorted((root / instance).glob("*.jsonl")):
-        out.extend(read_lines(segment))
-    return out
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:

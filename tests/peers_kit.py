@@ -8,8 +8,7 @@ from pathlib import Path
 from gateway.config.settings import load_settings
 from gateway.core.leases import QUOTA_SLOT
 from gateway.http.app import Server
-from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp, tenant
-from tests.redis_server import free_port
+from tests.harness import Idp, gateway_yaml, tenant, upstream_yaml
 
 # Tenants of the real-peer tests (countries as "location/headquarters/parent"); on Slurm all run as root.
 PEER_TENANTS = {"acme-us": "US/US/US", "nordlys-se": "SE/SE/SE", "fjord-se-cn": "SE/SE/CN"}
@@ -33,21 +32,8 @@ async def peer_gateway(
     (workdir / "jwks.json").write_text(json.dumps(idp.jwks()))
     (workdir / "tenants.yaml").write_text(tenants)
     config = workdir / "gateway.yaml"
-    config.write_text(f"""
-listen: {{host: 127.0.0.1, port: {free_port()}}}
-admin: {{host: 127.0.0.1, port: {free_port()}}}
-instance_id: real-{scheduler}
-policy: {{pack: {POLICIES / "ai-diffusion-2025"}, registry: {workdir / "tenants.yaml"}}}
-ledger: {{dir: {workdir / "ledger"}}}
-auth:
-  issuers:
-    - {{issuer: "{ISSUER}", audiences: ["{AUDIENCE}"], algorithms: [RS256], jwks_file: {workdir / "jwks.json"}}}
-upstreams:
-  - name: {scheduler}
-    url: "{url}"
-    scheduler: {scheduler}
-    timeout_s: {timeout_s}
-{headers}""")
+    upstream = upstream_yaml(f'"{url}"', scheduler=scheduler, timeout_s=timeout_s, headers=headers)
+    config.write_text(gateway_yaml(workdir, instance_id=f"real-{scheduler}", shutdown=None, upstreams=upstream))
     server = Server(load_settings(config, env={}), env={})
     await server.start()
     try:

@@ -7,6 +7,7 @@ import gzip
 import itertools
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from tests.harness import Stack, run_stack
+from tests.harness import Stack, running_stack
 from tests.redis_server import free_port
 
 
@@ -66,10 +67,11 @@ class Recorder:
         return app
 
 
-async def run_recorded(
+@asynccontextmanager
+async def recorded_stack(
     tmp_path: Path, recorder: Recorder | None = None, **config: Any
 ) -> AsyncIterator[tuple[Stack, Recorder]]:
-    """A gateway (as run_stack starts it) whose upstream is a Recorder that does not decompress."""
+    """A gateway (as running_stack starts it) whose upstream is a Recorder that does not decompress; yields both."""
     recorder = recorder or Recorder()
     # No auto_decompress: tests compare the bytes the gateway sent with the bytes the client sent.
     runner = web.AppRunner(recorder.app(), access_log=None, auto_decompress=False)
@@ -77,7 +79,7 @@ async def run_recorded(
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        async for stack in run_stack(tmp_path, upstream_url=f"http://127.0.0.1:{port}", **config):
+        async with running_stack(tmp_path, upstream_url=f"http://127.0.0.1:{port}", **config) as stack:
             yield stack, recorder
     finally:
         await runner.cleanup()

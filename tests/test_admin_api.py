@@ -4,12 +4,10 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from gateway.core.leases import QUOTA_SLOT
-from tests.harness import Stack, run_stack
-from tests.test_e2e_proxy import ledger_records, post
+from tests.harness import JOB, SUBMIT, Stack, call, held, ledger_records, running_stack
 
 READ_TOKEN, WRITE_TOKEN = "read-token-for-tests-0123456789", "write-token-for-tests-0123456789"
 
@@ -22,19 +20,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         f"  - {{name: auditor, role: read, sha256: {hashlib.sha256(READ_TOKEN.encode()).hexdigest()}}}\n"
         f"  - {{name: oncall, role: write, sha256: {hashlib.sha256(WRITE_TOKEN.encode()).hexdigest()}}}\n"
     )
-    async for s in run_stack(tmp_path, admin_tokens_file=tokens):
+    async with running_stack(tmp_path, admin_tokens_file=tokens) as s:
         yield s
-
-
-async def admin(stack: Stack, method: str, path: str, token: str | None) -> tuple[int, dict[str, object]]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as client, client.request(method, stack.admin_url + path, headers=headers) as r:
-        return r.status, await r.json(content_type=None)
-
-
-async def held(stack: Stack) -> float:
-    assert stack.server.store is not None
-    return await stack.server.store.counter_value(QUOTA_SLOT, "tenant:acme-us", stack.server.clock())
 
 
 @pytest.mark.parametrize(
@@ -50,20 +37,20 @@ async def test_admin_tokens_are_checked(
     stack: Stack, method: str, suffix: str, token: str | None, status: int, code: str
 ) -> None:
     """The operator API answers only tokens in the tokens file, and changes only for the write role."""
-    got, body = await admin(stack, method, f"/admin/v1/jobs/slurm/1{suffix}", token)
+    got, body, _ = await call(stack, method, f"/admin/v1/jobs/slurm/1{suffix}", admin_token=token, admin=True)
     assert (got, body["code"]) == (status, code)
 
 
 async def test_operator_release_frees_capacity_and_is_recorded(stack: Stack) -> None:
     """An operator looks a job up, releases it, and the ledger names the operator before and after."""
-    assert (await post(stack, "acme-us"))[0] == 200
-    assert await held(stack) == 15832
-    status, body = await admin(stack, "GET", "/admin/v1/jobs/slurm/1", READ_TOKEN)
+    assert (await call(stack, "POST", SUBMIT, "acme-us", payload=JOB))[0] == 200
+    assert await held(stack, QUOTA_SLOT, "tenant:acme-us") == 15832
+    status, body, _ = await call(stack, "GET", "/admin/v1/jobs/slurm/1", admin_token=READ_TOKEN, admin=True)
     assert status == 200 and body["tenant"] == "acme-us"
-    status, body = await admin(stack, "POST", "/admin/v1/jobs/slurm/1/release", WRITE_TOKEN)
+    status, body, _ = await call(stack, "POST", "/admin/v1/jobs/slurm/1/release", admin_token=WRITE_TOKEN, admin=True)
     assert (status, body["released"]) == (200, True)
-    assert await held(stack) == 0
-    status, body = await admin(stack, "GET", "/admin/v1/jobs/slurm/999", READ_TOKEN)
+    assert await held(stack, QUOTA_SLOT, "tenant:acme-us") == 0
+    status, body, _ = await call(stack, "GET", "/admin/v1/jobs/slurm/999", admin_token=READ_TOKEN, admin=True)
     assert (status, body["code"]) == (404, "job_not_owned")
     records = [r for r in ledger_records(stack) if r.get("operator")]
     assert [(r["kind"], r["operator"]) for r in records] == [("admin_release", "oncall"), ("release", "oncall")]

@@ -3,11 +3,8 @@
 import hashlib
 from pathlib import Path
 
-import aiohttp
-
 from gateway.core.leases import QUOTA_SLOT
-from tests.harness import run_stack
-from tests.test_e2e_proxy import post
+from tests.harness import JOB, SUBMIT, call, running_stack
 
 TOKEN = "write-token-for-rebuild-tests-0123456789"
 
@@ -17,14 +14,11 @@ async def test_operator_release_is_kept_across_restart(tmp_path: Path) -> None:
     tokens = tmp_path / "admin-tokens.yaml"
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     tokens.write_text(f"tokens:\n  - {{name: oncall, role: write, sha256: {digest}}}\n")
-    async for stack in run_stack(tmp_path, admin_tokens_file=tokens):
-        assert (await post(stack, "acme-us"))[0] == 200
-        assert (await post(stack, "acme-us"))[0] == 200
-        async with aiohttp.ClientSession() as client:
-            url = stack.admin_url + "/admin/v1/jobs/slurm/1/release"
-            async with client.post(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
-                assert resp.status == 200
-    async for stack in run_stack(tmp_path, admin_tokens_file=tokens):
+    async with running_stack(tmp_path, admin_tokens_file=tokens) as stack:
+        assert (await call(stack, "POST", SUBMIT, "acme-us", payload=JOB))[0] == 200
+        assert (await call(stack, "POST", SUBMIT, "acme-us", payload=JOB))[0] == 200
+        assert (await call(stack, "POST", "/admin/v1/jobs/slurm/1/release", admin_token=TOKEN))[0] == 200
+    async with running_stack(tmp_path, admin_tokens_file=tokens) as stack:
         store = stack.server.store
         assert store is not None
         assert await store.counter_value(QUOTA_SLOT, "tenant:acme-us", stack.server.clock()) == 15832  # job 2 only

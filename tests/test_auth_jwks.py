@@ -15,7 +15,7 @@ from gateway.adapters.auth import Authenticator, IssuerConfig
 from gateway.adapters.jwks import MAX_JWKS_BYTES, MAX_KEYS, JwksError, JwksUrl, parse_jwks
 from gateway.core.codes import Code
 from gateway.core.tenants import Identity
-from tests.test_auth import (
+from tests.auth_kit import (
     AUD,
     ISS_A,
     Clock,

@@ -18,10 +18,20 @@ from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineToo
 
 from gateway.core.leases import QUOTA_SLOT
 from gateway.http.client_faults import ClientFaultFilter
-from tests.harness import E2E_TENANTS, SLURM_ROUTES, Stack, ledger_records, run_stack, wait_for_record
-from tests.recorder import Recorder, run_recorded
+from tests.harness import (
+    E2E_TENANTS,
+    SLURM_ROUTES,
+    SUBMIT,
+    Stack,
+    call,
+    ledger_records,
+    running_stack,
+    wait_for_record,
+    wait_until,
+)
+from tests.recorder import Recorder, recorded_stack
 
-SUBMIT = "/slurm/v0.0.38/job/submit"
+JSON = {"Content-Type": "application/json"}
 LIMIT = 65536  # limits.max_body_bytes in the harness's gateway.yaml
 H100 = 15832.0  # TPP of one H100; capped-ae's cap is two
 
@@ -70,13 +80,6 @@ def sample(stack: Stack, route_kind: str, status_class: str) -> float:
     return value or 0.0
 
 
-async def eventually(condition: Any, timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     """Records at ERROR or above, or carrying a traceback."""
     return [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
@@ -84,7 +87,7 @@ def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 @pytest.fixture
 async def recorded(tmp_path: Path) -> AsyncIterator[tuple[Stack, Recorder]]:
-    async for pair in run_recorded(tmp_path):
+    async with recorded_stack(tmp_path) as pair:
         yield pair
 
 
@@ -119,10 +122,9 @@ async def test_540_kb_submission_is_read_whole(tmp_path: Path) -> None:
     """A valid 540 KB submission under a 1 MiB limit is priced and forwarded whole."""
     body = job_body("h100:1", script="#!/bin/bash\n" + "# padding\n" * 54_000)
     assert 540_000 <= len(body) < 1 << 20
-    async for stack, recorder in run_recorded(tmp_path, limits="max_body_bytes: 1048576"):
-        headers = {**stack.auth("acme-us"), "Content-Type": "application/json"}
-        async with aiohttp.ClientSession() as client, client.post(stack.url + SUBMIT, data=body, headers=headers) as r:
-            assert r.status == 200, await r.text()
+    async with recorded_stack(tmp_path, limits="max_body_bytes: 1048576") as (stack, recorder):
+        status, answer, _ = await call(stack, "POST", SUBMIT, "acme-us", data=body, headers=JSON)
+        assert status == 200, answer
         assert recorder.bodies == [body]
 
 
@@ -173,25 +175,21 @@ async def test_hangup_mid_body_is_client_closed_and_reserves_nothing(
 ) -> None:
     """A client gone mid-body is counted client_closed at INFO, holds no quota, and its cap stays whole."""
     caplog.set_level(logging.INFO)
-    async for stack in run_stack(tmp_path, registry=E2E_TENANTS):
+    async with running_stack(tmp_path, registry=E2E_TENANTS) as stack:
         _, writer = await asyncio.open_connection("127.0.0.1", stack.settings.listen_port)
         writer.write(request_head(stack, "capped-ae", length=length) + sent)
         await writer.drain()
         await asyncio.sleep(0.3)  # the handler is waiting for the rest of the body
         writer.close()
-        await eventually(lambda: sample(stack, "submit", "client_closed") == 1)  # noqa: B023
+        await wait_until(lambda: sample(stack, "submit", "client_closed") == 1, 3.0)
         assert sample(stack, "submit", "5xx") == 0
         store = stack.server.store
         assert store is not None
         assert await store.counter_value(QUOTA_SLOT, "tenant:capped-ae", stack.server.clock()) == 0
         assert stack.standin.requests == []
         # The whole cap (two H100s) is still there for the next submission.
-        headers = {**stack.auth("capped-ae"), "Content-Type": "application/json"}
-        async with (
-            aiohttp.ClientSession() as client,
-            client.post(stack.url + SUBMIT, data=job_body("h100:2"), headers=headers) as resp,
-        ):
-            assert resp.status == 200, await resp.text()
+        status, answer, _ = await call(stack, "POST", SUBMIT, "capped-ae", data=job_body("h100:2"), headers=JSON)
+        assert status == 200, answer
         assert [r["kind"] for r in ledger_records(stack) if r.get("route") == "slurm.job.submit"] == ["decision"]
     assert errors(caplog) == []
     assert any("client closed" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
@@ -202,16 +200,19 @@ async def test_client_leaving_before_the_answer_is_client_closed(
 ) -> None:
     """A client that leaves while the upstream is slow is client_closed, not the 504 nobody received."""
     caplog.set_level(logging.INFO)
-    async for stack in run_stack(tmp_path, timeout_s=0.5):
+    timeout_s = 0.5
+    async with running_stack(tmp_path, timeout_s=timeout_s) as stack:
         _, writer = await asyncio.open_connection("127.0.0.1", stack.settings.listen_port)
+        # The stand-in answers after the gateway's timeout (that would be a 504), soon enough to let the stack stop.
+        token = stack.idp.token("acme-us")
         writer.write(
-            f"GET /standin/hang?seconds=5 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.idp.token('acme-us')}"
+            f"GET /standin/hang?seconds={2 * timeout_s} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}"
             "\r\n\r\n".encode()
         )
         await writer.drain()
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: any(r["path"].startswith("/standin/hang") for r in stack.standin.requests))
         writer.close()
-        await eventually(lambda: sample(stack, "plain_read", "client_closed") == 1)  # noqa: B023
+        await wait_until(lambda: sample(stack, "plain_read", "client_closed") == 1, 3.0)
         assert sample(stack, "plain_read", "5xx") == 0
     assert errors(caplog) == []
 
@@ -233,7 +234,7 @@ async def test_malformed_request_is_400_logged_at_info(
 ) -> None:
     """A request aiohttp cannot parse gets 400 and one INFO line, no ERROR and no traceback."""
     caplog.set_level(logging.INFO)
-    async for stack in run_stack(tmp_path):
+    async with running_stack(tmp_path) as stack:
         reader, writer = await asyncio.open_connection("127.0.0.1", stack.settings.listen_port)
         writer.write(raw)
         await writer.drain()
@@ -342,7 +343,7 @@ async def test_bodies_not_decodable_exactly_once_are_refused(
     tmp_path: Path, case: str, data: bytes, encodings: list[str], status: int
 ) -> None:
     """Bodies that are not one bounded gzip member are refused job_spec_invalid, quickly, and never forwarded."""
-    async for stack, recorder in run_recorded(tmp_path, limits="max_body_bytes: 1048576"):
+    async with recorded_stack(tmp_path, limits="max_body_bytes: 1048576") as (stack, recorder):
         assert len(data) < 1 << 20
         headers: list[tuple[str, str]] = [*stack.auth("acme-us").items(), ("Content-Type", "application/json")]
         headers += [("Content-Encoding", e) for e in encodings]
@@ -361,13 +362,9 @@ async def test_gzip_body_on_a_plain_route_passes_through_untouched(tmp_path: Pat
     """A gzip body on a route the gateway does not inspect reaches the upstream as sent, header included."""
     echo = SLURM_ROUTES + '      - {name: echo, methods: [POST], path: "/standin/echo", kind: plain_read}\n'
     compressed = gzip.compress(b'{"anything": "at all"}' * 100)
-    async for stack, recorder in run_recorded(tmp_path, upstream_extra=echo):
-        headers = {**stack.auth("acme-us"), "Content-Encoding": "gzip", "Content-Type": "application/json"}
-        async with (
-            aiohttp.ClientSession() as client,
-            client.post(stack.url + "/standin/echo", data=compressed, headers=headers) as resp,
-        ):
-            assert resp.status == 200
+    async with recorded_stack(tmp_path, upstream_extra=echo) as (stack, recorder):
+        headers = {"Content-Encoding": "gzip", **JSON}
+        assert (await call(stack, "POST", "/standin/echo", "acme-us", data=compressed, headers=headers))[0] == 200
         assert recorder.bodies == [compressed]
         assert recorder.requests[0].headers["Content-Encoding"] == "gzip"
 
@@ -386,7 +383,7 @@ async def test_submission_answer_is_read_whole_and_plain(
 ) -> None:
     """The scheduler's answer is read to its end and asked for uncompressed, so the job id is found and owned."""
     recorder = make()
-    async for stack, _ in run_recorded(tmp_path, recorder):
+    async with recorded_stack(tmp_path, recorder) as (stack, _):
         headers = {**stack.auth("acme-us"), "Content-Type": "application/json", **extra}
         async with (
             aiohttp.ClientSession(auto_decompress=False) as client,

@@ -1,6 +1,5 @@
 """`check` catches what `serve` would die on (or never become ready with), and both say it the same way."""
 
-import asyncio
 import json
 import logging
 import os
@@ -12,15 +11,13 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 
-import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.adapters.ledger.signing import generate
-from tests.harness import POLICIES, Idp, run_stack
+from tests.harness import JOB, POLICIES, SUBMIT, Idp, call, running_stack, wait_for_metric
 from tests.redis_server import free_port
-from tests.test_e2e_proxy import post
 
 ROOT = Path(__file__).resolve().parent.parent
 TIERS_MO_LINE = (POLICIES / "ai-diffusion-2025" / "tiers.yaml").read_text().splitlines().index("  - MO") + 1
@@ -367,19 +364,13 @@ def test_missing_country_is_a_warning_naming_the_field(tmp_path: Path) -> None:
 async def test_hot_reload_refuses_a_non_iso_country(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A reloaded registry with a non-ISO country is refused: last good kept, WARNING with the problem, counted."""
     caplog.set_level(logging.WARNING, logger="gateway.adapters.policy_files")
-    async for stack in run_stack(tmp_path):
+    async with running_stack(tmp_path) as stack:
         registry = tmp_path / "tenants.yaml"
         text = registry.read_text()
         line = text.splitlines().index("    location: US") + 1
         registry.write_text(text.replace("    location: US", "    location: XX", 1))
         metric = 'exportgate_config_reloads_total{result="error"} 1.0'
-        for _ in range(60):
-            async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/metrics") as resp:
-                metrics = await resp.text()
-            if metric in metrics:
-                break
-            await asyncio.sleep(0.05)
-        assert metric in metrics
+        assert metric in await wait_for_metric(stack, metric)
         refused = [r for r in caplog.records if r.getMessage().startswith("reload refused")]
         assert [(r.levelno, r.getMessage()) for r in refused] == [
             (
@@ -388,7 +379,9 @@ async def test_hot_reload_refuses_a_non_iso_country(tmp_path: Path, caplog: pyte
                 "'XX' is not an ISO 3166-1 code (XX is user-assigned: it names no country)",
             )
         ]
-        assert (await post(stack, "acme-us"))[0] == 200  # the last good registry still places acme-us in US
+        assert (await call(stack, "POST", SUBMIT, "acme-us", payload=JOB))[
+            0
+        ] == 200  # the last good registry still places acme-us in US
 
 
 def test_demo_with_a_broken_bundled_pack_prints_the_problem(tmp_path: Path) -> None:

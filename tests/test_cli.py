@@ -170,8 +170,7 @@ def test_check_reports_pack_problems(
     target = pack / file
     assert old in target.read_text()
     target.write_text(target.read_text().replace(old, new, 1))
-    config = write_config(tmp_path, "http://127.0.0.1:1")
-    config.write_text(config.read_text().replace(str(POLICIES / "ai-diffusion-2025"), str(pack)))
+    config = write_config(tmp_path, "http://127.0.0.1:1", pack=pack)
     assert main(["check", "--config", str(config)]) == 1
     out = capsys.readouterr().out
     assert f"{target}:" in out and expected in out, out

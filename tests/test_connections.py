@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from gateway.core.leases import QUOTA_SLOT
-from tests.harness import E2E_TENANTS, Stack, run_stack
+from tests.harness import E2E_TENANTS, Stack, running_stack, wait_until
 
 PING = "/slurm/v0.0.38/ping"
 
@@ -19,8 +19,13 @@ PING = "/slurm/v0.0.38/ping"
 @pytest.fixture
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     limits = getattr(request, "param", "head_timeout_s: 0.5, idle_timeout_s: 1.0, max_connections: 6")
-    async for s in run_stack(tmp_path, registry=E2E_TENANTS, limits=f"max_body_bytes: 65536, {limits}"):
+    async with running_stack(tmp_path, registry=E2E_TENANTS, limits=f"max_body_bytes: 65536, {limits}") as s:
         yield s
+
+
+def open_connections(stack: Stack) -> float:
+    """The gateway's count of open client connections."""
+    return stack.server.metrics.registry.get_sample_value("exportgate_connections_open") or 0.0
 
 
 async def open_raw(stack: Stack) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -117,7 +122,7 @@ async def test_a_kept_alive_connection_serves_a_second_request(stack: Stack) -> 
 async def test_connections_beyond_the_cap_get_503_at_once(stack: Stack) -> None:
     """With max_connections open, the next connection gets 503 too_many_connections and closes; a freed slot serves."""
     held = [await open_raw(stack) for _ in range(6)]
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: open_connections(stack) == 6, 2.0)
     reader, writer = await open_raw(stack)
     closed, got = await closed_within(reader, 2.0)
     writer.close()
@@ -125,7 +130,7 @@ async def test_connections_beyond_the_cap_get_503_at_once(stack: Stack) -> None:
     assert b'"code":"too_many_connections"' in got
     _, held_writer = held.pop()
     held_writer.close()
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: open_connections(stack) == 5, 2.0)
     reader, writer = await open_raw(stack)
     writer.write(ping_request(stack, keep_alive=False))
     _, got = await closed_within(reader, 5.0)

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.core.leases import QUOTA_SLOT
 from gateway.demo.standin_k8s import k8s_app
-from tests.harness import E2E_TENANTS, Stack, call, run_stack, wait_for_record
+from tests.harness import E2E_TENANTS, Stack, call, running_stack, wait_for_record
 
 H100 = 15832.0
 JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
@@ -38,9 +38,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     headers:
       Authorization: {{file: {tmp_path / "slurm.token"}, prefix: "Bearer "}}
 """
-    async for s in run_stack(
+    async with running_stack(
         tmp_path, registry=E2E_TENANTS, standin=k8s_app, scheduler="kubernetes", headers=headers, upstream_extra=""
-    ):
+    ) as s:
         yield s
 
 

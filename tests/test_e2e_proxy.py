@@ -4,48 +4,23 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.harness import Stack, run_stack
-
-SUBMIT = "/slurm/v0.0.38/job/submit"
-JOB = {
-    "job": {"name": "t", "partition": "gpu", "time_limit": 60, "gpus": "h100:1", "environment": {"PATH": "/usr/bin"}},
-    "script": "#!/bin/bash\ntrue",
-}
+from tests.harness import JOB, SUBMIT, Stack, call, ledger_records, running_stack
+from tests.redis_server import free_port
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    async for s in run_stack(tmp_path):
+    async with running_stack(tmp_path) as s:
         yield s
-
-
-async def post(
-    stack: Stack,
-    sub: str | None,
-    path: str = SUBMIT,
-    *,
-    headers: dict[str, str] | None = None,
-    json: object = JOB,
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """POST as `sub` (no token when None) and return status, JSON body and headers."""
-    sent = stack.auth(sub) if sub else {}
-    sent.update(headers or {})
-    async with (
-        aiohttp.ClientSession() as client,
-        client.post(stack.url + path, json=json, headers=sent) as resp,
-    ):
-        body = await resp.json(content_type=None)
-        return resp.status, body, dict(resp.headers)
 
 
 async def test_allowed_submission_reaches_scheduler_with_gateway_headers(stack: Stack) -> None:
     """A verified Tier 1 tenant's submission is forwarded with the gateway's identity and credentials."""
-    status, body, headers = await post(stack, "acme-us")
+    status, body, headers = await call(stack, "POST", SUBMIT, "acme-us", payload=JOB)
     assert status == 200 and body["job_id"] == 1
     seen = stack.standin.requests[-1]["headers"]
     assert seen["X-Exportgate-Tenant"] == "acme-us"
@@ -74,7 +49,7 @@ async def test_refusals_are_problem_json_and_never_forwarded(
     stack: Stack, case: str, sub: str | None, status: int, code: str
 ) -> None:
     """Each refusal has its status, a stable code and decision id, and nothing reaches the scheduler."""
-    got, body, headers = await post(stack, sub)
+    got, body, headers = await call(stack, "POST", SUBMIT, sub, payload=JOB)
     assert (got, body["code"]) == (status, code)
     assert headers["Content-Type"] == "application/problem+json"
     assert body["decision_id"] == headers["X-Exportgate-Decision-Id"]
@@ -86,18 +61,14 @@ async def test_refusals_are_problem_json_and_never_forwarded(
 
 async def test_garbage_token_is_401(stack: Stack) -> None:
     """A malformed bearer token is auth_invalid, not a server error."""
-    got, body, _ = await post(stack, None, headers={"Authorization": "Bearer not.a.jwt"})
+    got, body, _ = await call(stack, "POST", SUBMIT, None, payload=JOB, headers={"Authorization": "Bearer not.a.jwt"})
     assert (got, body["code"]) == (401, "auth_invalid")
 
 
 async def test_unlisted_route_is_404(stack: Stack) -> None:
     """Default deny: a route no table lists is route_not_allowed."""
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(stack.url + "/slurmdb/v0.0.38/accounts", headers=stack.auth("acme-us")) as resp,
-    ):
-        body = await resp.json(content_type=None)
-    assert (resp.status, body["code"]) == (404, "route_not_allowed")
+    status, body, _ = await call(stack, "GET", "/slurmdb/v0.0.38/accounts", "acme-us")
+    assert (status, body["code"]) == (404, "route_not_allowed")
     assert stack.standin.requests == []
 
 
@@ -169,7 +140,7 @@ async def test_large_response_is_streamed_intact(stack: Stack) -> None:
 async def test_oversized_submission_is_413(stack: Stack) -> None:
     """An inspected body over the configured limit is body_too_large and is not forwarded."""
     big = dict(JOB, script="#" * 70_000)
-    got, body, _ = await post(stack, "acme-us", json=big)
+    got, body, _ = await call(stack, "POST", SUBMIT, "acme-us", payload=big)
     assert (got, body["code"]) == (413, "body_too_large")
     assert stack.standin.requests == []
 
@@ -205,7 +176,7 @@ async def test_spoofed_headers_never_reach_upstream(stack: Stack) -> None:
         "X-Custom-Hop": "drop-me",
         "Proxy-Authorization": "Basic eA==",
     }
-    status, _, _ = await post(stack, "acme-us", headers=spoof)
+    status, _, _ = await call(stack, "POST", SUBMIT, "acme-us", payload=JOB, headers=spoof)
     assert status == 200
     seen = {k.lower(): v for k, v in stack.standin.requests[-1]["headers"].items()}
     assert seen["x-exportgate-tenant"] == "acme-us"
@@ -228,33 +199,18 @@ async def test_spoofed_headers_never_reach_upstream(stack: Stack) -> None:
 
 async def test_upstream_down_is_502(tmp_path: Path) -> None:
     """A scheduler that refuses connections yields upstream_unreachable."""
-    from tests.redis_server import free_port
-
-    async for stack in run_stack(tmp_path, upstream_url=f"http://127.0.0.1:{free_port()}"):
-        async with (
-            aiohttp.ClientSession() as client,
-            client.get(stack.url + "/slurm/v0.0.38/ping", headers=stack.auth("acme-us")) as resp,
-        ):
-            body = await resp.json(content_type=None)
-        assert (resp.status, body["code"]) == (502, "upstream_unreachable")
+    async with running_stack(tmp_path, upstream_url=f"http://127.0.0.1:{free_port()}") as stack:
+        status, body, _ = await call(stack, "GET", "/slurm/v0.0.38/ping", "acme-us")
+        assert (status, body["code"]) == (502, "upstream_unreachable")
 
 
 async def test_upstream_hanging_is_504(tmp_path: Path) -> None:
     """A scheduler that does not answer within the timeout yields upstream_timeout."""
-    async for stack in run_stack(tmp_path, timeout_s=0.3):
-        async with (
-            aiohttp.ClientSession() as client,
-            client.get(stack.url + "/standin/hang?seconds=5", headers=stack.auth("acme-us")) as resp,
-        ):
-            body = await resp.json(content_type=None)
-        assert (resp.status, body["code"]) == (504, "upstream_timeout")
-
-
-def ledger_records(stack: Stack) -> list[dict[str, Any]]:
-    lines: list[dict[str, Any]] = []
-    for segment in sorted((stack.settings.ledger.dir / "test-gw").glob("*.jsonl")):
-        lines.extend(json.loads(line) for line in segment.read_text().splitlines())
-    return lines
+    timeout_s = 0.3
+    async with running_stack(tmp_path, timeout_s=timeout_s) as stack:
+        # The stand-in answers (and so lets the stack stop) soon after the gateway has given up on it.
+        status, body, _ = await call(stack, "GET", f"/standin/hang?seconds={3 * timeout_s}", "acme-us")
+        assert (status, body["code"]) == (504, "upstream_timeout")
 
 
 async def test_tenant_without_the_upstream_identity_is_refused(tmp_path: Path) -> None:
@@ -265,8 +221,8 @@ async def test_tenant_without_the_upstream_identity_is_refused(tmp_path: Path) -
         "     headquarters: US, parent_headquarters: US,\n"
         "     kyc: {status: verified, verified_at: 2025-01-01, expires_at: 2035-01-01}}\n"
     )
-    async for stack in run_stack(tmp_path, registry=registry):
-        status, body, _ = await post(stack, "bare-us")
+    async with running_stack(tmp_path, registry=registry) as stack:
+        status, body, _ = await call(stack, "POST", SUBMIT, "bare-us", payload=JOB)
         assert (status, body["code"]) == (403, "tenant_unknown")
         assert "slurm_user" in body["detail"]
         assert stack.standin.requests == []

@@ -3,11 +3,10 @@
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gateway.adapters.quota_memory import MemoryQuotaStore
@@ -15,29 +14,24 @@ from gateway.core.leases import QUOTA_SLOT
 from gateway.core.rebuild import rebuild_state
 from tests.harness import (
     E2E_TENANTS,
+    H100,
+    SUBMIT,
     Clock,
     Reply,
     Stack,
     call,
+    held,
     ledger_records,
-    run_stack,
+    metrics,
+    running_stack,
+    slurm_job,
     tenant,
     wait_for_record,
+    wait_until,
 )
 from tests.redis_server import RedisProcess, free_port
 
-SUBMIT = "/slurm/v0.0.38/job/submit"
-H100 = 15832.0  # TPP of one H100 (gpus.yaml)
 LEASE_S = 60 * 60 + 3600  # a 60-minute job plus caps.yaml leases.pending_allowance_s
-
-
-def job(name: str = "t", gpus: str = "h100:1", time_limit: int | None = 60, lineage: str | None = None) -> Any:
-    """A v0.0.38 submission body."""
-    env = {"PATH": "/usr/bin"} | ({"EXPORTGATE_LINEAGE": lineage} if lineage else {})
-    spec: dict[str, Any] = {"name": name, "partition": "gpu", "gpus": gpus, "environment": env}
-    if time_limit is not None:
-        spec["time_limit"] = time_limit
-    return {"job": spec, "script": "#!/bin/bash\ntrue"}
 
 
 @pytest.fixture
@@ -48,19 +42,12 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def stack(tmp_path: Path, clock: Clock) -> AsyncIterator[Stack]:
-    async for s in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS):
+    async with running_stack(tmp_path, clock=clock, registry=E2E_TENANTS) as s:
         yield s
 
 
 async def submit(stack: Stack, sub: str, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
-    return await call(stack, "POST", SUBMIT, sub, payload=job() if body is None else body, headers=headers)
-
-
-async def held(stack: Stack, tag: str, key: str) -> float:
-    """A counter's value in the gateway's own store, at the gateway's time."""
-    store = stack.server.store
-    assert store is not None
-    return await store.counter_value(tag, key, stack.server.clock())
+    return await call(stack, "POST", SUBMIT, sub, payload=slurm_job() if body is None else body, headers=headers)
 
 
 def submissions(stack: Stack) -> list[dict[str, Any]]:
@@ -69,13 +56,6 @@ def submissions(stack: Stack) -> list[dict[str, Any]]:
 
 def decision(stack: Stack, decision_id: str) -> dict[str, Any]:
     return next(r for r in ledger_records(stack) if r["kind"] == "decision" and r["decision_id"] == decision_id)
-
-
-async def until(condition: Callable[[], object], timeout_s: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 # -- idempotency ------------------------------------------------------------------------------
@@ -108,13 +88,13 @@ async def test_retry_while_first_is_in_flight_is_409(stack: Stack) -> None:
     """A retry while the first attempt waits on the scheduler is request_in_progress; after it, a replay."""
     stack.standin.slow_s = 0.5
     key = {"Idempotency-Key": "slow-1"}
-    first = asyncio.create_task(submit(stack, "capped-ae", job(name="slow-me"), key))
-    await until(lambda: submissions(stack))
-    status, body, headers = await submit(stack, "capped-ae", job(name="slow-me"), key)
+    first = asyncio.create_task(submit(stack, "capped-ae", slurm_job(name="slow-me"), key))
+    await wait_until(lambda: bool(submissions(stack)), 2.0)
+    status, body, headers = await submit(stack, "capped-ae", slurm_job(name="slow-me"), key)
     assert (status, body["code"]) == (409, "request_in_progress")
     assert headers["Content-Type"] == "application/problem+json"
     assert (await first)[0] == 200
-    replay = await submit(stack, "capped-ae", job(name="slow-me"), key)
+    replay = await submit(stack, "capped-ae", slurm_job(name="slow-me"), key)
     assert replay[0] == 200 and replay[2]["X-Exportgate-Replayed"] == "true"
     assert len(submissions(stack)) == 1
     assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
@@ -146,9 +126,9 @@ async def test_upstream_failure_refunds_or_holds(
     """A definitive rejection or a refused connection refunds; a timeout keeps the lease, marked unsettled."""
     if config.get("upstream_url") == "nothing-listens":
         config = {"upstream_url": f"http://127.0.0.1:{free_port()}"}
-    async for stack in run_stack(tmp_path, registry=E2E_TENANTS, **config):
+    async with running_stack(tmp_path, registry=E2E_TENANTS, **config) as stack:
         stack.standin.slow_s = 1.0
-        got, body, headers = await submit(stack, "capped-ae", job(name=name))
+        got, body, headers = await submit(stack, "capped-ae", slurm_job(name=name))
         assert got == status
         if code is None:  # the scheduler's own answer is passed through
             assert body["errors"][0]["error_code"] == 2014
@@ -179,7 +159,7 @@ async def test_cancel_through_gateway_releases_capacity(stack: Stack) -> None:
 
 async def test_one_array_task_cannot_release_or_reprice_the_whole_job(stack: Stack) -> None:
     """Cancelling or resizing one array task keeps the whole job's lease held; cancelling the job frees it."""
-    spec = job(gpus="h100:1")
+    spec = slurm_job(gpus="h100:1")
     spec["job"]["array"] = "0-3"
     assert (await submit(stack, "us-one", spec))[1]["job_id"] == 1
     assert await held(stack, QUOTA_SLOT, "tenant:us-one") == 4 * H100
@@ -238,7 +218,7 @@ AFFILIATES = [("ae-then-sg", "falcon-ae", "falcon-sg"), ("sg-then-ae", "falcon-s
 @pytest.mark.parametrize(("case", "big", "small"), AFFILIATES, ids=[a[0] for a in AFFILIATES])
 async def test_affiliates_share_one_cap(stack: Stack, case: str, big: str, small: str) -> None:
     """Affiliates under one parent_entity draw on one LPP allowance."""
-    assert (await submit(stack, big, job(gpus="h100:1699")))[0] == 200  # 26,898,568 of 26,900,000 TPP
+    assert (await submit(stack, big, slurm_job(gpus="h100:1699")))[0] == 200  # 26,898,568 of 26,900,000 TPP
     status, body, headers = await submit(stack, small)
     assert (status, body["code"]) == (429, "quota_tenant_tpp")
     assert int(headers["Retry-After"]) > 0
@@ -335,7 +315,7 @@ BUDGETED_AE = tenant("budget-ae", "AE/AE/AE", "\n    tpp_cap: 31664\n    budget:
 @pytest.fixture
 async def budget_stack(tmp_path: Path, clock: Clock) -> AsyncIterator[Stack]:
     registry = E2E_TENANTS.rstrip("\n") + BUDGETED_AE + "\n"
-    async for s in run_stack(tmp_path, clock=clock, registry=registry):
+    async with running_stack(tmp_path, clock=clock, registry=registry) as s:
         yield s
 
 
@@ -415,7 +395,7 @@ async def test_training_threshold(
     stack: Stack, case: str, sub: str, lineage: str, status: int, licences: list[str]
 ) -> None:
     """One H100-hour that takes a lineage (or the tenant's total) to 1e26 ops needs a licence for that lineage."""
-    got, body, headers = await submit(stack, sub, job(lineage=lineage))
+    got, body, headers = await submit(stack, sub, slurm_job(lineage=lineage))
     assert got == status
     record = decision(stack, headers["X-Exportgate-Decision-Id"])
     if status == 403:
@@ -437,7 +417,7 @@ async def test_declared_inference_near_the_threshold(
     stack: Stack, case: str, purpose: str, status: int, exemptions: list[str]
 ) -> None:
     """Near 1e26 a job declared inference is admitted on the tenant's certification, which its record names."""
-    body = job(lineage="llama-x")
+    body = slurm_job(lineage="llama-x")
     body["job"]["environment"]["EXPORTGATE_PURPOSE"] = purpose
     got, reply, headers = await submit(stack, "cross-ae", body)
     assert got == status, reply
@@ -460,7 +440,7 @@ ALLOCATION_TENANTS = (
 
 @pytest.fixture
 async def allocation_stack(tmp_path: Path, clock: Clock) -> AsyncIterator[Stack]:
-    async for s in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS.rstrip("\n") + ALLOCATION_TENANTS + "\n"):
+    async with running_stack(tmp_path, clock=clock, registry=E2E_TENANTS.rstrip("\n") + ALLOCATION_TENANTS + "\n") as s:
         yield s
 
 
@@ -477,7 +457,7 @@ async def test_licensed_overflow_draws_on_the_tenants_own_countries(
 ) -> None:
     """Beyond its allowance a licensed tenant's job draws on each Tier 2 country it is located or headquartered in."""
     stack = allocation_stack
-    status, _, headers = await submit(stack, sub, job(gpus="h100:3"))
+    status, _, headers = await submit(stack, sub, slurm_job(gpus="h100:3"))
     assert status == 200
     record = decision(stack, headers["X-Exportgate-Decision-Id"])
     drawn = {c["key"]: c["amount"] for c in record["lease"]["counters"] if c["key"].startswith("country:")}
@@ -490,8 +470,7 @@ async def test_licensed_overflow_draws_on_the_tenants_own_countries(
 
 
 async def backend_errors(stack: Stack) -> float:
-    async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/metrics") as resp:
-        text = await resp.text()
+    text = await metrics(stack)
     found = re.search(r'^exportgate_backend_errors_total\{backend="quota"\} (\S+)$', text, re.M)
     return float(found[1]) if found else 0.0
 
@@ -499,13 +478,15 @@ async def backend_errors(stack: Stack) -> float:
 async def test_redis_outage_fails_closed_then_recovers(tmp_path: Path, fresh_redis: RedisProcess) -> None:
     """With Redis down, routes needing the store are 503 backend_unavailable within a second; restarted, all works."""
     quota = f"quota: {{store: redis, redis_url: '{fresh_redis.url}', timeout_ms: 200}}"
-    async for stack in run_stack(tmp_path, registry=E2E_TENANTS, extra=quota):
+    async with running_stack(tmp_path, registry=E2E_TENANTS, extra=quota) as stack:
         assert (await submit(stack, "capped-ae"))[0] == 200
         assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
         fresh_redis.kill()
         for method, path in [("POST", SUBMIT), ("GET", "/slurm/v0.0.38/job/1"), ("GET", "/slurm/v0.0.38/jobs")]:
             started = time.monotonic()
-            status, body, _ = await call(stack, method, path, "capped-ae", payload=job() if method == "POST" else None)
+            status, body, _ = await call(
+                stack, method, path, "capped-ae", payload=slurm_job() if method == "POST" else None
+            )
             assert time.monotonic() - started < 1.5
             assert (status, body["code"]) == (503, "backend_unavailable"), path
         assert len(submissions(stack)) == 1 and len(stack.standin.requests) == 1

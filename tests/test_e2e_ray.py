@@ -7,24 +7,9 @@ from typing import Any
 import pytest
 
 from gateway.core.leases import QUOTA_SLOT
-from tests.harness import E2E_TENANTS, Stack, call, run_stack, wait_for_record
+from tests.harness import E2E_TENANTS, H100, Stack, call, held, ray_job, running_stack, wait_for_record
 
-H100 = 15832.0
 SUBMIT = "/api/jobs/"
-
-
-def ray_job(submission_id: str | None = "train-1", minutes: str | None = "60") -> Any:
-    """A Ray job submission asking for two H100s."""
-    body: dict[str, Any] = {
-        "entrypoint": "python train.py",
-        "entrypoint_num_gpus": 2,
-        "entrypoint_resources": {"accelerator_type:H100": 2},
-        "runtime_env": {"env_vars": {"K": "V"}},
-        "metadata": {"user": "alice"} | ({"time_limit_min": minutes} if minutes else {}),
-    }
-    if submission_id is not None:
-        body["submission_id"] = submission_id
-    return body
 
 
 @pytest.fixture
@@ -33,14 +18,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     headers:
       Authorization: {{file: {tmp_path / "slurm.token"}, prefix: "Bearer "}}
 """
-    async for s in run_stack(tmp_path, registry=E2E_TENANTS, scheduler="ray", headers=headers, upstream_extra=""):
+    async with running_stack(tmp_path, registry=E2E_TENANTS, scheduler="ray", headers=headers, upstream_extra="") as s:
         yield s
-
-
-async def held(stack: Stack, tag: str, key: str) -> float:
-    store = stack.server.store
-    assert store is not None
-    return await store.counter_value(tag, key, stack.server.clock())
 
 
 def submissions(stack: Stack) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from gateway.schedulers import (
     SlurmOptions,
 )
 from tests.harness import Stack
-from tests.recorder import Recorder, run_recorded
+from tests.recorder import Recorder, recorded_stack
 
 PACK_GPUS = Path(__file__).resolve().parent.parent / "policies" / "ai-diffusion-2025" / "gpus.yaml"
 SEED = 20240917
@@ -358,7 +358,7 @@ def test_parsers_price_or_refuse_every_mutation(target: Target, catalogue: GpuCa
 
 @pytest.fixture
 async def recorded(tmp_path: Path) -> AsyncIterator[tuple[Stack, Recorder]]:
-    async for pair in run_recorded(tmp_path):
+    async with recorded_stack(tmp_path) as pair:
         yield pair
 
 

@@ -4,10 +4,9 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from tests.harness import E2E_TENANTS, Stack, call, ledger_records, run_stack
+from tests.harness import E2E_TENANTS, Stack, call, ledger_records, running_stack
 
 READ_TOKEN = "read-token-for-conventions-0123456789"
 SUBMIT = "/slurm/v0.0.38/job/submit"
@@ -18,7 +17,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     tokens = tmp_path / "admin-tokens.yaml"
     digest = hashlib.sha256(READ_TOKEN.encode()).hexdigest()
     tokens.write_text(f"tokens:\n  - {{name: auditor, role: read, sha256: {digest}}}\n")
-    async for s in run_stack(tmp_path, registry=E2E_TENANTS, admin_tokens_file=tokens):
+    async with running_stack(tmp_path, registry=E2E_TENANTS, admin_tokens_file=tokens) as s:
         yield s
 
 
@@ -42,15 +41,9 @@ async def test_401_carries_a_bearer_challenge(stack: Stack, authorization: str |
 
 async def test_admin_token_with_the_wrong_role_gets_403(stack: Stack) -> None:
     """A valid read token asking for a write gets 403 role_insufficient with an insufficient_scope challenge."""
-    async with (
-        aiohttp.ClientSession() as client,
-        client.post(
-            stack.admin_url + "/admin/v1/jobs/slurm/1/release", headers={"Authorization": f"Bearer {READ_TOKEN}"}
-        ) as resp,
-    ):
-        body = await resp.json(content_type=None)
-        assert (resp.status, body["code"]) == (403, "role_insufficient")
-        assert 'error="insufficient_scope"' in resp.headers["WWW-Authenticate"]
+    status, body, headers = await call(stack, "POST", "/admin/v1/jobs/slurm/1/release", admin_token=READ_TOKEN)
+    assert (status, body["code"]) == (403, "role_insufficient")
+    assert 'error="insufficient_scope"' in headers["WWW-Authenticate"]
 
 
 @pytest.mark.parametrize(
@@ -96,9 +89,8 @@ async def test_admin_listener_answers_problem_json(
     stack: Stack, method: str, path: str, status: int, code: str, allow: str | None
 ) -> None:
     """Unknown admin paths and wrong methods answer problem+json with a stable code, not aiohttp's text."""
-    headers = {"Authorization": f"Bearer {READ_TOKEN}"}
-    async with aiohttp.ClientSession() as client, client.request(method, stack.admin_url + path, headers=headers) as r:
-        assert r.status == status
-        assert r.headers["Content-Type"] == "application/problem+json"
-        assert (await r.json(content_type=None))["code"] == code
-        assert r.headers.get("Allow") == allow
+    got, body, headers = await call(stack, method, path, admin_token=READ_TOKEN)
+    assert got == status
+    assert headers["Content-Type"] == "application/problem+json"
+    assert body["code"] == code
+    assert headers.get("Allow") == allow

@@ -4,35 +4,28 @@ import asyncio
 import json
 import re
 from pathlib import Path
-from typing import Any
-
-import aiohttp
 
 from gateway.adapters.ledger.writer import LedgerWriter
-from gateway.core.ledger import GENESIS, link_problem
-from tests.harness import Stack, run_stack
-from tests.test_e2e_proxy import ledger_records, post
-
-
-def chain_problems(records: list[dict[str, Any]]) -> list[str]:
-    problems = []
-    prev_seq, prev_hash = 0, GENESIS
-    for record in records:
-        problem = link_problem(record, prev_hash, prev_seq)
-        if problem:
-            problems.append(f"seq {record.get('seq')}: {problem}")
-        prev_seq, prev_hash = record["seq"], record["hash"]
-    return problems
+from tests.harness import (
+    JOB,
+    SUBMIT,
+    Stack,
+    call,
+    chain_problems,
+    ledger_records,
+    metrics,
+    running_stack,
+    wait_for_record,
+)
 
 
 async def test_every_decision_is_chained(tmp_path: Path) -> None:
     """Allows, denies and accesses are all records of one unbroken hash chain."""
-    async for stack in run_stack(tmp_path):
-        await post(stack, "acme-us")
-        await post(stack, "fjord-se-cn")
-        async with aiohttp.ClientSession() as client:
-            await (await client.get(stack.url + "/slurm/v0.0.38/ping", headers=stack.auth("acme-us"))).read()
-        await asyncio.sleep(0.05)  # access records ride the next batch
+    async with running_stack(tmp_path) as stack:
+        await call(stack, "POST", SUBMIT, "acme-us", payload=JOB)
+        await call(stack, "POST", SUBMIT, "fjord-se-cn", payload=JOB)
+        await call(stack, "GET", "/slurm/v0.0.38/ping", "acme-us")
+        await wait_for_record(stack, "access")  # access records ride the next batch
         records = ledger_records(stack)
         assert chain_problems(records) == []
         assert [r["kind"] for r in records] == ["decision", "settle", "decision", "access"]
@@ -46,10 +39,10 @@ async def test_every_decision_is_chained(tmp_path: Path) -> None:
 
 async def test_chain_continues_across_restart(tmp_path: Path) -> None:
     """A restarted gateway continues the same instance's chain where it stopped."""
-    async for stack in run_stack(tmp_path):
-        await post(stack, "acme-us")
-    async for stack in run_stack(tmp_path):
-        await post(stack, "acme-us")
+    async with running_stack(tmp_path) as stack:
+        await call(stack, "POST", SUBMIT, "acme-us", payload=JOB)
+    async with running_stack(tmp_path) as stack:
+        await call(stack, "POST", SUBMIT, "acme-us", payload=JOB)
     records = ledger_records(stack)  # read after shutdown: the settle records have been drained
     assert [r["seq"] for r in records] == [1, 2, 3, 4]
     assert {r["instance"] for r in records} == {"test-gw"}
@@ -89,7 +82,7 @@ async def test_group_commit_batches_concurrent_records(tmp_path: Path) -> None:
 
 
 async def _submission_refused_without_ledger(stack: Stack) -> None:
-    status, body, _ = await post(stack, "acme-us")
+    status, body, _ = await call(stack, "POST", SUBMIT, "acme-us", payload=JOB)
     assert (status, body["code"]) == (503, "backend_unavailable")
     assert stack.standin.requests == []
 
@@ -98,10 +91,10 @@ async def test_unwritable_ledger_directory_refuses_submissions(tmp_path: Path) -
     """When the ledger directory cannot be created, the gateway is not ready and forwards no submission."""
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    async for stack in run_stack(tmp_path, ledger_dir=blocker / "ledger"):
-        async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/readyz") as resp:
-            assert resp.status == 503
-            assert (await resp.json())["parts"]["ledger"] is False
+    async with running_stack(tmp_path, ledger_dir=blocker / "ledger") as stack:
+        status, body, _ = await call(stack, "GET", "/readyz", admin=True)
+        assert status == 503
+        assert body["parts"]["ledger"] is False
         await _submission_refused_without_ledger(stack)
 
 
@@ -110,10 +103,9 @@ async def test_full_disk_refuses_submissions(tmp_path: Path) -> None:
     segment_dir = tmp_path / "ledger" / "test-gw"
     segment_dir.mkdir(parents=True)
     (segment_dir / "000001.jsonl").symlink_to("/dev/full")
-    async for stack in run_stack(tmp_path):
+    async with running_stack(tmp_path) as stack:
         await _submission_refused_without_ledger(stack)
-        async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/metrics") as resp:
-            text = await resp.text()
+        text = await metrics(stack)
         errors = re.search(r"^exportgate_ledger_errors_total (\S+)$", text, re.M)
         assert errors is not None and float(errors.group(1)) >= 1  # the refused record, and any retried follow-ups
         assert 'exportgate_backend_errors_total{backend="ledger"} 1.0' in text

@@ -9,7 +9,6 @@ import random
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -17,9 +16,9 @@ import pytest
 from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.cli import main
 from gateway.demo.standin import StandinState
-from tests.harness import Idp, start_standin, write_config
-from tests.ledger_kit import Keys, chain, fill
-from tests.test_e2e_proxy import JOB, SUBMIT
+from tests.harness import JOB, SUBMIT, Idp, ledger_records, start_standin, wait_until, write_config
+from tests.ledger_kit import Keys, fill
+from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +44,7 @@ async def test_a_crash_right_after_rotation_continues_the_chain(tmp_path: Path, 
     await writer.append({"kind": "decision", "decision_id": "after"}, wait=True)
     await writer.close()
     assert {k: v for k, v in digests(directory).items() if k in before} == before  # committed bytes untouched
-    records = chain(ledger, "gw")
+    records = ledger_records(ledger, "gw")
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     kinds = [r["kind"] for r in records[-4:]]
     assert kinds[-2:] == ["decision", "checkpoint"]
@@ -86,17 +85,20 @@ class Crash:
             cwd=ROOT, env=self.env, stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
+        await wait_until(self.ready, 15, every=0.05, message="gateway not ready: " + self.log_tail())
+
+    def log_tail(self) -> str:
+        return (self.workdir / "gateway.log").read_text()[-3000:]
+
+    async def ready(self) -> bool:
+        """/readyz answers 200; fails at once, with the log, if the process has exited."""
+        assert self.proc is not None and self.proc.returncode is None, self.log_tail()
         async with aiohttp.ClientSession() as client:
-            for _ in range(300):
-                try:
-                    async with client.get(self.admin_url + "/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                assert self.proc.returncode is None, (self.workdir / "gateway.log").read_text()[-3000:]
-                await asyncio.sleep(0.05)
-        raise AssertionError("gateway not ready: " + (self.workdir / "gateway.log").read_text()[-3000:])
+            try:
+                async with client.get(self.admin_url + "/readyz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
 
     async def lane(self, client: aiohttp.ClientSession, tokens: dict[str, str], offset: int) -> None:
         for sub in itertools.islice(itertools.cycle(TENANTS), offset, None):
@@ -125,24 +127,15 @@ class Crash:
             await asyncio.wait_for(self.proc.wait(), 20)
 
 
-def port_of(line: str) -> str:
-    """The port of a `listen: {host: ..., port: N}` line of the test config."""
-    return line.split("port: ")[1].rstrip("}")
-
-
 def ledger_state(ledger: Path) -> tuple[dict[tuple[str, int], str], set[str]]:
     """(instance, seq) -> hash of every committed line, and the decision ids of decision records."""
     lines: dict[tuple[str, int], str] = {}
     decisions: set[str] = set()
     for directory in sorted(p for p in ledger.iterdir() if p.is_dir()):
-        for segment in sorted(directory.glob("*.jsonl")):
-            for raw in segment.read_bytes().splitlines(keepends=True):
-                if not raw.endswith(b"\n"):
-                    continue
-                record: dict[str, Any] = json.loads(raw)
-                lines[(directory.name, record["seq"])] = record["hash"]
-                if record["kind"] == "decision":
-                    decisions.add(record["decision_id"])
+        for record in ledger_records(ledger, directory.name, committed_only=True):
+            lines[(directory.name, record["seq"])] = record["hash"]
+            if record["kind"] == "decision":
+                decisions.add(record["decision_id"])
     return lines, decisions
 
 
@@ -154,16 +147,13 @@ async def test_sigkill_under_load_loses_no_decision(tmp_path: Path) -> None:
     state = StandinState()
     runner, upstream = await start_standin(state)
     ledger, anchors = tmp_path / "ledger", tmp_path / "anchors"
-    config = write_config(tmp_path, upstream, ledger_dir=ledger)
-    text = config.read_text()
-    listen = next(line for line in text.splitlines() if line.startswith("listen:"))
-    admin = next(line for line in text.splitlines() if line.startswith("admin:"))
-    config.write_text(text.replace(
-        f"ledger: {{dir: {ledger}}}",
-        f"ledger: {{dir: {ledger}, segment_max_bytes: 40000, checkpoint_every_records: 40, "
-        f"signing_key_file: {keys.private}, anchor_dir: {anchors}}}",
-    ))  # fmt: skip
-    crash = Crash(tmp_path, config, f"http://127.0.0.1:{port_of(admin)}", f"http://127.0.0.1:{port_of(listen)}")
+    listen, admin = free_port(), free_port()
+    config = write_config(
+        tmp_path, upstream, listen_port=listen, admin_port=admin, ledger_dir=ledger,
+        ledger_options="segment_max_bytes: 40000, checkpoint_every_records: 40",
+        signing_key_file=keys.private, anchor_dir=anchors,
+    )  # fmt: skip
+    crash = Crash(tmp_path, config, f"http://127.0.0.1:{admin}", f"http://127.0.0.1:{listen}")
     tokens = {sub: idp.token(sub) for sub in set(TENANTS)}
     rng = random.Random(7)
     committed: dict[tuple[str, int], str] = {}

@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import logging
@@ -17,8 +18,8 @@ from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.config.located import ConfigError
 from gateway.config.settings import load_settings
 from gateway.core.ledger import GENESIS, checkpoint_payload, link_problem
-from tests.harness import write_config
-from tests.ledger_kit import Keys, chain, fill, read_lines, run_cli
+from tests.harness import ledger_records, wait_until, write_config
+from tests.ledger_kit import Keys, fill, run_cli
 
 DAY = 86_400.0
 
@@ -48,11 +49,11 @@ async def test_rotation_by_size_continues_the_chain_in_the_next_segment(tmp_path
     assert [s.name for s in segments[:3]] == ["000001.jsonl", "000002.jsonl", "000003.jsonl"]
     assert len(segments) >= 4
     for closed, following in itertools.pairwise(segments):
-        last, first = read_lines(closed)[-1], read_lines(following)[0]
+        last, first = ledger_records(closed)[-1], ledger_records(following)[0]
         assert last["kind"] == "checkpoint" and last["reason"] == "rotation"
         assert (first["seq"], first["prev_hash"]) == (last["seq"] + 1, last["hash"])
         assert closed.stat().st_size < 3000 + 1000  # at most one batch past the limit
-    assert_chained(chain(tmp_path / "ledger", "gw"))
+    assert_chained(ledger_records(tmp_path / "ledger", "gw"))
 
 
 async def test_manifest_lists_segments_with_seq_ranges_and_head(tmp_path: Path) -> None:
@@ -65,7 +66,7 @@ async def test_manifest_lists_segments_with_seq_ranges_and_head(tmp_path: Path) 
     assert manifest["checkpoint"] == {"seq": writer.head[0], "hash": writer.head[1]}  # the close checkpoint
     assert [s["name"] for s in manifest["segments"]] == [p.name for p in sorted(directory.glob("*.jsonl"))]
     for entry in manifest["segments"]:
-        records = read_lines(directory / entry["name"])
+        records = ledger_records(directory / entry["name"])
         assert (entry["first_seq"], entry["last_seq"]) == (records[0]["seq"], records[-1]["seq"])
         assert entry["last_hash"] == records[-1]["hash"]
     assert not list(directory.glob(".*.tmp"))  # written via temp file and rename
@@ -84,10 +85,10 @@ async def test_rotation_by_age(tmp_path: Path) -> None:
     clock.now += 7200
     await writer.close()
     directory = tmp_path / "gw"
-    assert [[r["i"] for r in read_lines(p)] for p in sorted(directory.glob("*.jsonl"))] == [[0, 1], [2]]
+    assert [[r["i"] for r in ledger_records(p)] for p in sorted(directory.glob("*.jsonl"))] == [[0, 1], [2]]
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["segments"][1]["opened"] == 1_700_000_000.0 + 3601
-    assert_chained(chain(tmp_path, "gw"))
+    assert_chained(ledger_records(tmp_path, "gw"))
 
 
 async def test_checkpoints_every_n_records_and_at_close(tmp_path: Path) -> None:
@@ -101,7 +102,7 @@ async def test_checkpoints_every_n_records_and_at_close(tmp_path: Path) -> None:
     await writer.open()
     await asyncio.gather(*(writer.append({"kind": "test", "i": i}, wait=True) for i in range(12)))
     await writer.close()
-    records = chain(tmp_path / "l", "gw")
+    records = ledger_records(tmp_path / "l", "gw")
     kinds = "".join("C" if r["kind"] == "checkpoint" else "r" for r in records)
     assert kinds == "rrrrrCrrrrrCrrC"
     assert [r["reason"] for r in records if r["kind"] == "checkpoint"] == ["records", "records", "close"]
@@ -124,19 +125,20 @@ async def test_checkpoint_after_the_interval(tmp_path: Path) -> None:
     writer = LedgerWriter(tmp_path, "gw", batch_window_s=0, signer=keys.signer, checkpoint_every_s=0.05)
     await writer.open()
     await writer.append({"kind": "test"}, wait=True)
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if writer.head[0] == 2:
-            break
+    with contextlib.suppress(AssertionError):
+        await wait_until(lambda: writer.head[0] == 2, 1.0)
     await writer.close()
-    assert [(r["kind"], r.get("reason")) for r in chain(tmp_path, "gw")] == [("test", None), ("checkpoint", "interval")]
+    assert [(r["kind"], r.get("reason")) for r in ledger_records(tmp_path, "gw")] == [
+        ("test", None),
+        ("checkpoint", "interval"),
+    ]
 
 
 async def test_without_a_key_no_checkpoints_and_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Without signing_key_file the ledger still runs, writes no checkpoints and warns once."""
     with caplog.at_level(logging.WARNING, logger="gateway.adapters.ledger"):
         await fill(tmp_path, "gw", 12, checkpoint_every_records=5)
-    assert {r["kind"] for r in chain(tmp_path, "gw")} == {"decision"}
+    assert {r["kind"] for r in ledger_records(tmp_path, "gw")} == {"decision"}
     assert len([m for m in caplog.messages if "no signing_key_file" in m]) == 1
 
 
@@ -148,7 +150,7 @@ async def test_reopen_signs_what_the_last_run_left_unsigned(tmp_path: Path) -> N
     await writer.open()
     await writer.append({"kind": "test"}, wait=True)
     await writer.close()
-    records = chain(tmp_path, "gw")
+    records = ledger_records(tmp_path, "gw")
     assert [(r["kind"], r.get("reason")) for r in records][3:] == [("checkpoint", "open"), ("test", None),
                                                                    ("checkpoint", "close")]  # fmt: skip
 
@@ -214,7 +216,7 @@ async def test_prune_archives_old_segments_and_the_rest_still_verifies(
     assert sorted(p.name for p in (archive / "gw").glob("*.jsonl")) == old_segments
     assert not any((ledger / "gw" / name).exists() for name in old_segments)
     manifest = json.loads((ledger / "gw" / "manifest.json").read_text())
-    assert manifest["pruned_through"]["seq"] == read_lines(archive / "gw" / old_segments[-1])[-1]["seq"]
+    assert manifest["pruned_through"]["seq"] == ledger_records(archive / "gw" / old_segments[-1])[-1]["seq"]
     code, out, _ = run_cli(capsys, "ledger", "verify", ledger, "--public-key", keys.public)
     assert code == 0, out
     assert "continues from the prune anchor" in out
@@ -260,11 +262,9 @@ BAD_LEDGER_CONFIG = [
 def test_bad_ledger_settings_are_located(tmp_path: Path, case: str, line: str, message: str) -> None:
     """Each bad `ledger:` value is refused as `file:line: field: problem`."""
     ledger = tmp_path / "ledger"
-    path = write_config(tmp_path, "http://127.0.0.1:1", ledger_dir=ledger)
-    text = path.read_text().replace(
-        f"ledger: {{dir: {ledger}}}", f"ledger:\n  dir: {ledger}\n  {line.replace('LEDGER', str(ledger))}"
+    path = write_config(
+        tmp_path, "http://127.0.0.1:1", ledger_dir=ledger, ledger_options=line.replace("LEDGER", str(ledger))
     )
-    path.write_text(text)
     with pytest.raises(ConfigError) as caught:
         load_settings(path, env={})
     assert any(str(p).startswith(f"{path}:") and message in str(p) for p in caught.value.problems), (
@@ -276,13 +276,13 @@ def test_ledger_settings_are_read(tmp_path: Path) -> None:
     """Segment, checkpoint, key and anchor settings reach LedgerSettings."""
     keys = Keys(tmp_path)
     ledger = tmp_path / "ledger"
-    path = write_config(tmp_path, "http://127.0.0.1:1", ledger_dir=ledger)
-    extra = (
-        f"ledger:\n  dir: {ledger}\n  segment_max_bytes: 1048576\n  segment_max_age_s: 3600\n"
-        f"  checkpoint_every_records: 100\n  checkpoint_every_s: 5\n  signing_key_file: {keys.private}\n"
-        f"  anchor_dir: {tmp_path / 'anchors'}"
+    options = (
+        "segment_max_bytes: 1048576, segment_max_age_s: 3600, checkpoint_every_records: 100, checkpoint_every_s: 5"
     )
-    path.write_text(path.read_text().replace(f"ledger: {{dir: {ledger}}}", extra))
+    path = write_config(
+        tmp_path, "http://127.0.0.1:1", ledger_dir=ledger, ledger_options=options,
+        signing_key_file=keys.private, anchor_dir=tmp_path / "anchors",
+    )  # fmt: skip
     s = load_settings(path, env={}).ledger
     assert (s.segment_max_bytes, s.segment_max_age_s, s.checkpoint_every_records, s.checkpoint_every_s) == (
         1048576, 3600.0, 100, 5.0)  # fmt: skip

@@ -12,16 +12,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gateway.adapters.ledger import writer as ledger_module
 from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.core.ledger import GENESIS, canonical, line_of, link_problem, seal
-from tests.harness import E2E_TENANTS, Stack, run_stack, wait_for_record
-from tests.ledger_kit import Keys, chain, run_cli
-from tests.test_e2e_proxy import JOB, post
-from tests.test_ledger import chain_problems
+from tests.harness import (
+    E2E_TENANTS,
+    JOB,
+    SUBMIT,
+    Stack,
+    call,
+    chain_problems,
+    ledger_records,
+    metrics,
+    running_stack,
+    wait_for_record,
+    wait_until,
+)
+from tests.ledger_kit import Keys, run_cli
 
 PING = "/slurm/v0.0.38/ping"
 
@@ -72,7 +81,7 @@ async def test_writer_records_lone_surrogates_and_the_cli_verifies_them(
         for body in bodies:
             await writer.append(body, wait=True)
         await writer.close()
-    records = chain(root, "gw")
+    records = ledger_records(root, "gw")
     assert [r["kind"] for r in records if r["kind"] != "checkpoint"] == ["decision", "access", "settle"]
     assert records[0]["job"]["lineage"] == "\ud800" and records[0]["path"] == "/job/\udc80"
     assert chain_problems(records) == []
@@ -98,22 +107,15 @@ SURROGATE_JOBS = [
 
 
 async def _ready(stack: Stack) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/readyz") as resp:
-        return resp.status, await resp.json()
+    status, body, _ = await call(stack, "GET", "/readyz", admin=True)
+    return status, body
 
 
 async def _metric(stack: Stack, name: str) -> float:
-    async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/metrics") as resp:
-        text = await resp.text()
+    text = await metrics(stack)
     found = re.search(rf"^{name} (\S+)$", text, re.M)
     assert found is not None, name
     return float(found.group(1))
-
-
-async def _get(stack: Stack, path: str, sub: str) -> int:
-    async with aiohttp.ClientSession() as client, client.get(stack.url + path, headers=stack.auth(sub)) as resp:
-        await resp.read()
-        return resp.status
 
 
 @pytest.mark.parametrize(("job", "field"), [c[1:] for c in SURROGATE_JOBS], ids=[c[0] for c in SURROGATE_JOBS])
@@ -122,17 +124,17 @@ async def test_a_lone_surrogate_in_a_submission_is_refused_and_stalls_nothing(
 ) -> None:
     """400 job_spec_invalid naming the field, nothing reserved or sent; later requests answer; the chain verifies."""
     keys = Keys(tmp_path)
-    async for stack in run_stack(tmp_path, registry=E2E_TENANTS, ledger_options=f"signing_key_file: {keys.private}"):
+    async with running_stack(tmp_path, registry=E2E_TENANTS, signing_key_file=keys.private) as stack:
         async with asyncio.timeout(10):
-            status, body, _ = await post(stack, "capped-ae", json=job)
+            status, body, _ = await call(stack, "POST", SUBMIT, "capped-ae", payload=job)
             assert (status, body["code"]) == (400, "job_spec_invalid")
             assert body["detail"].startswith(f"{field}: ")
             assert stack.standin.requests == []
             # The tenant's cap is exactly two H100s: had the refused job reserved them, this would be 429.
-            status, body, _ = await post(stack, "capped-ae", json=_with())
+            status, body, _ = await call(stack, "POST", SUBMIT, "capped-ae", payload=_with())
             assert status == 200, body
-            assert (await post(stack, None))[0] == 401
-            assert await _get(stack, PING, "capped-ae") == 200
+            assert (await call(stack, "POST", SUBMIT, None, payload=JOB))[0] == 401
+            assert (await call(stack, "GET", PING, "capped-ae"))[0] == 200
             await wait_for_record(stack, "access", tenant="capped-ae")
             assert (await _ready(stack))[0] == 200
             assert await _metric(stack, "exportgate_ledger_errors_total") == 0
@@ -190,7 +192,7 @@ async def test_an_unencodable_waited_record_is_refused_alone(
         later = await w.append({"kind": "decision", "decision_id": "later"}, wait=True)
     assert later is not None and later["seq"] == 2
     assert errors.count == 1 and w.healthy
-    assert [r["decision_id"] for r in chain(tmp_path, "w")] == ["good", "later"]
+    assert [r["decision_id"] for r in ledger_records(tmp_path, "w")] == ["good", "later"]
 
 
 async def test_an_unencodable_access_record_is_refused_before_its_read_goes_on(
@@ -203,7 +205,7 @@ async def test_an_unencodable_access_record_is_refused_before_its_read_goes_on(
     async with asyncio.timeout(5):
         await w.append({"kind": "access", "decision_id": "next"}, wait=True)
     assert errors.count == 1
-    assert [r["decision_id"] for r in chain(tmp_path, "w")] == ["next"]
+    assert [r["decision_id"] for r in ledger_records(tmp_path, "w")] == ["next"]
 
 
 class FailingClock:
@@ -219,20 +221,8 @@ class FailingClock:
         return time.time()
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-
-
-async def _ready_status(stack: Stack, wanted: int) -> None:
-    """Poll /readyz until it answers `wanted` (bounded by the caller's timeout)."""
-    while True:
-        if (await _ready(stack))[0] == wanted:
-            return
-        await asyncio.sleep(0.05)
+async def _ready_is(stack: Stack, wanted: int) -> bool:
+    return (await _ready(stack))[0] == wanted
 
 
 async def test_a_crashed_writer_fails_its_waiters_and_restarts(tmp_path: Path) -> None:
@@ -247,11 +237,11 @@ async def test_a_crashed_writer_fails_its_waiters_and_restarts(tmp_path: Path) -
         async with asyncio.timeout(5):
             await w.append({"kind": "decision", "decision_id": "crashed"}, wait=True)
     assert errors.count == 1 and not w.healthy
-    await _until(lambda: w.healthy)
+    await wait_until(lambda: w.healthy)
     async with asyncio.timeout(5):
         after = await w.append({"kind": "decision", "decision_id": "after"}, wait=True)
         await w.close()
-    records = chain(tmp_path, "w")
+    records = ledger_records(tmp_path, "w")
     assert [r["decision_id"] for r in records] == ["before", "kept", "after"]
     assert after is not None and after["seq"] == 3
     assert chain_problems(records) == []
@@ -274,7 +264,7 @@ async def test_a_writer_that_keeps_crashing_stays_stopped_and_refuses(tmp_path: 
     started = time.monotonic()
     await w.close()
     assert time.monotonic() - started < 1.0
-    assert chain(tmp_path, "w") == []
+    assert ledger_records(tmp_path, "w") == []
 
 
 # -- a dead or stuck writer shows on /readyz and in metrics -----------------------------------
@@ -287,7 +277,7 @@ def _replaced(writer: LedgerWriter, task: "asyncio.Task[None]") -> bool:
 
 async def test_a_dead_writer_turns_the_gateway_unready_and_forwards_nothing(tmp_path: Path) -> None:
     """A writer task killed past its restart budget: /readyz 503, writer_up 0, submissions and reads refused."""
-    async for stack in run_stack(tmp_path):
+    async with running_stack(tmp_path) as stack:
         writer = stack.server.ledger
         assert writer is not None and await _metric(stack, "exportgate_ledger_writer_up") == 1
         async with asyncio.timeout(10):
@@ -295,30 +285,31 @@ async def test_a_dead_writer_turns_the_gateway_unready_and_forwards_nothing(tmp_
                 task = writer._task
                 assert task is not None
                 task.cancel()
-                await _until(partial(_replaced, writer, task))
+                await wait_until(partial(_replaced, writer, task))
             status, body = await _ready(stack)
             assert (status, body["parts"]["ledger"]) == (503, False)
             assert await _metric(stack, "exportgate_ledger_writer_up") == 0
             assert await _metric(stack, "exportgate_ledger_errors_total") == ledger_module.MAX_RESTARTS + 1
-            status, body, _ = await post(stack, "acme-us")
+            status, body, _ = await call(stack, "POST", SUBMIT, "acme-us", payload=JOB)
             assert (status, body["code"]) == (503, "backend_unavailable")
-            assert await _get(stack, PING, "acme-us") == 503
+            assert (await call(stack, "GET", PING, "acme-us"))[0] == 503
             assert stack.standin.requests == []
-            assert (await post(stack, None))[0] == 401
+            assert (await call(stack, "POST", SUBMIT, None, payload=JOB))[0] == 401
 
 
 async def test_a_stuck_writer_turns_the_gateway_unready_until_it_moves(tmp_path: Path) -> None:
     """Records waiting past ledger.stall_after_s (the writer blocked on the manifest lock) make /readyz 503."""
     keys = Keys(tmp_path)
     options = f"signing_key_file: {keys.private}, checkpoint_every_records: 1, stall_after_s: 0.5"
-    async for stack in run_stack(tmp_path, ledger_options=options):
+    async with running_stack(tmp_path, ledger_options=options) as stack:
         # Hold the manifest lock as a `ledger prune` would: the writer blocks publishing its next checkpoint.
         fd = os.open(tmp_path / "ledger" / "test-gw" / ".manifest.lock", os.O_RDWR)
         try:
             await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
             async with asyncio.timeout(10):
-                assert (await post(stack, "acme-us"))[0] == 200  # its decision is durable; its settle record waits
-                await _ready_status(stack, 503)
+                status, _, _ = await call(stack, "POST", SUBMIT, "acme-us", payload=JOB)
+                assert status == 200  # its decision is durable; its settle record waits
+                await wait_until(partial(_ready_is, stack, 503), 10, every=0.05)
                 status, body = await _ready(stack)
                 assert (status, body["parts"]["ledger"]) == (503, False)
                 assert await _metric(stack, "exportgate_ledger_oldest_pending_seconds") >= 0.5
@@ -326,6 +317,6 @@ async def test_a_stuck_writer_turns_the_gateway_unready_until_it_moves(tmp_path:
         finally:
             os.close(fd)  # releases the lock
         async with asyncio.timeout(10):
-            await _ready_status(stack, 200)
+            await wait_until(partial(_ready_is, stack, 200), 10, every=0.05)
             await wait_for_record(stack, "settle", tenant="acme-us")
         assert await _metric(stack, "exportgate_ledger_oldest_pending_seconds") == 0

@@ -12,7 +12,8 @@ import pytest
 
 from gateway.adapters.ledger.signing import Signer
 from gateway.core.ledger import canonical, checkpoint_payload, record_hash
-from tests.ledger_kit import Keys, fill, read_lines, run_cli
+from tests.harness import ledger_records
+from tests.ledger_kit import Keys, fill, run_cli
 
 INSTANCES = {"gw-a": 60, "gw-b": 40}
 
@@ -81,7 +82,7 @@ def verify(capsys: pytest.CaptureFixture[str], ledger: Ledger, *extra: str | Pat
 
 def first_record_line(ledger: Ledger, path: Path, *, at_least: int = 2) -> int:
     """A line (1-based) of `path` holding a plain record followed by another plain record."""
-    records = read_lines(path)
+    records = ledger_records(path)
     for i in range(at_least - 1, len(records) - 1):
         if records[i]["kind"] == "decision" and records[i + 1]["kind"] == "decision":
             return i + 1
@@ -244,7 +245,7 @@ def test_wrong_key_is_named(ledger: Ledger, capsys: pytest.CaptureFixture[str]) 
     """Verifying with a key that did not sign the checkpoints fails at the first checkpoint as wrong_key."""
     code, out, _ = run_cli(capsys, "ledger", "verify", ledger.root, "--public-key", ledger.other.public)
     assert code == 1
-    first = next(i for i, r in enumerate(read_lines(ledger.segment("gw-a", 1)), 1) if r["kind"] == "checkpoint")
+    first = next(i for i, r in enumerate(ledger_records(ledger.segment("gw-a", 1)), 1) if r["kind"] == "checkpoint")
     assert f"{ledger.segment('gw-a', 1)}:{first}: wrong_key:" in out
     assert f"{ledger.segment('gw-b', 1)}:{first}: wrong_key:" in out
 
@@ -255,19 +256,19 @@ def test_untouched_ledger_verifies_with_counts_and_heads(ledger: Ledger, capsys:
     code, out = verify(capsys, ledger, "--expect-heads-from", ledger.anchors)
     assert code == 0, out
     for instance in INSTANCES:
-        records = [r for p in ledger.segments(instance) for r in read_lines(p)]
+        records = [r for p in ledger.segments(instance) for r in ledger_records(p)]
         checkpoints = sum(r["kind"] == "checkpoint" for r in records)
         head = records[-1]
         assert (
             f"{instance}: {len(records)} records, {checkpoints} checkpoints, {len(ledger.segments(instance))} "
             f"segments; head seq {head['seq']} hash {head['hash']}"
         ) in out
-    assert f"ok: 2 chains, {sum(len(read_lines(p)) for i in INSTANCES for p in ledger.segments(i))} records" in out
+    assert f"ok: 2 chains, {sum(len(ledger_records(p)) for i in INSTANCES for p in ledger.segments(i))} records" in out
 
 
 def test_expect_head_accepts_a_bare_hash(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
     """`INSTANCE=HASH` (no seq) passes when the chain holds that record."""
-    middle = read_lines(ledger.segment("gw-b", 2))[0]["hash"]
+    middle = ledger_records(ledger.segment("gw-b", 2))[0]["hash"]
     assert verify(capsys, ledger, "--expect-head", f"gw-b={middle}")[0] == 0
     code, out = verify(capsys, ledger, "--expect-head", f"gw-b={'0' * 63}1")
     assert code == 1 and "truncated_tail" in out

@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.core.leases import QUOTA_SLOT
 from gateway.demo.standin import StandinState, standin_app
-from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp
+from tests.harness import ISSUER, POLICIES, Idp, gateway_yaml, upstream_yaml
 from tests.processes import GatewayProcess, free_ports, wait_ready
 from tests.redis_server import RedisProcess, free_port
 
@@ -81,32 +81,14 @@ def race_pack(workdir: Path) -> Path:
     return pack
 
 
-def gateway_yaml(workdir: Path, *, port: int, admin_port: int, instance: str, redis_url: str, prefix: str,
+def race_config(workdir: Path, *, port: int, admin_port: int, instance: str, redis_url: str, prefix: str,
                  upstream: str) -> str:  # fmt: skip
-    return f"""
-listen: {{host: 127.0.0.1, port: {port}}}
-admin: {{host: 127.0.0.1, port: {admin_port}}}
-instance_id: {instance}
-policy: {{pack: {workdir / "pack"}, registry: {workdir / "tenants.yaml"}}}
-ledger: {{dir: {workdir / "ledger"}}}
-# A generous store timeout: a timed-out script may still have run, which would blur the count.
-quota: {{store: redis, redis_url: "{redis_url}", timeout_ms: 5000, prefix: "{prefix}"}}
-reload: {{interval_s: 5}}
-shutdown: {{drain_s: 0}}
-auth:
-  issuers:
-    - issuer: "{ISSUER}"
-      audiences: ["{AUDIENCE}"]
-      algorithms: [RS256]
-      jwks_file: {workdir / "jwks.json"}
-upstreams:
-  - name: slurm
-    url: {upstream}
-    scheduler: slurm
-    timeout_s: 30
-    headers:
-      X-SLURM-USER-NAME: {{from_tenant: slurm_user}}
-"""
+    headers = "    headers:\n      X-SLURM-USER-NAME: {from_tenant: slurm_user}"
+    upstreams = upstream_yaml(upstream, timeout_s=30, headers=headers)
+    # A generous store timeout: a timed-out script may still have run, which would blur the count.
+    quota = f'store: redis, redis_url: "{redis_url}", timeout_ms: 5000, prefix: "{prefix}"'
+    return gateway_yaml(workdir, listen_port=port, admin_port=admin_port, instance_id=instance, pack=workdir / "pack",
+                        quota=quota, reload="interval_s: 5", upstreams=upstreams)  # fmt: skip
 
 
 class StandinThread:
@@ -162,7 +144,7 @@ def start_gateways(mode: str, workdir: Path, redis_url: str, prefix: str, upstre
     if mode == "workers":
         port, admin = free_port(), free_ports(GATEWAYS)
         config = workdir / "gateway.yaml"
-        config.write_text(gateway_yaml(workdir, port=port, admin_port=admin, instance="race", redis_url=redis_url,
+        config.write_text(race_config(workdir, port=port, admin_port=admin, instance="race", redis_url=redis_url,
                                        prefix=prefix, upstream=upstream))  # fmt: skip
         procs = [GatewayProcess.start(["--config", str(config), "--workers", str(GATEWAYS)], workdir / "serve.log")]
         admins = [f"http://127.0.0.1:{admin + i}" for i in range(GATEWAYS)]
@@ -171,7 +153,7 @@ def start_gateways(mode: str, workdir: Path, redis_url: str, prefix: str, upstre
     for i in range(GATEWAYS):
         port, admin = free_port(), free_port()
         config = workdir / f"gateway-{i}.yaml"
-        config.write_text(gateway_yaml(workdir, port=port, admin_port=admin, instance=f"race-gw{i}",
+        config.write_text(race_config(workdir, port=port, admin_port=admin, instance=f"race-gw{i}",
                                        redis_url=redis_url, prefix=prefix, upstream=upstream))  # fmt: skip
         procs.append(GatewayProcess.start(["--config", str(config)], workdir / f"serve-{i}.log"))
         urls.append(f"http://127.0.0.1:{port}")

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.http.app import Server
 from tests.harness import Idp
+from tests.harness import call as gateway_call
 from tests.peers_kit import held, peer_gateway, peer_registry
 from tests.redis_server import free_port
 
@@ -74,10 +75,10 @@ def submission(submission_id: str, **extra: Any) -> dict[str, Any]:
 async def call(
     server: Server, idp: Idp, sub: str, method: str, path: str, body: Any = None
 ) -> tuple[int, Any, dict[str, str]]:
-    url = f"http://127.0.0.1:{server.settings.listen_port}{path}"
-    headers = {"Authorization": f"Bearer {idp.token(sub)}"}
-    async with aiohttp.ClientSession() as client, client.request(method, url, json=body, headers=headers) as resp:
-        return resp.status, await resp.json(content_type=None), dict(resp.headers)
+    """`method path` as tenant `sub` through the gateway `server`, whose tokens `idp` signs."""
+    url, token = f"http://127.0.0.1:{server.settings.listen_port}", {"Authorization": f"Bearer {idp.token(sub)}"}
+    reply = await gateway_call(url, method, path, payload=body, headers=token)
+    return reply
 
 
 async def test_ray_job_lifecycle_through_the_gateway(ray: str, gateway: tuple[Server, Idp]) -> None:

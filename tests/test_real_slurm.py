@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gateway.http.app import Server
 from tests.harness import Idp
+from tests.harness import call as gateway_call
 from tests.peers_kit import held, peer_gateway, peer_registry
 from tests.redis_server import free_port
 
@@ -86,10 +86,10 @@ def job(
 
 
 async def call(server: Server, idp: Idp, sub: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    url = f"http://127.0.0.1:{server.settings.listen_port}{path}"
-    headers = {"Authorization": f"Bearer {idp.token(sub)}"}
-    async with aiohttp.ClientSession() as client, client.request(method, url, json=body, headers=headers) as resp:
-        return resp.status, await resp.json(content_type=None)
+    """`method path` as tenant `sub` through the gateway `server`, whose tokens `idp` signs."""
+    url, token = f"http://127.0.0.1:{server.settings.listen_port}", {"Authorization": f"Bearer {idp.token(sub)}"}
+    reply = await gateway_call(url, method, path, payload=body, headers=token)
+    return reply[:2]
 
 
 async def test_submit_read_list_cancel_against_real_slurmrestd(

@@ -2,10 +2,10 @@
 
 import asyncio
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -18,11 +18,11 @@ from gateway.core.leases import QUOTA_SLOT, Counter, CounterKind, Plan
 from gateway.core.policy import RuleId
 from gateway.core.rebuild import rebuild_state
 from gateway.core.tiers import Tier
-from tests.harness import Stack, run_stack
+from tests.harness import JOB_PATH, SUBMIT, Stack, call, running_stack, slurm_job, wait_for_record
 from tests.redis_server import RedisProcess
 
-SUBMIT = "/slurm/v0.0.38/job/submit"
-JOB_PATH = "/slurm/v0.0.38/job/{}"
+job = partial(slurm_job, partition=None)  # this module's submissions name no partition
+
 TENANTS = """
 tenants:
   - id: acme-us
@@ -60,41 +60,26 @@ tenants:
 TENANT_IDS = ("acme-us", "falcon-ae", "falcon-sg", "kiwi-br")
 
 
-def job(gpus: str, *, lineage: str | None = None, env: bool = True) -> dict[str, Any]:
-    """A Slurm submission of `gpus` for an hour; without `env` the stand-in rejects it."""
-    spec: dict[str, Any] = {"name": "t", "time_limit": 60, "gpus": gpus}
-    if env:
-        spec["environment"] = {"PATH": "/usr/bin", **({"EXPORTGATE_LINEAGE": lineage} if lineage else {})}
-    return {"job": spec, "script": "#!/bin/bash\ntrue"}
-
-
-async def send(
-    stack: Stack, method: str, path: str, sub: str, body: Any = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """One request as tenant `sub`: status, JSON body and headers."""
-    async with (
-        aiohttp.ClientSession() as client,
-        client.request(method, stack.url + path, json=body, headers={**stack.auth(sub), **(headers or {})}) as resp,
-    ):
-        return resp.status, await resp.json(content_type=None), dict(resp.headers)
-
-
 async def make_history(stack: Stack) -> None:
     """Submissions (one with an idempotency key), a refund, a cancel, an update, budget and training-ops debits."""
-    assert (await send(stack, "POST", SUBMIT, "acme-us", job("h100:1")))[0] == 200
+    assert (await call(stack, "POST", SUBMIT, "acme-us", payload=job("h100:1")))[0] == 200
     idem = {"Idempotency-Key": "falcon-1"}
-    status, body, _ = await send(stack, "POST", SUBMIT, "falcon-ae", job("h100:1", lineage="llm-a"), idem)
+    status, body, _ = await call(
+        stack, "POST", SUBMIT, "falcon-ae", payload=job("h100:1", lineage="llm-a"), headers=idem
+    )
     assert status == 200
     falcon_job = body["job_id"]
-    status, body, _ = await send(stack, "POST", SUBMIT, "falcon-sg", job("h100:2", lineage="llm-b"))
+    status, body, _ = await call(stack, "POST", SUBMIT, "falcon-sg", payload=job("h100:2", lineage="llm-b"))
     assert status == 200
     sg_job = body["job_id"]
-    assert (await send(stack, "POST", SUBMIT, "kiwi-br", job("a100:4")))[0] == 200
-    assert (await send(stack, "POST", SUBMIT, "kiwi-br", job("a100:2", env=False)))[0] == 400  # refunded
-    assert (await send(stack, "DELETE", JOB_PATH.format(sg_job), "falcon-sg"))[0] == 200  # released
+    assert (await call(stack, "POST", SUBMIT, "kiwi-br", payload=job("a100:4")))[0] == 200
+    assert (await call(stack, "POST", SUBMIT, "kiwi-br", payload=job("a100:2", env=False)))[0] == 400  # refunded
+    assert (await call(stack, "DELETE", JOB_PATH.format(sg_job), "falcon-sg"))[0] == 200  # released
     update = {"job": {"gpus": "h100:3", "time_limit": 90, "environment": {"EXPORTGATE_LINEAGE": "llm-a"}}}
-    assert (await send(stack, "POST", JOB_PATH.format(falcon_job), "falcon-ae", update))[0] == 200
-    await asyncio.sleep(0.05)  # follow-up records do not wait for their group commit
+    status, _, headers = await call(stack, "POST", JOB_PATH.format(falcon_job), "falcon-ae", payload=update)
+    assert status == 200
+    # Follow-up records do not wait for their group commit; the update's settle record is the last.
+    await wait_for_record(stack, "settle", decision_id=headers["X-Exportgate-Decision-Id"])
 
 
 def counter_names(ledger: Path) -> list[tuple[str, str]]:
@@ -148,17 +133,19 @@ def workdir(tmp_path: Path) -> Path:
 async def test_memory_store_restart_keeps_quotas(workdir: Path) -> None:
     """A restarted in-memory gateway holds the same counters, owners and idempotency records as before."""
     now = time.time()
-    async for stack in run_stack(workdir):
+    async with running_stack(workdir) as stack:
         await make_history(stack)
         assert stack.server.store is not None
         before = await snapshot(stack.server.store, stack.settings.ledger.dir, now)
     check_history(before)
-    async for stack in run_stack(workdir):
+    async with running_stack(workdir) as stack:
         assert stack.server.store is not None
         after = await snapshot(stack.server.store, stack.settings.ledger.dir, now)
         assert_same(before, after)
         retry = job("h100:1", lineage="llm-a")
-        status, _, headers = await send(stack, "POST", SUBMIT, "falcon-ae", retry, {"Idempotency-Key": "falcon-1"})
+        status, _, headers = await call(
+            stack, "POST", SUBMIT, "falcon-ae", payload=retry, headers={"Idempotency-Key": "falcon-1"}
+        )
         assert (status, headers.get("X-Exportgate-Replayed")) == (200, "true")
         assert stack.standin.requests == []
 
@@ -169,7 +156,7 @@ async def test_redis_store_rebuilt_by_cli_after_flush(workdir: Path, fresh_redis
     quota = f"quota: {{store: redis, redis_url: '{fresh_redis.url}', prefix: 'eg:'}}"
     client = Redis.from_url(fresh_redis.url)
     try:
-        async for stack in run_stack(workdir, extra=quota):
+        async with running_stack(workdir, extra=quota) as stack:
             await make_history(stack)
             store, ledger = stack.server.store, stack.settings.ledger.dir
             assert store is not None

@@ -11,9 +11,20 @@ from gateway.config.located import Problem, load_text
 from gateway.config.reconcile import ReconcileSettings, load_reconcile_settings
 from gateway.core.leases import QUOTA_SLOT
 from gateway.http.reconcile import Reconciler
-from tests.harness import E2E_TENANTS, Clock, Stack, call, ledger_records, run_stack, wait_for_record
-from tests.test_e2e_quota import H100, SUBMIT, held, job
-from tests.test_e2e_ray import ray_job
+from tests.harness import (
+    E2E_TENANTS,
+    H100,
+    SUBMIT,
+    Clock,
+    Stack,
+    call,
+    held,
+    ledger_records,
+    ray_job,
+    running_stack,
+    slurm_job,
+    wait_for_record,
+)
 
 
 @pytest.fixture
@@ -23,7 +34,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def stack(tmp_path: Path, clock: Clock) -> AsyncIterator[Stack]:
-    async for s in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS):
+    async with running_stack(tmp_path, clock=clock, registry=E2E_TENANTS) as s:
         yield s
 
 
@@ -34,7 +45,7 @@ def reconciler(stack: Stack) -> Reconciler:
 
 async def submit(stack: Stack, sub: str, name: str = "t") -> str:
     """Submit a one-H100 Slurm job; its decision id."""
-    status, body, headers = await call(stack, "POST", SUBMIT, sub, payload=job(name))
+    status, body, headers = await call(stack, "POST", SUBMIT, sub, payload=slurm_job(name=name))
     assert status == 200, body
     return headers["X-Exportgate-Decision-Id"]
 
@@ -52,7 +63,7 @@ async def test_completed_job_is_released_and_pending_job_held(stack: Stack) -> N
     """A COMPLETED job's TPP comes back with a `reconciled` release record; the PENDING one stays held."""
     first = await submit(stack, "capped-ae")
     await submit(stack, "capped-ae")
-    status, body, _ = await call(stack, "POST", SUBMIT, "capped-ae", payload=job())
+    status, body, _ = await call(stack, "POST", SUBMIT, "capped-ae", payload=slurm_job())
     assert (status, body["code"]) == (429, "quota_tenant_tpp")
     stack.standin.jobs["1"]["job_state"] = "COMPLETED"
     assert await reconciler(stack).run_once() == {"released": 1, "running": 1}
@@ -65,7 +76,7 @@ async def test_completed_job_is_released_and_pending_job_held(stack: Stack) -> N
     asked = [r for r in stack.standin.requests if r["method"] == "GET" and r["path"] == "/slurm/v0.0.38/job/1"]
     assert asked and asked[0]["headers"]["X-SLURM-USER-NAME"] == "capped-ae"
     assert asked[0]["headers"]["X-SLURM-USER-TOKEN"] == "gateway-held-slurm-token"
-    assert (await call(stack, "POST", SUBMIT, "capped-ae", payload=job()))[0] == 200  # the freed room is usable
+    assert (await call(stack, "POST", SUBMIT, "capped-ae", payload=slurm_job()))[0] == 200  # the freed room is usable
     # Job 1 is not asked about again; the next pass sees jobs 2 and 3 running.
     assert await reconciler(stack).run_once() == {"running": 2}
     assert len(releases(stack)) == 1
@@ -100,7 +111,7 @@ async def test_unsure_answers_keep_holding(
 async def test_batch_spreads_jobs_over_rounds(tmp_path: Path, clock: Clock) -> None:
     """With batch 2, three owned jobs are asked about over two rounds, each once per pass."""
     extra = "reconcile: {interval_s: 0, batch: 2}"
-    async for stack in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS, extra=extra):
+    async with running_stack(tmp_path, clock=clock, registry=E2E_TENANTS, extra=extra) as stack:
         for sub in ("us-one", "us-two", "us-two"):
             await submit(stack, sub)
         assert stack.settings.reconcile == ReconcileSettings(0.0, 2)
@@ -113,7 +124,9 @@ async def test_batch_spreads_jobs_over_rounds(tmp_path: Path, clock: Clock) -> N
 
 async def test_background_task_releases_on_its_own(tmp_path: Path, clock: Clock) -> None:
     """Server.start runs rounds every interval_s without a test calling run_once."""
-    async for stack in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS, extra="reconcile: {interval_s: 0.05}"):
+    async with running_stack(
+        tmp_path, clock=clock, registry=E2E_TENANTS, extra="reconcile: {interval_s: 0.05}"
+    ) as stack:
         await submit(stack, "capped-ae")
         stack.standin.jobs["1"]["job_state"] = "TIMEOUT"
         await wait_for_record(stack, "release", job_id="1", reason="reconciled")
@@ -135,7 +148,9 @@ class FlakyClock(Clock):
 async def test_a_failed_round_does_not_end_reconciliation(tmp_path: Path) -> None:
     """A round that raises something unforeseen is counted as an error, and the next round releases the job."""
     clock = FlakyClock()
-    async for stack in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS, extra="reconcile: {interval_s: 0.05}"):
+    async with running_stack(
+        tmp_path, clock=clock, registry=E2E_TENANTS, extra="reconcile: {interval_s: 0.05}"
+    ) as stack:
         await submit(stack, "capped-ae")
         await wait_for_record(stack, "settle", job_id="1")  # the ledger writer is done with the clock
         clock.failures = 1
@@ -147,13 +162,13 @@ async def test_a_failed_round_does_not_end_reconciliation(tmp_path: Path) -> Non
 
 async def test_reconciled_release_survives_restart(tmp_path: Path, clock: Clock) -> None:
     """The memory store's start-up rebuild applies the reconciled release; ownership is kept."""
-    async for stack in run_stack(tmp_path, clock=clock, registry=E2E_TENANTS):
+    async with running_stack(tmp_path, clock=clock, registry=E2E_TENANTS) as stack:
         await submit(stack, "capped-ae")
         await submit(stack, "capped-ae")
         stack.standin.jobs["2"]["job_state"] = "COMPLETED"
         assert await reconciler(stack).run_once() == {"released": 1, "running": 1}
         await wait_for_record(stack, "release", job_id="2")
-    async for stack in run_stack(tmp_path, clock=clock):
+    async with running_stack(tmp_path, clock=clock) as stack:
         assert stack.server.store is not None
         assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
         owner = await stack.server.store.owner_of("slurm", "2")
@@ -166,7 +181,9 @@ async def test_ray_succeeded_and_vanished_jobs_are_released(tmp_path: Path) -> N
     headers:
       Authorization: {{file: {tmp_path / "slurm.token"}, prefix: "Bearer "}}
 """
-    async for stack in run_stack(tmp_path, registry=E2E_TENANTS, scheduler="ray", headers=headers, upstream_extra=""):
+    async with running_stack(
+        tmp_path, registry=E2E_TENANTS, scheduler="ray", headers=headers, upstream_extra=""
+    ) as stack:
         for submission_id in ("train-1", "train-2"):
             assert (await call(stack, "POST", "/api/jobs/", "us-two", payload=ray_job(submission_id)))[0] == 200
         stack.standin.ray_jobs["train-1"]["status"] = "SUCCEEDED"
@@ -205,7 +222,7 @@ def test_settings_defaults() -> None:
 async def test_stop_cancels_the_task(tmp_path: Path) -> None:
     """Stopping the server ends the background task promptly, even mid-interval."""
     started = time.monotonic()
-    async for stack in run_stack(tmp_path, registry=E2E_TENANTS):
+    async with running_stack(tmp_path, registry=E2E_TENANTS) as stack:
         task = reconciler(stack)._task
         assert task is not None and not task.done()
     await asyncio.sleep(0)

@@ -1,76 +1,58 @@
 """Hot reload of registry and pack, the admin listener, and the metrics it exports."""
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
 
-from tests.harness import Stack, run_stack
-from tests.test_e2e_proxy import post
-
-
-async def metrics_text(stack: Stack) -> str:
-    async with aiohttp.ClientSession() as client, client.get(stack.admin_url + "/metrics") as resp:
-        return await resp.text()
-
-
-async def wait_for(predicate_text: str, stack: Stack, within_s: float = 3.0) -> str:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        text = await metrics_text(stack)
-        if predicate_text in text or asyncio.get_running_loop().time() > deadline:
-            return text
-        await asyncio.sleep(0.05)
+from tests.harness import JOB, SUBMIT, call, metrics, running_stack, wait_for_metric
+from tests.redis_server import free_port
 
 
 async def test_registry_change_is_picked_up(tmp_path: Path) -> None:
     """Verifying a pending tenant's KYC in the file lets its next submission through."""
-    async for stack in run_stack(tmp_path):
-        assert (await post(stack, "selva-br"))[0] == 403
+    async with running_stack(tmp_path) as stack:
+        assert (await call(stack, "POST", SUBMIT, "selva-br", payload=JOB))[0] == 403
         registry = tmp_path / "tenants.yaml"
         registry.write_text(
             registry.read_text().replace(
                 "kyc: {status: pending}", "kyc: {status: verified, verified_at: 2025-06-01, expires_at: 2030-06-01}"
             )
         )
-        text = await wait_for('exportgate_config_reloads_total{result="ok"} 1.0', stack)
+        text = await wait_for_metric(stack, 'exportgate_config_reloads_total{result="ok"} 1.0')
         assert 'exportgate_config_reloads_total{result="ok"} 1.0' in text
-        assert (await post(stack, "selva-br"))[0] == 200
+        assert (await call(stack, "POST", SUBMIT, "selva-br", payload=JOB))[0] == 200
         assert "exportgate_ready 1.0" in text  # computed at scrape time, not only when /readyz is asked
 
 
 async def test_invalid_registry_keeps_last_good(tmp_path: Path) -> None:
     """A broken registry file is refused with a metric; the previous registry keeps serving."""
-    async for stack in run_stack(tmp_path):
+    async with running_stack(tmp_path) as stack:
         (tmp_path / "tenants.yaml").write_text("tenants:\n  - id: x\n    bogus_key: 1\n")
-        text = await wait_for('exportgate_config_reloads_total{result="error"} 1.0', stack)
+        text = await wait_for_metric(stack, 'exportgate_config_reloads_total{result="error"} 1.0')
         assert 'exportgate_config_reloads_total{result="error"} 1.0' in text
-        assert (await post(stack, "acme-us"))[0] == 200
+        assert (await call(stack, "POST", SUBMIT, "acme-us", payload=JOB))[0] == 200
 
 
 async def test_sighup_style_reload(tmp_path: Path) -> None:
     """Server.reload() (what SIGHUP calls) reloads the registry at once."""
-    async for stack in run_stack(tmp_path):
+    async with running_stack(tmp_path) as stack:
         registry = tmp_path / "tenants.yaml"
         registry.write_text(registry.read_text().replace("location: US", "location: RU", 1))
         await stack.server.reload()
-        status, body, _ = await post(stack, "acme-us")
+        status, body, _ = await call(stack, "POST", SUBMIT, "acme-us", payload=JOB)
         assert (status, body["code"]) == (451, "tier3_embargoed")
 
 
 async def test_admin_endpoints(tmp_path: Path) -> None:
     """healthz and readyz answer on the admin port, and the required metrics are exported."""
-    async for stack in run_stack(tmp_path):
-        await post(stack, "acme-us")
-        await post(stack, "harbour-hk")
-        async with aiohttp.ClientSession() as client:
-            async with client.get(stack.admin_url + "/healthz") as resp:
-                assert resp.status == 200
-            async with client.get(stack.admin_url + "/readyz") as resp:
-                assert resp.status == 200, await resp.text()
-            async with client.get(stack.url + "/metrics") as resp:
-                assert resp.status == 401  # the proxy port does not serve admin endpoints
-        text = await metrics_text(stack)
+    async with running_stack(tmp_path) as stack:
+        await call(stack, "POST", SUBMIT, "acme-us", payload=JOB)
+        await call(stack, "POST", SUBMIT, "harbour-hk", payload=JOB)
+        assert (await call(stack, "GET", "/healthz", admin=True))[0] == 200
+        status, body, _ = await call(stack, "GET", "/readyz", admin=True)
+        assert status == 200, body
+        assert (await call(stack, "GET", "/metrics"))[0] == 401  # the proxy port does not serve admin endpoints
+        text = await metrics(stack)
         for name in (
             "exportgate_requests_total",
             "exportgate_decisions_total",
@@ -92,7 +74,6 @@ async def test_not_ready_without_an_issuer(tmp_path: Path) -> None:
     """With no token issuer configured nothing can authenticate, so /readyz says so."""
     from gateway.config.settings import load_settings
     from gateway.http.app import Server
-    from tests.redis_server import free_port
 
     env = {
         "EXPORTGATE_LEDGER_DIR": str(tmp_path / "ledger"),

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ from gateway.cli import main
 from gateway.config.pack import load_pack
 from gateway.config.registry import load_registry
 from gateway.core.replay import ReplayReport, replay
-from tests.harness import POLICIES, run_stack, tenant
+from tests.harness import JOB_PATH, POLICIES, SUBMIT, call, running_stack, slurm_job, tenant
 from tests.redis_server import RedisProcess
-from tests.test_rebuild import JOB_PATH, SUBMIT, job, send
+
+job = partial(slurm_job, partition=None)  # this module's submissions name no partition
 
 PEOPLE = [
     # id, location, headquarters, parent hq, extra YAML
@@ -71,15 +73,15 @@ async def history(tmp_path: Path, fresh_redis: RedisProcess) -> dict[str, Any]:
     (tmp_path / "tenants.yaml").write_text(registry_yaml())
     quota = f"quota: {{store: redis, redis_url: '{fresh_redis.url}', prefix: 'eg:'}}"
     expected_codes = {"fjord-se-cn": 451, "selva-br": 403, "dune-ae": 403, "tiny-br": 429}
-    async for stack in run_stack(tmp_path, extra=quota):
+    async with running_stack(tmp_path, extra=quota) as stack:
         for tenant_id, *_ in PEOPLE:
-            status, body, _ = await send(stack, "POST", SUBMIT, tenant_id, job("h100:1", lineage="llm"))
+            status, body, _ = await call(stack, "POST", SUBMIT, tenant_id, payload=job("h100:1", lineage="llm"))
             assert status == expected_codes.get(tenant_id, 200), (tenant_id, body)
-        assert (await send(stack, "POST", SUBMIT, "acme-us", job("h100:2")))[0] == 200
-        status, body, _ = await send(stack, "POST", SUBMIT, "falcon-ae", job("a100:8"))
+        assert (await call(stack, "POST", SUBMIT, "acme-us", payload=job("h100:2")))[0] == 200
+        status, body, _ = await call(stack, "POST", SUBMIT, "falcon-ae", payload=job("a100:8"))
         assert status == 200
-        assert (await send(stack, "DELETE", JOB_PATH.format(body["job_id"]), "falcon-ae"))[0] == 200
-        assert (await send(stack, "POST", SUBMIT, "kiwi-br", job("a100:2", env=False)))[0] == 400  # refunded
+        assert (await call(stack, "DELETE", JOB_PATH.format(body["job_id"]), "falcon-ae"))[0] == 200
+        assert (await call(stack, "POST", SUBMIT, "kiwi-br", payload=job("a100:2", env=False)))[0] == 400  # refunded
         ledger = stack.settings.ledger.dir
     return {"ledger": ledger, "registry": tmp_path / "tenants.yaml", "redis": fresh_redis, "tmp": tmp_path}
 
@@ -159,15 +161,17 @@ async def test_update_is_replayed_as_charged_once(tmp_path: Path) -> None:
     extra = "\n    tpp_cap: 31664\n    budget: {period: month, tpp_hours: 63328}"  # 2 H100s; 4 H100-hours
     registry = tmp_path / "budget.yaml"
     registry.write_text("tenants:" + tenant("budget-ae", "AE/AE/AE", extra) + "\n")
-    async for stack in run_stack(tmp_path, registry=registry.read_text()):
-        status, body, _ = await send(stack, "POST", SUBMIT, "budget-ae", job("h100:1"))
+    async with running_stack(tmp_path, registry=registry.read_text()) as stack:
+        status, body, _ = await call(stack, "POST", SUBMIT, "budget-ae", payload=job("h100:1"))
         assert status == 200
         path = JOB_PATH.format(body["job_id"])
         update = {"job": {"gpus": "h100:2", "time_limit": 60}}
-        assert (await send(stack, "POST", path, "budget-ae", update))[0] == 200  # 2 + 1 H100s would pass the cap
-        assert (await send(stack, "DELETE", path, "budget-ae"))[0] == 200
-        assert (await send(stack, "POST", SUBMIT, "budget-ae", job("h100:2")))[0] == 200  # 2 + 2 H100-hours
-        status, body, _ = await send(stack, "POST", SUBMIT, "budget-ae", job("h100:1"))
+        assert (await call(stack, "POST", path, "budget-ae", payload=update))[
+            0
+        ] == 200  # 2 + 1 H100s would pass the cap
+        assert (await call(stack, "DELETE", path, "budget-ae"))[0] == 200
+        assert (await call(stack, "POST", SUBMIT, "budget-ae", payload=job("h100:2")))[0] == 200  # 2 + 2 H100-hours
+        status, body, _ = await call(stack, "POST", SUBMIT, "budget-ae", payload=job("h100:1"))
         assert (status, body["code"]) == (429, "quota_tenant_tpp")
         ledger = stack.settings.ledger.dir
     records = list(records_in_time_order(ledger))

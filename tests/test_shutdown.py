@@ -1,6 +1,7 @@
 """Readiness follows the quota store, and SIGTERM drains: unready at once, in-flight work finishes, exit bounded."""
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -13,33 +14,47 @@ import pytest
 
 from gateway.cli import main
 from gateway.demo.standin import StandinState
-from tests.harness import E2E_TENANTS, Idp, Stack, run_stack, start_standin, write_config
+from tests.harness import (
+    E2E_TENANTS,
+    SUBMIT,
+    Idp,
+    Stack,
+    call,
+    ledger_records,
+    metrics,
+    running_stack,
+    slurm_job,
+    start_standin,
+    wait_until,
+    write_config,
+)
 from tests.ledger_kit import Keys
 from tests.processes import GatewayProcess, wait_ready
-from tests.redis_server import RedisProcess
+from tests.redis_server import RedisProcess, free_port
 
-SUBMIT = "/slurm/v0.0.38/job/submit"
 ALL_READY = {"config": True, "keys": True, "ledger": True, "quota": True, "serving": True}
 
 
-def job(name: str = "train") -> dict[str, Any]:
-    return {"job": {"name": name, "partition": "gpu", "time_limit": 60, "gpus": "h100:1",
-                    "environment": {"PATH": "/usr/bin"}}, "script": "#!/bin/bash\ntrue"}  # fmt: skip
-
-
-async def readyz(admin_url: str) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as client, client.get(admin_url + "/readyz") as resp:
-        return resp.status, await resp.json()
-
-
-async def wait_for_quota(admin_url: str, up: bool, timeout_s: float = 5.0) -> tuple[int, dict[str, Any]]:
-    """/readyz once its quota part reads `up` (or after `timeout_s`, for the caller to assert on)."""
-    for _ in range(int(timeout_s / 0.1)):
-        status, body = await readyz(admin_url)
-        if body["parts"]["quota"] is up:
-            break
-        await asyncio.sleep(0.1)
+async def readyz(target: Stack | str) -> tuple[int, dict[str, Any]]:
+    status, body, _ = await call(target, "GET", "/readyz", admin=True)
     return status, body
+
+
+async def readyz_is(target: Stack | str, status: int) -> bool:
+    return (await readyz(target))[0] == status
+
+
+async def wait_for_quota(stack: Stack, up: bool, timeout_s: float = 5.0) -> tuple[int, dict[str, Any]]:
+    """/readyz once its quota part reads `up` (or after `timeout_s`, for the caller to assert on)."""
+    answers = [await readyz(stack)]
+
+    async def quota_is_up() -> bool:
+        answers.append(await readyz(stack))
+        return answers[-1][1]["parts"]["quota"] is up
+
+    with contextlib.suppress(AssertionError):
+        await wait_until(quota_is_up, timeout_s, every=0.1)
+    return answers[-1]
 
 
 @pytest.fixture
@@ -48,7 +63,7 @@ async def redis_stack(
 ) -> AsyncIterator[Stack]:
     required = getattr(request, "param", True)
     quota = f"quota: {{store: redis, redis_url: '{fresh_redis.url}', required_for_ready: {str(required).lower()}}}"
-    async for s in run_stack(tmp_path, registry=E2E_TENANTS, extra=quota):
+    async with running_stack(tmp_path, registry=E2E_TENANTS, extra=quota) as s:
         yield s
 
 
@@ -56,16 +71,15 @@ async def redis_stack(
                          ids=["required", "reported-only"])  # fmt: skip
 async def test_readiness_reports_the_quota_store(redis_stack: Stack, fresh_redis: RedisProcess, unready: int) -> None:
     """With Redis gone, /readyz shows quota false within seconds (503 when required) and recovers with it."""
-    assert await wait_for_quota(redis_stack.admin_url, True) == (200, {"ready": True, "parts": ALL_READY})
+    assert await wait_for_quota(redis_stack, True) == (200, {"ready": True, "parts": ALL_READY})
     fresh_redis.kill()
     started = time.monotonic()
-    status, body = await wait_for_quota(redis_stack.admin_url, False)
+    status, body = await wait_for_quota(redis_stack, False)
     assert body["parts"]["quota"] is False and status == unready
     assert time.monotonic() - started < 4.0
-    async with aiohttp.ClientSession() as client, client.get(redis_stack.admin_url + "/metrics") as resp:
-        assert 'exportgate_ready_part{part="quota"} 0.0' in await resp.text()
+    assert 'exportgate_ready_part{part="quota"} 0.0' in await metrics(redis_stack)
     fresh_redis.start()
-    assert await wait_for_quota(redis_stack.admin_url, True) == (200, {"ready": True, "parts": ALL_READY})
+    assert await wait_for_quota(redis_stack, True) == (200, {"ready": True, "parts": ALL_READY})
 
 
 async def test_sigterm_drains_then_exits_within_its_bound(tmp_path: Path) -> None:
@@ -78,31 +92,27 @@ async def test_sigterm_drains_then_exits_within_its_bound(tmp_path: Path) -> Non
     state = StandinState(slow_s=1.5)
     runner, upstream = await start_standin(state)
     ledger = tmp_path / "ledger"
-    config = write_config(tmp_path, upstream, ledger_dir=ledger, timeout_s=10,
-                          shutdown="drain_s: 1.0, grace_s: 5.0")  # fmt: skip
-    text = config.read_text().replace(f"ledger: {{dir: {ledger}}}",
-                                      f"ledger: {{dir: {ledger}, signing_key_file: {keys.private}}}")  # fmt: skip
-    config.write_text(text)
-    ports = {line.split(":")[0]: line for line in text.splitlines() if line.startswith(("listen:", "admin:"))}
-    proxy = "http://127.0.0.1:" + ports["listen"].split("port: ")[1].rstrip("}")
-    admin = "http://127.0.0.1:" + ports["admin"].split("port: ")[1].split(",")[0].rstrip("}")
+    listen, admin_port = free_port(), free_port()
+    config = write_config(
+        tmp_path, upstream, listen_port=listen, admin_port=admin_port, ledger_dir=ledger,
+        signing_key_file=keys.private, timeout_s=10, shutdown="drain_s: 1.0, grace_s: 5.0",
+    )  # fmt: skip
+    proxy, admin = f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{admin_port}"
     gateway = GatewayProcess.start(["--config", str(config)], tmp_path / "gateway.log")
     proc = gateway.proc
     headers = {"Authorization": f"Bearer {idp.token('us-two')}"}
     try:
         await asyncio.to_thread(wait_ready, [admin], [gateway])
         async with aiohttp.ClientSession() as client:
-            slow = asyncio.create_task(client.post(proxy + SUBMIT, json=job("slow-me"), headers=headers))
-            for _ in range(500):  # until the submission is in flight at the scheduler
-                if any(b'"slow-me"' in r["body"] for r in state.requests):
-                    break
-                await asyncio.sleep(0.02)
+            slow = asyncio.create_task(client.post(proxy + SUBMIT, json=slurm_job(name="slow-me"), headers=headers))
+            # until the submission is in flight at the scheduler
+            await wait_until(lambda: any(b'"slow-me"' in r["body"] for r in state.requests), 10, every=0.02)
             signalled = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
+            await wait_until(lambda: readyz_is(admin, 503), 1.0, every=0.02)
             status, body = await readyz(admin)
             assert status == 503 and body["parts"]["serving"] is False
-            async with client.post(proxy + SUBMIT, json=job(), headers=headers) as resp:
+            async with client.post(proxy + SUBMIT, json=slurm_job(name="train"), headers=headers) as resp:
                 assert resp.status == 200, await resp.text()  # still served while draining
                 assert resp.headers.get("Connection", "").lower() == "close"
             resp = await slow
@@ -115,8 +125,7 @@ async def test_sigterm_drains_then_exits_within_its_bound(tmp_path: Path) -> Non
         await runner.cleanup()
     assert code == 0, gateway.output()
     assert 1.0 <= elapsed < 1.0 + 5.0 + 3.0, f"exit took {elapsed:.1f} s"
-    segments = sorted((ledger / "test-gw").glob("*.jsonl"))
-    records = [json.loads(line) for seg in segments for line in seg.read_text().splitlines()]
+    records = ledger_records(ledger, "test-gw")
     settles = [r for r in records if r.get("kind") == "settle"]
     assert len(settles) == 2 and all(r["settled"] for r in settles)
     assert records[-1]["kind"] == "checkpoint" and records[-1]["reason"] == "close"

@@ -1,10 +1,10 @@
 """`serve --workers N`: Redis required, per-worker instance ids and admin ports, restarts, signals, no leftovers."""
 
+import asyncio
 import json
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,34 +13,26 @@ import pytest
 from gateway.cli import main
 from gateway.cli.workers import with_workers, worker_settings
 from gateway.config.settings import QuotaSettings, Settings, load_settings
-from tests.harness import AUDIENCE, ISSUER, POLICIES, Idp
+from tests.harness import POLICIES, Idp, gateway_yaml, upstream_yaml, wait_until
 from tests.processes import GatewayProcess, children, free_ports, ready, wait_ready
 from tests.redis_server import RedisProcess, free_port
 
 
-def write_config(workdir: Path, *, admin_port: int, store: str = "memory", redis_url: str = "") -> Path:
+def workers_config(workdir: Path, *, admin_port: int, store: str = "memory", redis_url: str = "") -> Path:
     """A gateway.yaml whose upstream is never called; readiness needs only config, keys and ledger."""
     (workdir / "jwks.json").write_text(json.dumps(Idp().jwks()))
-    quota = f'{{store: redis, redis_url: "{redis_url}", prefix: "workers-{time.monotonic_ns()}:"}}'
+    quota = f'store: redis, redis_url: "{redis_url}", prefix: "workers-{time.monotonic_ns()}:"'
     path = workdir / "gateway.yaml"
-    path.write_text(f"""
-listen: {{host: 127.0.0.1, port: {free_port()}}}
-admin: {{host: 127.0.0.1, port: {admin_port}}}
-instance_id: sup
-policy: {{registry: {POLICIES / "tenants.example.yaml"}}}
-ledger: {{dir: {workdir / "ledger"}}}
-shutdown: {{drain_s: 0}}
-quota: {quota if store == "redis" else "{store: memory}"}
-auth:
-  issuers: [{{issuer: "{ISSUER}", audiences: ["{AUDIENCE}"], algorithms: [RS256], jwks_file: {workdir / "jwks.json"}}}]
-upstreams: [{{name: slurm, url: "http://127.0.0.1:9", scheduler: slurm}}]
-""")
+    path.write_text(gateway_yaml(
+        workdir, instance_id="sup", admin_port=admin_port, pack=None, registry=POLICIES / "tenants.example.yaml",
+        quota=quota if store == "redis" else "store: memory", upstreams=upstream_yaml("http://127.0.0.1:9"),
+    ))  # fmt: skip
     return path
 
 
 def test_more_than_one_worker_refuses_the_memory_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--workers 2` over an in-memory store exits 1 before starting anything."""
-    config = write_config(tmp_path, admin_port=free_port())
+    config = workers_config(tmp_path, admin_port=free_port())
     assert main(["serve", "--config", str(config), "--workers", "2"]) == 1
     assert "--workers 2: more than one worker needs quota.store: redis" in capsys.readouterr().err
     assert not (tmp_path / "ledger").exists()
@@ -48,7 +40,7 @@ def test_more_than_one_worker_refuses_the_memory_store(tmp_path: Path, capsys: p
 
 def test_workers_below_one_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--workers 0` is a configuration error, not a gateway that serves nothing."""
-    config = write_config(tmp_path, admin_port=free_port())
+    config = workers_config(tmp_path, admin_port=free_port())
     assert main(["serve", "--config", str(config), "--workers", "0"]) == 1
     assert "--workers 0: must be at least 1" in capsys.readouterr().err
 
@@ -65,7 +57,7 @@ WORKER_SETTINGS = [
 )
 def test_worker_settings(tmp_path: Path, case: str, workers: int, index: int, instance: str, admin_port: int) -> None:
     """Worker i of several is instance `<id>-w<i>` with its admin listener on admin_port + i."""
-    base = load_settings(write_config(tmp_path, admin_port=9180), env={})
+    base = load_settings(workers_config(tmp_path, admin_port=9180), env={})
     settings: Settings = replace(base, instance_id="gw", quota=QuotaSettings("redis", "redis://127.0.0.1:1/0"))
     settings, refusal = with_workers(settings, workers)
     assert refusal is None
@@ -73,44 +65,38 @@ def test_worker_settings(tmp_path: Path, case: str, workers: int, index: int, in
     assert (got.instance_id, got.admin_port, got.listen_port) == (instance, admin_port, base.listen_port)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll `condition` until it returns true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
-def supervise(workdir: Path, redis_url: str, workers: int) -> tuple[GatewayProcess, list[str]]:
+async def supervise(workdir: Path, redis_url: str, workers: int) -> tuple[GatewayProcess, list[str]]:
     """A supervisor of `workers` workers, all ready; returns it and the workers' admin URLs."""
     admin = free_ports(workers)
-    config = write_config(workdir, admin_port=admin, store="redis", redis_url=redis_url)
+    config = workers_config(workdir, admin_port=admin, store="redis", redis_url=redis_url)
     sup = GatewayProcess.start(["--config", str(config), "--workers", str(workers)], workdir / "serve.log")
     admins = [f"http://127.0.0.1:{admin + i}" for i in range(workers)]
     try:
         wait_ready(admins, [sup])
-        wait_for(lambda: len(children(sup.proc.pid)) == workers)
+        await wait_until(lambda: len(children(sup.proc.pid)) == workers, 20, every=0.1)
     except BaseException:
         sup.stop()
         raise
     return sup, admins
 
 
-def test_supervisor_restarts_a_dead_worker_forwards_sighup_and_stops_cleanly(
+async def test_supervisor_restarts_a_dead_worker_forwards_sighup_and_stops_cleanly(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:
     """A killed worker comes back, SIGHUP restarts nothing, and SIGTERM ends every process with exit 0."""
-    sup, admins = supervise(tmp_path, redis_server.url, 2)
+    sup, admins = await supervise(tmp_path, redis_server.url, 2)
     try:
         first = children(sup.proc.pid)
         assert {p.name for p in (tmp_path / "ledger").iterdir()} == {"sup-w0", "sup-w1"}
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(children(sup.proc.pid) - first) == 1 and all(ready(url) for url in admins))
+        await wait_until(
+            lambda: len(children(sup.proc.pid) - first) == 1 and all(ready(url) for url in admins), 20, every=0.1
+        )
         second = children(sup.proc.pid)
         assert victim not in second and len(second) == 2
         sup.proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        await asyncio.sleep(1.0)  # nothing to wait for: SIGHUP must not restart anything in this window
         assert children(sup.proc.pid) == second and all(ready(url) for url in admins)
         assert "exited with -9; restarting" in sup.output()
     finally:
@@ -119,12 +105,12 @@ def test_supervisor_restarts_a_dead_worker_forwards_sighup_and_stops_cleanly(
     assert not sup.group_alive()
 
 
-def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path, redis_server: RedisProcess) -> None:
+async def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path, redis_server: RedisProcess) -> None:
     """Workers whose supervisor died without a word drain and exit instead of serving on as orphans."""
-    sup, _ = supervise(tmp_path, redis_server.url, 2)
+    sup, _ = await supervise(tmp_path, redis_server.url, 2)
     try:
         os.kill(sup.proc.pid, signal.SIGKILL)
         sup.proc.wait()
-        wait_for(lambda: not sup.group_alive(), timeout=15)
+        await wait_until(lambda: not sup.group_alive(), 15, every=0.1)
     finally:
         sup.stop()
