@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.adapters.ledger import writer as ledger_module
+from gateway.adapters.ledger import supervision as ledger_module
 from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.core.ledger import GENESIS, canonical, line_of, link_problem, seal
 from tests.harness import (

@@ -30,11 +30,11 @@ from gateway.core.quota import (
     Share,
     StoredResponse,
     allocation_countries,
-    interpret,
     plan_reservation,
     split_amounts,
 )
 from gateway.core.quota_book import QuotaBook
+from gateway.core.quota_verdict import interpret
 from gateway.core.tenants import Budget, BudgetPeriod, Kyc, KycStatus, Licence, LicenceScope, Tenant, Veu
 from gateway.core.tiers import Tier, TierTable
 

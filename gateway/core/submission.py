@@ -9,7 +9,8 @@ from gateway.core.jobs import Cost, JobSpec, JobSpecInvalid
 from gateway.core.leases import LeaseRef, Plan, ReserveResult
 from gateway.core.policy import Pack
 from gateway.core.pricing import price
-from gateway.core.quota import interpret, plan_reservation
+from gateway.core.quota import plan_reservation
+from gateway.core.quota_verdict import interpret
 from gateway.core.tenants import Tenant
 
 

@@ -1,7 +1,7 @@
 """Assemble the proxy application: each part built once, the pipeline its one handler."""
 
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -24,18 +24,24 @@ from gateway.http.submit import Submissions
 PIPELINE = web.AppKey("pipeline", Pipeline)
 
 
-def build_pipeline(
-    settings: Settings,
-    policy: PolicyFiles,
-    auth: Authenticator,
-    ledger: LedgerWriter,
-    metrics: Metrics,
-    upstreams: list[Upstream],
-    store: QuotaStore,
-    clock: Callable[[], float] = time.time,
-) -> Pipeline:
+@dataclass(frozen=True)
+class Parts:
+    """The long-lived parts the pipeline's stages are built from, opened before the listener."""
+
+    settings: Settings
+    policy: PolicyFiles
+    auth: Authenticator
+    ledger: LedgerWriter
+    metrics: Metrics
+    upstreams: list[Upstream]
+    store: QuotaStore
+    clock: Callable[[], float]
+
+
+def build_pipeline(parts: Parts) -> Pipeline:
     """Wire the stages: each receives the responder and the parts it uses, never the pipeline."""
-    responder = Responder(ledger, metrics, policy, clock)
+    settings, policy, store, metrics, clock = parts.settings, parts.policy, parts.store, parts.metrics, parts.clock
+    responder = Responder(parts.ledger, metrics, policy, clock)
     relay = Relay(settings.trusted_proxies, metrics)
     settler = Settler(store, responder, clock)
     reads = Reads(store, responder, relay)
@@ -44,16 +50,19 @@ def build_pipeline(
     submissions = Submissions(
         policy, store, responder, reader=reader, relay=relay, reads=reads, owned=owned, settler=settler
     )
-    return Pipeline(settings, auth, policy, upstreams, responder, (reads, owned, submissions), clock)
+    return Pipeline(settings, parts.auth, policy, parts.upstreams, responder, (reads, owned, submissions), clock)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     return await request.app[PIPELINE].handle(request)
 
 
-def proxy_app(pipeline: Pipeline, max_body_bytes: int) -> web.Application:
-    """The proxy listener's application: every path and method goes through the pipeline."""
+def proxy_app(max_body_bytes: int) -> web.Application:
+    """The proxy listener's application: every path and method goes through the pipeline.
+
+    The pipeline is not here yet: whoever runs the application sets PIPELINE while it starts
+    (a cleanup_ctx step), once the parts it is built from are open.
+    """
     app = web.Application(client_max_size=max_body_bytes)
-    app[PIPELINE] = pipeline
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app

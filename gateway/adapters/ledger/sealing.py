@@ -1,0 +1,91 @@
+"""Sealing a batch into the hash chain, with a signed checkpoint after every N records and when the interval is up."""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.adapters.ledger.pending import Item, LedgerUnavailable, Mark
+from gateway.adapters.ledger.signing import Signer
+from gateway.core.ledger import GENESIS, checkpoint_body, checkpoint_payload, seal
+
+# json.dumps raises these for a body it cannot write (an object, NaN, a cycle, absurd nesting).
+UNENCODABLE = (TypeError, ValueError, RecursionError)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoints:
+    """Who signs this instance's checkpoints (None: nobody) and how often."""
+
+    instance: str
+    signer: Signer | None
+    every_records: int
+    every_s: float
+
+    def make(self, seq: int, head: str, now: float, reason: str) -> dict[str, Any]:
+        """A signed checkpoint over (`seq`, `head`), sealed as the record after it."""
+        assert self.signer is not None
+        key_id = self.signer.key_id
+        sig = self.signer.sign(
+            checkpoint_payload(instance=self.instance, head_seq=seq, head_hash=head, ts=now, key_id=key_id)
+        )
+        body = checkpoint_body(head_seq=seq, head_hash=head, ts=now, reason=reason, key_id=key_id, sig=sig)
+        return seal(body, instance=self.instance, seq=seq + 1, prev_hash=head)
+
+
+@dataclass(slots=True)
+class Sealed:
+    """One batch sealed in memory; the writer's state moves to it only once it is on disk."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any] | None] = field(default_factory=list)
+    rejected: set[int] = field(default_factory=set)  # batch positions whose body could not be encoded
+    seq: int = 0
+    head: str = GENESIS
+    since: int = 0
+    cp_time: float = 0.0
+    checkpoint: dict[str, Any] | None = None
+
+
+def seal_batch(
+    batch: list[Item],
+    now: float,
+    out: Sealed,
+    checkpoints: Checkpoints,
+    unencodable: Callable[[Mapping[str, Any], BaseException], LedgerUnavailable],
+    trailing: str | None = None,
+) -> Sealed:
+    """Chain the batch onto `out` (the chain so far), inserting a checkpoint after every N records and when the
+    interval is up; a body that cannot be encoded is refused alone, its caller answered `unencodable(...)`."""
+
+    def add(record: dict[str, Any]) -> None:
+        out.records.append(record)
+        out.seq, out.head = record["seq"], record["hash"]
+
+    def checkpoint(reason: str) -> None:
+        if checkpoints.signer is not None and out.since > 0:
+            out.checkpoint = checkpoints.make(out.seq, out.head, now, reason)
+            add(out.checkpoint)
+            out.since, out.cp_time = 0, now
+
+    for position, (body, future, _) in enumerate(batch):
+        if isinstance(body, Mark):
+            checkpoint(body.reason)
+            out.results.append(None)
+            continue
+        try:
+            record = seal(body, instance=checkpoints.instance, seq=out.seq + 1, prev_hash=out.head)
+        except UNENCODABLE as exc:  # this body's fault, not the writer's: refuse it alone
+            out.rejected.add(position)
+            out.results.append(None)
+            error = unencodable(body, exc)
+            if future is not None and not future.done():
+                future.set_exception(error)
+            continue
+        add(record)
+        out.results.append(record)
+        out.since += 1
+        if out.since >= checkpoints.every_records:
+            checkpoint("records")
+    if trailing is not None or now - out.cp_time >= checkpoints.every_s:
+        checkpoint(trailing or "interval")
+    return out
