@@ -1,7 +1,8 @@
 """The body stage: read a job route's body within the limits and parse it with the scheduler adapter."""
 
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -11,10 +12,12 @@ from gateway.config.limits import Limits
 from gateway.core.codes import Code
 from gateway.core.decide import refuse
 from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
+from gateway.core.routes import RouteMatch
 from gateway.http.body import BodyTooLarge, BodyTooSlow, Pace, read_limited
 from gateway.http.call import JobCall, Refused
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+Parser = Callable[[RouteMatch, str | None, str | None, bytes], JobSpec | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,32 +53,28 @@ class BodyReader:
         self.metrics = metrics
 
     async def submission(self, job: JobCall) -> JobBody | Refused:
-        raw = await self._read(job)
-        if isinstance(raw, Refused):
-            return raw
+        body = await self._parsed(job, job.adapter.parse_submission)
+        if isinstance(body, Refused):
+            return body
         a = job.admitted
-        try:
-            spec = job.adapter.parse_submission(
-                a.match, a.request.headers.get("Content-Type"), _content_encoding(a.request), raw
-            )
-        except JobSpecInvalid as exc:
-            return Refused(refuse(Code.JOB_SPEC_INVALID, str(exc), a.admission.tier))
-        idem = a.request.headers.get("Idempotency-Key") or spec.idempotency_key
+        idem = a.request.headers.get("Idempotency-Key") or (body.spec.idempotency_key if body.spec else None)
         if idem is not None and not IDEMPOTENCY_KEY.match(idem):
             detail = "Idempotency-Key: 1 to 128 letters, digits, '.', '_', ':' or '-'"
             return Refused(refuse(Code.JOB_SPEC_INVALID, detail, a.admission.tier))
-        return JobBody(raw, spec, idem)
+        return replace(body, idempotency_key=idem)
 
     async def update(self, job: JobCall) -> JobBody | Refused:
+        return await self._parsed(job, job.adapter.parse_update)
+
+    async def _parsed(self, job: JobCall, parse: Parser) -> JobBody | Refused:
+        """Read the body, then parse it with the adapter's submission or update parser."""
         raw = await self._read(job)
         if isinstance(raw, Refused):
             return raw
         a = job.admitted
         try:
-            spec = job.adapter.parse_update(
-                a.match, a.request.headers.get("Content-Type"), _content_encoding(a.request), raw
-            )
-        except JobUpdateNotAllowed as exc:
+            spec = parse(a.match, a.request.headers.get("Content-Type"), _content_encoding(a.request), raw)
+        except JobUpdateNotAllowed as exc:  # only the update parser raises it
             return Refused(refuse(Code.JOB_UPDATE_NOT_ALLOWED, str(exc), a.admission.tier))
         except JobSpecInvalid as exc:
             return Refused(refuse(Code.JOB_SPEC_INVALID, str(exc), a.admission.tier))
