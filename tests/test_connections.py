@@ -254,3 +254,54 @@ async def test_a_body_at_an_honest_pace_is_read(stack: Stack) -> None:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     writer.close()
     assert head.startswith(b"HTTP/1.1 200 "), head[:120]
+
+
+@pytest.mark.parametrize("stack", [SLOW_BODY_LIMITS], indirect=True)
+async def test_a_client_that_stops_reading_an_answer_is_cut_off(stack: Stack) -> None:
+    """A client that never reads a streamed answer loses its connection after body_timeout_s (no held upstream)."""
+    _reader, writer = await open_raw(stack)
+    token = stack.idp.token("us-two")
+    writer.write(
+        f"GET /standin/big?bytes=200000000 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.pause_reading()  # the client reads nothing more
+    # Before the fix the handler waited in response.write() for ever, holding an upstream connection.
+    await wait_until(lambda: stack.server.guard.open == 0, within_s=8.0)
+    writer.close()
+
+
+@pytest.mark.parametrize("stack", [SLOW_BODY_LIMITS], indirect=True)
+async def test_a_plain_read_body_is_bounded_like_a_submission(stack: Stack) -> None:
+    """A trickled body on a plain read gets 408 and an oversized one 413; neither reaches the scheduler."""
+    token = stack.idp.token("us-two")
+    head = f"GET /slurm/v0.0.38/ping HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n"
+    reader, writer = await open_raw(stack)
+    writer.write((head + "Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n").encode())
+    _closed, got = await closed_within(reader, 5.0)
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 408 "), got[:120]
+    reader, writer = await open_raw(stack)
+    writer.write((head + "Content-Length: 70000\r\n\r\n").encode() + b"x" * 70000)
+    _, got = await closed_within(reader, 5.0)
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 413 "), got[:120]
+    assert not stack.standin.requests, "a refused body reached the scheduler"
+
+
+@pytest.mark.parametrize("stack", ["head_timeout_s: 0.5, idle_timeout_s: 30"], indirect=True)
+async def test_a_refusal_lingering_over_an_unread_body_sends_nothing_more(stack: Stack) -> None:
+    """After a 413 the rest of the body drains without the head deadline firing a second, unasked-for 408."""
+    reader, writer = await open_raw(stack)
+    writer.write(submit_head(stack, 100_000))
+    for _ in range(15):  # keep sending body bytes while aiohttp lingers before closing
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"x" * 100)
+        await asyncio.sleep(0.1)
+    _, got = await closed_within(reader, 5.0)
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 413 "), got[:120]
+    assert b"HTTP/1.1 408" not in got
+    assert stack.server.metrics.connections_refused.labels("head_timeout")._value.get() == 0

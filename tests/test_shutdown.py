@@ -130,3 +130,22 @@ async def test_sigterm_drains_then_exits_within_its_bound(tmp_path: Path) -> Non
     assert len(settles) == 2 and all(r["settled"] for r in settles)
     assert records[-1]["kind"] == "checkpoint" and records[-1]["reason"] == "close"
     assert main(["ledger", "verify", str(ledger), "--public-key", str(keys.public)]) == 0
+
+
+async def test_stop_with_a_request_stuck_upstream_stays_within_grace(tmp_path: Path) -> None:
+    """A request still waiting on the scheduler when the listener closes is cut off within grace_s, not 2 x grace_s."""
+    grace = "drain_s: 0, grace_s: 2"
+    async with (
+        running_stack(tmp_path, registry=E2E_TENANTS, timeout_s=30, shutdown=grace) as stack,
+        aiohttp.ClientSession() as client,
+    ):
+        # The stand-in answers after 6 s: longer than twice grace_s, so only the cut-off ends the request.
+        stuck = asyncio.create_task(client.get(stack.url + "/standin/hang?seconds=6", headers=stack.auth("us-two")))
+        await wait_until(lambda: any(r["path"].startswith("/standin/hang") for r in stack.standin.requests))
+        started = time.monotonic()
+        await stack.server.stop()
+        took = time.monotonic() - started
+        with contextlib.suppress(aiohttp.ClientError):
+            (await stuck).release()
+    # aiohttp spends its shutdown timeout twice; the gateway gives it half of grace_s each time.
+    assert took < 2.0 + 0.8, f"stop took {took:.1f} s"

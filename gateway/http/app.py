@@ -127,7 +127,12 @@ class Server:
     def _runner(self, app: web.Application) -> web.AppRunner:
         """A runner kept for stop() before its setup, so a start-up that fails halfway still closes its parts."""
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.shutdown.grace_s
+            # aiohttp spends its shutdown timeout twice (waiting for handlers, then after cancelling
+            # them): half of grace_s each keeps the whole stop within grace_s.
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.settings.shutdown.grace_s / 2,
         )
         self._runners.append(runner)
         return runner

@@ -29,6 +29,7 @@ class Call:
     tenant: Tenant | None = None
     match: RouteMatch | None = None
     job: Mapping[str, Any] | None = None  # the job as the ledger keeps it, once its body is parsed
+    body: bytes | None = None  # a non-job route's body, read within the limits before it is forwarded
 
     @property
     def kind(self) -> RouteKind | None:

@@ -95,7 +95,9 @@ class GuardedHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._head_deadline is None and self._between_requests():
+        # A connection that closes after its answer (a refusal lingering over an unread body) needs no
+        # deadline for a next head: aiohttp's lingering is bounded and no further request is read.
+        if self._head_deadline is None and self._keepalive and self._between_requests():
             self._arm()
         super().data_received(data)
         if self._request_count != self._heads_seen:  # aiohttp parsed one or more complete heads

@@ -66,8 +66,13 @@ async def stream(
     body: bytes | None,
     observe: Callable[[float], None],
     extra_headers: dict[str, str],
+    write_timeout_s: float = 10.0,
 ) -> web.StreamResponse:
-    """Forward and stream the response back chunk by chunk (no full buffering)."""
+    """Forward and stream the response back chunk by chunk (no full buffering).
+
+    A client that stops reading would otherwise hold this task and an upstream connection from the
+    shared pool for ever: each write must complete within `write_timeout_s`, or the client is cut off.
+    """
     started = time.perf_counter()
     try:
         upstream = await session.request(
@@ -90,11 +95,16 @@ async def stream(
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_chunked(64 * 1024):
-                await response.write(chunk)
+                async with asyncio.timeout(write_timeout_s):
+                    await response.write(chunk)
         except (TimeoutError, aiohttp.ClientError):
             # Headers are out; all we can do is cut the connection so the client sees a short body.
-            if request.transport is not None:
-                request.transport.close()
+            # abort(), not close(): close() would wait to flush what a non-reading client never takes.
+            transport = request.transport
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+            elif transport is not None:
+                transport.close()
             return response
         await response.write_eof()
         return response

@@ -13,6 +13,7 @@ from gateway.core.codes import Code
 from gateway.core.decide import refuse
 from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.routes import RouteMatch
+from gateway.core.tiers import Tier
 from gateway.http.body import BodyTooLarge, BodyTooSlow, Pace, read_limited
 from gateway.http.call import JobCall, Refused
 
@@ -81,11 +82,14 @@ class BodyReader:
         return JobBody(raw, spec)
 
     async def _read(self, job: JobCall) -> bytes | Refused:
+        return await self.read(job.admitted.request, job.admitted.admission.tier)
+
+    async def read(self, request: web.Request, tier: Tier | None) -> bytes | Refused:
         """The whole body as sent (raises ClientClosed), or the refusal when it is too large or too slow."""
-        limits, tier = self.limits, job.admitted.admission.tier
+        limits = self.limits
         try:
             return await read_limited(
-                job.admitted.request, limits.max_body_bytes, Pace(limits.body_timeout_s, limits.body_min_rate_bytes_s)
+                request, limits.max_body_bytes, Pace(limits.body_timeout_s, limits.body_min_rate_bytes_s)
             )
         except BodyTooLarge:
             detail = f"the body exceeds {limits.max_body_bytes} bytes"

@@ -19,6 +19,7 @@ from gateway.http.admission import admit, authenticate, match_request, resolve_t
 from gateway.http.body import ClientClosed, client_gone
 from gateway.http.call import Admitted, Call, JobCall, Refused
 from gateway.http.headers import client_ip
+from gateway.http.job_body import BodyReader
 from gateway.http.owned import OwnedJobs
 from gateway.http.reads import Reads
 from gateway.http.responder import Responder
@@ -38,7 +39,7 @@ class Pipeline:
         policy: PolicyFiles,
         upstreams: list[Upstream],
         responder: Responder,
-        flows: tuple[Reads, OwnedJobs, Submissions],
+        flows: tuple[Reads, OwnedJobs, Submissions, BodyReader],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -46,7 +47,7 @@ class Pipeline:
         self.policy = policy
         self.upstreams = upstreams
         self.responder = responder
-        self.reads, owned, submissions = flows
+        self.reads, owned, submissions, self.reader = flows
         self.job_flows: dict[RouteKind, JobFlow] = {
             RouteKind.SUBMIT: submissions.submit,
             RouteKind.UPDATE: submissions.update,
@@ -112,6 +113,14 @@ class Pipeline:
 
     async def _flow(self, a: Admitted) -> web.StreamResponse:
         kind = a.match.route.kind
+        if not kind.changes_jobs and a.request.body_exists:
+            # Routes that are not priced still carry a body now and then: it is read within the same
+            # size and pace limits before anything goes upstream, so a slow or endless body cannot hold
+            # an upstream connection.
+            body = await self.reader.read(a.request, a.admission.tier)
+            if isinstance(body, Refused):
+                return await self.responder.refused(a.call, body)
+            a.call.body = body
         if kind is RouteKind.PLAIN_READ:
             return await self.reads.access(a)
         adapter = a.upstream.adapter

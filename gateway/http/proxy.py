@@ -42,7 +42,8 @@ def build_pipeline(parts: Parts) -> Pipeline:
     """Wire the stages: each receives the responder and the parts it uses, never the pipeline."""
     settings, policy, store, metrics, clock = parts.settings, parts.policy, parts.store, parts.metrics, parts.clock
     responder = Responder(parts.ledger, metrics, policy, clock)
-    relay = Relay(settings.trusted_proxies, metrics)
+    # A client that stops reading an answer gets the same pause allowance as a slow request body.
+    relay = Relay(settings.trusted_proxies, metrics, settings.limits.body_timeout_s)
     settler = Settler(store, responder, clock)
     reads = Reads(store, responder, relay)
     owned = OwnedJobs(store, responder, reads, settler)
@@ -50,7 +51,9 @@ def build_pipeline(parts: Parts) -> Pipeline:
     submissions = Submissions(
         policy, store, responder, reader=reader, relay=relay, reads=reads, owned=owned, settler=settler
     )
-    return Pipeline(settings, parts.auth, policy, parts.upstreams, responder, (reads, owned, submissions), clock)
+    return Pipeline(
+        settings, parts.auth, policy, parts.upstreams, responder, (reads, owned, submissions, reader), clock
+    )
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:

@@ -26,9 +26,10 @@ def answer(result: forward.Buffered, decision_id: str) -> web.Response:
 class Relay:
     """Carries admitted requests upstream; raises `forward.UpstreamFailure` when the upstream fails."""
 
-    def __init__(self, trusted_proxies: Networks, metrics: Metrics) -> None:
+    def __init__(self, trusted_proxies: Networks, metrics: Metrics, write_timeout_s: float) -> None:
         self.trusted_proxies = trusted_proxies
         self.metrics = metrics
+        self.write_timeout_s = write_timeout_s
 
     def observe(self, a: Admitted) -> Callable[[float], None]:
         return self.metrics.upstream_seconds.labels(a.upstream.name).observe
@@ -60,9 +61,8 @@ class Relay:
         observe = self.observe(a)
         if a.match.route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
             return await forward.websocket(request, session, url, headers)
-        return await forward.stream(
-            request, session, url, headers, None, observe, {"X-Exportgate-Decision-Id": a.decision_id}
-        )
+        extra = {"X-Exportgate-Decision-Id": a.decision_id}
+        return await forward.stream(request, session, url, headers, a.call.body, observe, extra, self.write_timeout_s)
 
     async def fetch(
         self, a: Admitted, decision: Decision, body: bytes | None, limit: int = LISTING_LIMIT
@@ -72,4 +72,5 @@ class Relay:
         assert session is not None  # started with the server
         observe = self.observe(a)
         url = a.upstream.url_for(a.request.raw_path)
+        body = a.call.body if body is None else body  # a non-job route's body, already read within the limits
         return await forward.fetch(a.request, session, url, self.headers(a, decision), body, observe, limit)
