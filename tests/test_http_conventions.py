@@ -94,3 +94,13 @@ async def test_admin_listener_answers_problem_json(
     assert headers["Content-Type"] == "application/problem+json"
     assert body["code"] == code
     assert headers.get("Allow") == allow
+
+
+async def test_answers_do_not_name_the_python_and_aiohttp_versions(stack: Stack) -> None:
+    """Refusals, admin answers and forwarded answers say `Server: exportgate`, naming no software versions."""
+    status, _, headers = await call(stack, "GET", "/slurm/v0.0.38/ping", None)
+    assert status == 401 and headers["Server"] == "exportgate"
+    status, _, headers = await call(stack, "GET", "/healthz", None, admin=True)
+    assert status == 200 and headers["Server"] == "exportgate"
+    status, _, headers = await call(stack, "GET", "/slurm/v0.0.38/ping", "us-two")
+    assert status == 200 and headers["Server"] == "exportgate"  # the stand-in's own aiohttp header is replaced

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.adapters.metrics import Metrics
 from gateway.core.codes import Code
 from gateway.http.admin_api import AdminApi
+from gateway.http.headers import hide_server_software
 from gateway.http.problems import refusal
 
 Readiness = Callable[[], tuple[bool, dict[str, bool]]]
@@ -43,6 +44,7 @@ def admin_app(metrics: Metrics, ready: Readiness, api: AdminApi | None = None) -
         return web.json_response({"ready": ok, "parts": parts}, status=200 if ok else 503)
 
     app = web.Application(middlewares=[problems_for_http_errors])
+    app.on_response_prepare.append(hide_server_software)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -25,6 +25,7 @@ from gateway.http import client_faults
 from gateway.http.admin import admin_app
 from gateway.http.admin_api import AdminApi
 from gateway.http.connections import Guard, GuardedSite
+from gateway.http.headers import hide_server_software
 from gateway.http.lifecycle import AUTH, BASE, LEDGER, LEDGER_OPEN, PARTS, POLICY, PROBE, RECONCILER, STORE, Base
 from gateway.http.proxy import proxy_app
 from gateway.http.reconcile import Reconciler
@@ -53,6 +54,7 @@ class Server:
         self.app[BASE] = Base(settings, self.env, clock, self.metrics)
         self.app.cleanup_ctx.extend(PARTS)
         self.app.on_response_prepare.append(self._close_when_draining)
+        self.app.on_response_prepare.append(hide_server_software)
         self._runners: list[web.AppRunner] = []
 
     # The parts, once start() has opened them (KeyError before).

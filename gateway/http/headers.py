@@ -3,6 +3,7 @@
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -108,3 +109,12 @@ def forwarded_headers(
     chain = forwarded_chain(xff_values) if peer and _trusted(peer, proxies) else []
     chain.append(peer or "unknown")
     return {"X-Forwarded-For": ", ".join(chain), "X-Forwarded-Proto": proto, "X-Forwarded-Host": host}
+
+
+async def hide_server_software(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: answers name the gateway, never its Python/aiohttp or the scheduler's versions.
+
+    Like nginx (which drops an upstream's `Server` unless told to pass it), a forwarded answer does not
+    tell tenants which scheduler release runs behind the gateway.
+    """
+    response.headers[hdrs.SERVER] = "exportgate"

@@ -26,9 +26,7 @@ CLIENT_CLOSED = "client_closed"
 class Responder:
     """Refuses, records, counts and replies for every stage; no stage writes to the ledger itself."""
 
-    def __init__(
-        self, ledger: LedgerWriter, metrics: Metrics, policy: PolicyFiles, clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, ledger: LedgerWriter, metrics: Metrics, policy: PolicyFiles, clock: Callable[[], float]) -> None:
         self.ledger = ledger
         self.metrics = metrics
         self.policy = policy
