@@ -47,7 +47,6 @@ class Settings:
     issuers: tuple[IssuerConfig, ...]
     upstreams: tuple[UpstreamSettings, ...]
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    max_body_bytes: int = 1 << 20
     reload_interval_s: float = 2.0
     workers: int = 1
     admin_tokens_file: Path | None = None
@@ -306,7 +305,6 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         issuers=issuers,
         upstreams=upstreams,
         trusted_proxies=proxies,
-        max_body_bytes=limits.max_body_bytes,
         reload_interval_s=reload_s,
         workers=workers,
         admin_tokens_file=tokens_file,

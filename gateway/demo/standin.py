@@ -38,12 +38,8 @@ def _slurm_error(status: int, code: int, message: str) -> web.Response:
     return web.json_response({"meta": _meta(), "errors": [{"error_code": code, "error": message}]}, status=status)
 
 
-def standin_app(state: StandinState) -> web.Application:
-    """Routes and bodies follow slurmrestd 22.05 and Ray 2.x as captured in schedulers.md.
-
-    Slurm jobs named "reject-me" fail as slurmrestd answers an impossible request (500 with
-    an errors array, after recording a FAILED job); "slow-me" answers after `state.slow_s`.
-    """
+def remembering(state: StandinState) -> Any:
+    """A middleware keeping each request (method, path, headers, body) in `state.requests`, for tests to read."""
 
     @web.middleware
     async def remember(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -53,6 +49,18 @@ def standin_app(state: StandinState) -> web.Application:
         )
         response: web.StreamResponse = await handler(request)
         return response
+
+    return remember
+
+
+def standin_app(state: StandinState) -> web.Application:
+    """Routes and bodies follow slurmrestd 22.05 and Ray 2.x as captured in schedulers.md.
+
+    Slurm jobs named "reject-me" fail as slurmrestd answers an impossible request (500 with
+    an errors array, after recording a FAILED job); "slow-me" answers after `state.slow_s`.
+    """
+
+    remember = remembering(state)
 
     async def submit(request: web.Request) -> web.Response:
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.demo.standin import StandinState
+from gateway.demo.standin import StandinState, remembering
 
 _JSON = "application/json"
 
@@ -33,14 +33,7 @@ def _status(code: int, reason: str, message: str, **details: Any) -> web.Respons
 def k8s_app(state: StandinState) -> web.Application:
     """POST/GET/DELETE of namespaced Jobs and the JobList; jobs are kept under "{ns}/{name}"."""
 
-    @web.middleware
-    async def remember(request: web.Request, handler: Any) -> web.StreamResponse:
-        body = await request.read()
-        state.requests.append(
-            {"method": request.method, "path": request.path_qs, "headers": dict(request.headers), "body": body}
-        )
-        response: web.StreamResponse = await handler(request)
-        return response
+    remember = remembering(state)
 
     async def create(request: web.Request) -> web.Response:
         ns = request.match_info["ns"]

@@ -50,7 +50,7 @@ class Server:
             on_open=self.metrics.connections_open.set,
             on_refused=lambda reason: self.metrics.connections_refused.labels(reason).inc(),
         )
-        self.app = proxy_app(settings.max_body_bytes)
+        self.app = proxy_app(settings.limits.max_body_bytes)
         self.app[BASE] = Base(settings, self.env, clock, self.metrics)
         self.app.cleanup_ctx.extend(PARTS)
         self.app.on_response_prepare.append(self._close_when_draining)

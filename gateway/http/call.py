@@ -36,6 +36,11 @@ class Call:
         return self.match.route.kind if self.match else None
 
     @property
+    def shown(self) -> str:
+        """Method and path as a log line may show them: client text, so quoted and cut short."""
+        return f"{self.request.method[:16]!r} {self.path[:256]!r}"
+
+    @property
     def when(self) -> datetime:
         return datetime.fromtimestamp(self.now, UTC)
 

@@ -84,7 +84,7 @@ class Pipeline:
                 return web.Response(status=499, reason="Client Closed Request")  # never delivered
             # The last line of defence: a bug answers problem+json, never a traceback or a 500.
             # It counts as a 5xx even if the client has left too: the fault is the gateway's.
-            log.exception("unexpected error on %s %s (decision %s)", request.method, call.path[:256], call.decision_id)
+            log.exception("unexpected error on %s (decision %s)", call.shown, call.decision_id)
             response = respond.reply(call, Code.BACKEND_UNAVAILABLE, "the gateway could not complete this request")
         else:
             if client_gone(request):  # answered, but nobody is left to read it (nginx's 499)

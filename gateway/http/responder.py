@@ -78,7 +78,7 @@ class Responder:
     def backend_down(self, call: Call, decision: Decision, backend: str, detail: str) -> web.Response:
         """Nothing was forwarded: a backend could not serve or record this decision."""
         self.backend_error(backend)
-        log.error("refusing %s %s: %s unavailable: %s", call.request.method, call.path, backend, detail)
+        log.error("refusing %s: %s unavailable: %s", call.shown, backend, detail)
         down = refuse(
             Code.BACKEND_UNAVAILABLE, f"the {backend} cannot record this decision; nothing was forwarded", decision.tier
         )
@@ -155,5 +155,4 @@ class Responder:
         kind = call.kind.value if call.kind else "none"
         self.metrics.requests.labels(kind, CLIENT_CLOSED).inc()
         self.metrics.request_seconds.labels(kind).observe(time.perf_counter() - call.started)
-        log.info("client closed %s %s (decision %s): %s", call.request.method, call.path[:256], call.decision_id,
-                 why[:200])  # fmt: skip
+        log.info("client closed %s (decision %s): %r", call.shown, call.decision_id, why[:200])

@@ -102,5 +102,5 @@ class Settler:
                 released = await self.store.release_job(a.upstream.name, job_id, self.clock())
         except BackendUnavailable:
             self.responder.backend_error("quota")
-            log.error("cancel of %s went through but its lease could not be released yet", job_id)
+            log.error("cancel of %r went through but its lease could not be released yet", job_id[:64])
         await self.responder.followup("release", a.call, job_id=job_id, released=released, whole_job=whole)
