@@ -67,7 +67,7 @@ class GatewayProcess:
         """True while any process of this one's group (its workers included) still runs; zombies do not count."""
         return any(pgrp == self.proc.pid and state != "Z" for _, state, _, pgrp in _processes())
 
-    def stop(self, timeout: float = 20.0) -> int | None:
+    def stop(self, timeout: float = 40.0) -> int | None:
         """SIGTERM, wait; then SIGKILL whatever of the group is left. Returns the exit code."""
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 BACKOFF_S = 0.5  # first restart delay; doubles after each quick death
 MAX_BACKOFF_S = 30.0
 STABLE_S = 10.0  # a worker that lived this long restarts at the first delay again
-STOP_MARGIN_S = 10.0  # beyond each worker's own drain and grace, before the supervisor kills it
+STOP_MARGIN_S = 15.0  # beyond a worker's drain and grace, and its 10 s to close its parts, before it is killed
 
 
 def with_workers(settings: Settings, workers: int | None) -> tuple[Settings, str | None]:

@@ -32,6 +32,7 @@ from gateway.http.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 LINGER_S = 2.0
+PARTS_CLOSE_S = 10.0  # beyond shutdown.grace_s, for the parts to close (the ledger's closing checkpoint)
 
 
 class Server:
@@ -213,5 +214,25 @@ async def serve_forever(settings: Settings) -> None:
         await server.drain()
     finally:
         started = time.monotonic()
-        await server.stop()
+        deadline = settings.shutdown.grace_s + PARTS_CLOSE_S
+        stopping = asyncio.ensure_future(server.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=deadline)
+        if not done:
+            _give_up(deadline)
+        stopping.result()
         log.info("stopped in %.1f s after the drain", time.monotonic() - started)
+
+
+def _give_up(deadline: float) -> None:
+    """A stop that outlives its deadline: say where each task is stuck, then exit 1 rather than hang.
+
+    The ledger has already written and flushed every record a decision waited for; what is lost
+    is the closing checkpoint, which `exportgate ledger verify` reports as an unclosed segment.
+    """
+    stacks = []
+    for task in asyncio.all_tasks():
+        frames = "".join(f"\n    {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack())
+        stacks.append(f"  {task.get_name()}:{frames}")
+    log.error("stop did not finish within %.1f s; exiting 1. Tasks still running:\n%s", deadline, "\n".join(stacks))
+    logging.shutdown()
+    os._exit(1)  # the loop's own teardown would wait on the same stuck tasks
