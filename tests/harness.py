@@ -105,6 +105,10 @@ class Stack:
         return {"Authorization": f"Bearer {self.idp.token(sub, **claims)}"}
 
 
+# A Ray upstream priced by its entrypoints' own resources, for tests about routes rather than pricing.
+RAY_ENTRYPOINT = "    scheduler_options: {pricing: entrypoint}"
+
+
 def upstream_yaml(
     url: str,
     *,

@@ -1,7 +1,8 @@
 """A gateway in front of a real scheduler started by tests/peers/*.sh: its tenants, config and server."""
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,20 +22,30 @@ def peer_registry(*tenant_ids: str) -> str:
 
 @asynccontextmanager
 async def peer_gateway(
-    workdir: Path, scheduler: str, url: str, *, tenants: str, timeout_s: float, headers: str = ""
+    workdir: Path,
+    scheduler: str,
+    url: str,
+    *,
+    tenants: str,
+    timeout_s: float,
+    headers: str = "",
+    extra: str = "",
+    config: str = "",
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[tuple[Server, Idp]]:
     """Run a gateway whose one upstream is the real `scheduler` at `url`; yield it and the IdP its tokens trust.
 
-    `tenants` is the registry YAML and `headers` the upstream's `headers:` block (at the
-    upstream's indent); JWKS, registry, config and ledger live under `workdir`.
+    `tenants` is the registry YAML, `headers` the upstream's `headers:` block and `extra` more of
+    its keys (both at the upstream's indent), `config` top-level YAML; JWKS, registry, config and
+    ledger live under `workdir`.
     """
     idp = Idp()
     (workdir / "jwks.json").write_text(json.dumps(idp.jwks()))
     (workdir / "tenants.yaml").write_text(tenants)
-    config = workdir / "gateway.yaml"
-    upstream = upstream_yaml(f'"{url}"', scheduler=scheduler, timeout_s=timeout_s, headers=headers)
-    config.write_text(gateway_yaml(workdir, instance_id=f"real-{scheduler}", shutdown=None, upstreams=upstream))
-    server = Server(load_settings(config, env={}), env={})
+    upstream = upstream_yaml(f'"{url}"', scheduler=scheduler, timeout_s=timeout_s, headers=headers, extra=extra)
+    text = gateway_yaml(workdir, instance_id=f"real-{scheduler}", shutdown=None, upstreams=upstream, extra=config)
+    (workdir / "gateway.yaml").write_text(text)
+    server = Server(load_settings(workdir / "gateway.yaml", env={}), env={}, clock=clock)
     await server.start()
     try:
         yield server, idp

@@ -7,7 +7,17 @@ from typing import Any
 import pytest
 
 from gateway.core.leases import QUOTA_SLOT
-from tests.harness import E2E_TENANTS, H100, Stack, call, held, ray_job, running_stack, wait_for_record
+from tests.harness import (
+    E2E_TENANTS,
+    H100,
+    RAY_ENTRYPOINT,
+    Stack,
+    call,
+    held,
+    ray_job,
+    running_stack,
+    wait_for_record,
+)
 
 SUBMIT = "/api/jobs/"
 
@@ -18,7 +28,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     headers:
       Authorization: {{file: {tmp_path / "slurm.token"}, prefix: "Bearer "}}
 """
-    async with running_stack(tmp_path, registry=E2E_TENANTS, scheduler="ray", headers=headers, upstream_extra="") as s:
+    async with running_stack(
+        tmp_path, registry=E2E_TENANTS, scheduler="ray", headers=headers, upstream_extra=RAY_ENTRYPOINT
+    ) as s:
         yield s
 
 

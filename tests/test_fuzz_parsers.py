@@ -242,6 +242,9 @@ def byte_mutation(data: bytes, rng: random.Random) -> bytes:
     return data + data
 
 
+RAY_ENTRYPOINT_ADAPTER = RayAdapter(RayOptions(default_walltime_s=3600, pricing="entrypoint"))
+
+
 @dataclass(frozen=True)
 class Target:
     """One parser entry point: an adapter, a route, a content type and the sample bodies to mutate."""
@@ -266,7 +269,7 @@ MERGE = "application/merge-patch+json"
 TARGETS = [
     Target("slurm-submit", SLURM, "POST", "/slurm/v0.0.38/job/submit", "application/json", SLURM_SAMPLES),
     Target("slurm-update", SLURM, "POST", "/slurm/v0.0.40/job/17", "application/json", SLURM_UPDATES, update=True),
-    Target("ray-submit", RayAdapter(RayOptions(default_walltime_s=3600)), "POST", "/api/jobs/", "application/json",
+    Target("ray-submit", RAY_ENTRYPOINT_ADAPTER, "POST", "/api/jobs/", "application/json",
            RAY_SAMPLES),
     Target("k8s-job", KUBE, "POST", "/apis/batch/v1/namespaces/a/jobs", "application/json", [K8S_JOB]),
     Target("k8s-pod", KUBE, "POST", "/api/v1/namespaces/a/pods", "application/json", [K8S_POD]),

@@ -305,6 +305,37 @@ async def test_release_on_cancel(store: QuotaStore) -> None:
     assert await store.counter_value(TAG, "ops:t1:a", NOW + 1) == 5.0
 
 
+async def test_extending_a_live_job_keeps_its_capacity_held(store: QuotaStore) -> None:
+    """A job the scheduler says still lives keeps its TPP past the lease's first end, and blocks the next job."""
+    plan = make_plan(held("tenant:t1", 60.0, 100.0), ops("ops:t1:a", 5.0, 100.0), end=NOW + 10)
+    await store.reserve(plan, NOW)
+    await store.complete(plan, upstream="slurm", job_id="42", response=RESPONSE, now=NOW)
+    assert await store.extend_job("slurm", "42", NOW + 100, NOW + 5) == NOW + 100
+    assert await store.extend_job("slurm", "42", NOW + 50, NOW + 6) == NOW + 100  # never shortened
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 60) == 60.0
+    refused = await store.reserve(make_plan(held("tenant:t1", 60.0, 100.0)), NOW + 60)
+    assert (refused.status, refused.earliest_end) == (ReserveStatus.DENIED, NOW + 100)
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 100) == 0.0
+    assert await store.counter_value(TAG, "ops:t1:a", NOW + 100) == 5.0  # cumulative debits are not taken twice
+
+
+async def test_extending_a_lapsed_share_holds_it_again(store: QuotaStore) -> None:
+    """A lease that ran out while its job runs is held again (over the cap if need be); released ones stay ended."""
+    first = make_plan(held("tenant:t1", 60.0, 100.0), end=NOW + 10)
+    await store.reserve(first, NOW)
+    await store.complete(first, upstream="slurm", job_id="1", response=RESPONSE, now=NOW)
+    second = make_plan(held("tenant:t1", 60.0, 100.0), end=NOW + 1000)
+    assert (await store.reserve(second, NOW + 20)).status is ReserveStatus.ADMITTED
+    assert await store.extend_job("slurm", "1", NOW + 500, NOW + 30) == NOW + 500
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 31) == 120.0
+    assert await store.extend_job("slurm", "1", NOW + 600, NOW + 32) == NOW + 600  # held once, not twice
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 33) == 120.0
+    assert await store.release_job("slurm", "1", NOW + 40) is True
+    assert await store.extend_job("slurm", "1", NOW + 700, NOW + 41) is None
+    assert await store.extend_job("slurm", "unknown", NOW + 700, NOW + 41) is None
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 42) == 60.0
+
+
 def replacing(plan: Plan, old: LeaseRef) -> Plan:
     """`plan` as an update of the job held under `old`."""
     return dataclasses.replace(plan, replaces=old)

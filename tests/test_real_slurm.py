@@ -1,7 +1,9 @@
-"""The gateway in front of a real slurmctld + slurmrestd 22.05 (8 fake H100s) on loopback."""
+"""The gateway in front of a real slurmctld + slurmrestd 22.05 on loopback: two slurmd nodes (g1, g2),
+each with 8 fake H100s; partitions `gpu` (default) and `excl` (OverSubscribe=EXCLUSIVE)."""
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -12,13 +14,15 @@ from typing import Any
 import pytest
 
 from gateway.http.app import Server
-from tests.harness import Idp
+from gateway.schedulers.slurm_fields import host_count
+from tests.harness import Clock, Idp, ledger_records, tenant, wait_until
 from tests.harness import call as gateway_call
 from tests.peers_kit import held, peer_gateway, peer_registry
 from tests.redis_server import free_port
 
 SCRIPT = Path(__file__).parent / "peers" / "slurm.sh"
 API = "/slurm/v0.0.38"
+H100_TPP = 15832
 
 
 def _ensure_installed() -> None:
@@ -38,9 +42,11 @@ def slurm() -> Iterator[dict[str, Any]]:
     env = {
         **os.environ,
         "BASE": str(base),
+        "SLURM_CONF": str(base / "etc" / "slurm.conf"),
         "REST_PORT": str(free_port()),
         "CTLD_PORT": str(free_port()),
         "SLURMD_PORT": str(free_port()),
+        "SLURMD_PORT2": str(free_port()),
     }
     started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=120)
     try:
@@ -48,7 +54,7 @@ def slurm() -> Iterator[dict[str, Any]]:
         jobs = base / "jobs"
         jobs.mkdir(exist_ok=True)
         jobs.chmod(0o1777)
-        yield {"base": base, "url": f"http://127.0.0.1:{env['REST_PORT']}", "jobs": jobs}
+        yield {"base": base, "url": f"http://127.0.0.1:{env['REST_PORT']}", "jobs": jobs, "conf": env["SLURM_CONF"]}
     finally:
         subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(base, ignore_errors=True)
@@ -61,6 +67,7 @@ async def gateway(slurm: dict[str, Any], tmp_path: Path) -> AsyncIterator[tuple[
     headers = f"""    headers:
       X-SLURM-USER-NAME: {{from_tenant: slurm_user}}
       X-SLURM-USER-TOKEN: {{from_tenant: slurm_user, slurm_jwt_key_file: {key}, lifespan_s: 300}}
+    scheduler_options: {{facts_user: root, exclusive_partitions: [excl]}}
 """
     tenants = peer_registry("acme-us", "nordlys-se", "fjord-se-cn")
     async with peer_gateway(tmp_path, "slurm", slurm["url"], tenants=tenants, timeout_s=20, headers=headers) as running:
@@ -123,7 +130,7 @@ async def test_submit_read_list_cancel_against_real_slurmrestd(
 
 
 async def test_slurm_rejection_is_refunded(slurm: dict[str, Any], gateway: tuple[Server, Idp]) -> None:
-    """slurmrestd's HTTP 500 with an errors array (16 GPUs on an 8-GPU node) is definitive: the lease is refunded."""
+    """slurmrestd's HTTP 500 with an errors array (16 GPUs for one task on 8-GPU nodes) is definitive: refunded."""
     server, idp = gateway
     status, body = await call(server, idp, "acme-us", "POST", f"{API}/job/submit", job(slurm, 16, "too-big"))
     assert status == 500 and body["errors"], body
@@ -156,3 +163,213 @@ async def test_finished_job_is_released_by_reconciliation(slurm: dict[str, Any],
         await asyncio.sleep(0.25)
     assert results == {"released": 1}
     assert await held(server, "acme-us") == 0
+
+
+def scontrol(slurm: dict[str, Any], *args: str) -> str:
+    env = {**os.environ, "SLURM_CONF": slurm["conf"]}
+    done = subprocess.run(["scontrol", *args], env=env, capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout
+
+
+def allocated_gpus(slurm: dict[str, Any], job_id: int) -> int | None:
+    """The GPUs slurmctld allocated to a running job (`scontrol show job -d`); None while it has none yet.
+
+    TRES `gres/gpu=N` when accounting tracks GPUs, else the per-node `GRES=gpu:h100:N(IDX:..)` lines
+    times the hosts each names.
+    """
+    shown = scontrol(slurm, "show", "job", "-d", str(job_id))
+    if "JobState=RUNNING" not in shown:
+        return None
+    tres = re.search(r"\bTRES=\S*gres/gpu=([0-9]+)", shown)
+    if tres:
+        return int(tres[1])
+    total = 0
+    for nodes, gres in re.findall(r"^\s+Nodes=(\S+) .*?\bGRES=(\S+)", shown, re.M):
+        per = sum(int(n) for n in re.findall(r"gpu(?::[A-Za-z0-9_]+)?:([0-9]+)\(IDX", gres))
+        total += per * host_count(nodes, "Nodes")
+    return total
+
+
+async def running_gpus(slurm: dict[str, Any], job_id: int) -> int:
+    found: list[int] = []
+
+    def started() -> bool:
+        n = allocated_gpus(slurm, job_id)
+        found.extend([] if n is None else [n])
+        return n is not None
+
+    await wait_until(started, 60, every=0.5, message=f"job {job_id} did not start")
+    return found[-1]
+
+
+def shaped(slurm: dict[str, Any], name: str, **fields: Any) -> dict[str, Any]:
+    """A job without the usual `tasks: 1, gpus: ...`: only the resource fields given."""
+    body = job(slurm, 1, name)
+    del body["job"]["tasks"], body["job"]["gpus"]
+    body["job"].update(fields)
+    return body
+
+
+async def held_equals_allocated(slurm: dict[str, Any], gateway: tuple[Server, Idp], body: dict[str, Any]) -> int:
+    """Submit through the gateway; assert the TPP it holds is what slurmctld allocated; cancel. The GPU count."""
+    server, idp = gateway
+    status, answer = await call(server, idp, "acme-us", "POST", f"{API}/job/submit", body)
+    assert status == 200, answer
+    job_id = answer["job_id"]
+    try:
+        gpus = await running_gpus(slurm, job_id)
+        assert await held(server, "acme-us") == gpus * H100_TPP, (job_id, gpus, await held(server, "acme-us"))
+    finally:
+        status, answer = await call(server, idp, "acme-us", "DELETE", f"{API}/job/{job_id}")
+        assert status == 200, answer
+    assert await held(server, "acme-us") == 0
+    return gpus
+
+
+@pytest.mark.parametrize(
+    "fields, gpus",
+    [
+        ({"tasks": 1, "exclusive": "exclusive"}, 8),  # no GPU field: the whole node
+        ({"tasks": 1, "exclusive": "exclusive", "gres": "gpu:h100:1"}, 8),
+        ({"tasks": 2, "tasks_per_node": 1, "gres": "gpu:h100:4"}, 8),  # 2 nodes x 4
+        ({"tasks": 2, "cpus_per_task": 8, "gres": "gpu:h100:4"}, 8),  # 8-CPU nodes: one task each
+        ({"tasks": 1, "partition": "excl", "gpus": "h100:1"}, 8),  # OverSubscribe=EXCLUSIVE
+        ({"tasks": 1, "gpus": "h100:2"}, 2),  # needs no facts: as before
+        ({"exclusive": "exclusive", "gpus": "h100:9"}, 16),  # no task count: 9 GPUs need 2 whole nodes
+        ({"tasks": 2, "exclusive": "exclusive", "gres": "gpu:h100:1", "tasks_per_node": 1}, 16),
+    ],
+    ids=[
+        "exclusive",
+        "exclusive-gres1",
+        "tasks-per-node",
+        "cpus-per-task",
+        "exclusive-partition",
+        "plain",
+        "exclusive-9-gpus",
+        "exclusive-2-tasks",
+    ],
+)
+async def test_gateway_holds_what_slurm_allocates(
+    slurm: dict[str, Any], gateway: tuple[Server, Idp], fields: dict[str, Any], gpus: int
+) -> None:
+    """The gateway's held count equals the GPUs `scontrol show job -d` reports for the running job."""
+    assert await held_equals_allocated(slurm, gateway, shaped(slurm, "alloc", **fields)) == gpus
+
+
+async def test_array_task_by_its_own_id(slurm: dict[str, Any], gateway: tuple[Server, Idp]) -> None:
+    """Array task 0 of job A runs as its own job id: its owner reads and cancels it by it; others cannot."""
+    server, idp = gateway
+    body = job(slurm, 1, "array")
+    body["job"]["array"] = "0-1"
+    status, answer = await call(server, idp, "acme-us", "POST", f"{API}/job/submit", body)
+    assert status == 200, answer
+    array_id = answer["job_id"]
+    assert await held(server, "acme-us") == 2 * H100_TPP
+    task: list[int] = []
+
+    def task_started() -> bool:
+        shown = scontrol(slurm, "show", "job", str(array_id))
+        task[:] = [int(j) for j, t in re.findall(r"JobId=([0-9]+) ArrayJobId=[0-9]+ ArrayTaskId=([0-9]+)", shown)
+                   if t == "0"]  # fmt: skip
+        return bool(task) and task[0] != array_id
+
+    await wait_until(task_started, 60, every=0.5, message="array task 0 got no job id of its own")
+    own = task[0]
+    status, answer = await call(server, idp, "nordlys-se", "GET", f"{API}/job/{own}")
+    assert (status, answer["code"]) == (404, "job_not_owned")
+    status, answer = await call(server, idp, "nordlys-se", "DELETE", f"{API}/job/{own}")
+    assert (status, answer["code"]) == (404, "job_not_owned")
+    status, answer = await call(server, idp, "acme-us", "GET", f"{API}/job/{own}")
+    assert status == 200, answer
+    assert [(j["job_id"], j["array_job_id"], j["array_task_id"]) for j in answer["jobs"]] == [(own, array_id, 0)]
+    # The owner's cancel reaches slurmrestd, whose v0.0.38 kills with KILL_FULL_JOB: a task's own id is
+    # refused there ("Invalid job id specified"), in Slurm's dialect, not by the gateway.
+    status, answer = await call(server, idp, "acme-us", "DELETE", f"{API}/job/{own}")
+    assert status == 500 and [e["error_number"] for e in answer["errors"]] == [2017], answer
+    status, answer = await call(server, idp, "acme-us", "DELETE", f"{API}/job/{array_id}_0")
+    assert status == 200, answer
+    assert await held(server, "acme-us") == 2 * H100_TPP  # task 1 still runs: the array stays held
+    status, answer = await call(server, idp, "acme-us", "DELETE", f"{API}/job/{array_id}")
+    assert status == 200, answer
+    assert await held(server, "acme-us") == 0
+
+
+async def test_v0038_update_body_is_the_job_itself(slurm: dict[str, Any], gateway: tuple[Server, Idp]) -> None:
+    """v0.0.38 takes an update as the job's properties (not under "job"): priced, forwarded, applied."""
+    server, idp = gateway
+    status, answer = await call(server, idp, "acme-us", "POST", f"{API}/job/submit", job(slurm, 1, "upd"))
+    assert status == 200, answer
+    job_id = answer["job_id"]
+    try:
+        update = {"tasks": 1, "gpus": "h100:1", "time_limit": 5}
+        status, answer = await call(server, idp, "acme-us", "POST", f"{API}/job/{job_id}", update)
+        assert status == 200 and answer["errors"] == [], answer
+        assert "TimeLimit=00:05:00" in scontrol(slurm, "show", "job", str(job_id))
+        assert await held(server, "acme-us") == H100_TPP
+        wrapped = {"job": {**update, "time_limit": 4}}
+        status, answer = await call(server, idp, "acme-us", "POST", f"{API}/job/{job_id}", wrapped)
+        # v0.0.38 reads "job" as an unknown key: errors (with HTTP 200), nothing applied; priced as its content
+        assert [e.get("description") for e in answer["errors"]][:1] == ['Unknown key "job"'], (status, answer)
+        assert "TimeLimit=00:05:00" in scontrol(slurm, "show", "job", str(job_id))
+        assert await held(server, "acme-us") == H100_TPP
+    finally:
+        status, answer = await call(server, idp, "acme-us", "DELETE", f"{API}/job/{job_id}")
+        assert status == 200, answer
+
+
+async def test_unknown_facts_refuse_whole_nodes(slurm: dict[str, Any], tmp_path: Path) -> None:
+    """Without facts_user the gateway knows no node sizes: an exclusive job is refused 400, naming what is
+    missing, and never reaches Slurm; a plain job needs no facts and is admitted as before."""
+    key = slurm["base"] / "state" / "jwt_hs256.key"
+    headers = f"""    headers:
+      X-SLURM-USER-NAME: {{from_tenant: slurm_user}}
+      X-SLURM-USER-TOKEN: {{from_tenant: slurm_user, slurm_jwt_key_file: {key}, lifespan_s: 300}}
+"""
+    tenants = peer_registry("acme-us")
+    async with peer_gateway(tmp_path, "slurm", slurm["url"], tenants=tenants, timeout_s=20, headers=headers) as gw:
+        server, idp = gw
+        body = shaped(slurm, "nofacts", tasks=1, exclusive="exclusive")
+        status, answer = await call(server, idp, "acme-us", "POST", f"{API}/job/submit", body)
+        assert (status, answer["code"]) == (400, "job_spec_invalid"), answer
+        assert "GPUs per node of partition 'gpu' are not known" in answer["detail"]
+        assert await held(server, "acme-us") == 0
+        assert "nofacts" not in scontrol(slurm, "show", "jobs")
+        assert await held_equals_allocated(slurm, gw, job(slurm, 2, "plain")) == 2
+
+
+async def test_job_pending_past_its_allowance_keeps_its_lease_and_blocks_the_next(
+    slurm: dict[str, Any], tmp_path: Path
+) -> None:
+    """A job slurmctld keeps PENDING past the lease's first end stays held, so the tenant's cap still refuses."""
+    key = slurm["base"] / "state" / "jwt_hs256.key"
+    headers = f"""    headers:
+      X-SLURM-USER-NAME: {{from_tenant: slurm_user}}
+      X-SLURM-USER-TOKEN: {{from_tenant: slurm_user, slurm_jwt_key_file: {key}, lifespan_s: 300}}
+"""
+    registry = "tenants:" + tenant("capped-ae", "AE/AE/AE", "\n    tpp_cap: 31664", slurm_user="root") + "\n"
+    clock = Clock()
+    async with peer_gateway(
+        tmp_path, "slurm", slurm["url"], tenants=registry, timeout_s=20, headers=headers, clock=clock
+    ) as (server, idp):
+        idp.clock = clock  # tokens valid on the gateway's clock, which the test moves
+        waiting = job(slurm, 2, "eg-later")
+        waiting["job"]["hold"] = True  # slurmctld keeps it PENDING (JobHeldUser) until released
+        status, body = await call(server, idp, "capped-ae", "POST", f"{API}/job/submit", waiting)
+        assert status == 200, body
+        job_id = body["job_id"]
+        try:
+            records = ledger_records(server.settings.ledger.dir, server.settings.instance_id)
+            assert await held(server, "capped-ae") == 2 * 15832
+            first_end = next(r["lease"]["lease_end"] for r in records if r["kind"] == "decision" and r["lease"])
+            assert server.reconciler is not None
+            clock.now = first_end - 60  # a round just before the first end: slurmctld still says PENDING
+            assert await server.reconciler.run_once() == {"running": 1}
+            clock.now = first_end + 600  # ten minutes past the allowance, before the next round
+            assert "JobState=PENDING" in scontrol(slurm, "show", "job", str(job_id))
+            assert await held(server, "capped-ae") == 2 * 15832
+            status, body = await call(server, idp, "capped-ae", "POST", f"{API}/job/submit", job(slurm, 1, "eg-next"))
+            assert (status, body["code"]) == (429, "quota_tenant_tpp")
+            records = ledger_records(server.settings.ledger.dir, server.settings.instance_id)
+            assert [r["reason"] for r in records if r["kind"] == "extend"] == ["pending"]
+        finally:
+            await call(server, idp, "capped-ae", "DELETE", f"{API}/job/{job_id}")

@@ -14,6 +14,7 @@ from gateway.http.reconcile import Reconciler
 from tests.harness import (
     E2E_TENANTS,
     H100,
+    RAY_ENTRYPOINT,
     SUBMIT,
     Clock,
     Stack,
@@ -81,6 +82,86 @@ async def test_completed_job_is_released_and_pending_job_held(stack: Stack) -> N
     assert await reconciler(stack).run_once() == {"running": 2}
     assert len(releases(stack)) == 1
     assert (counted(stack, "released"), counted(stack, "running")) == (1.0, 3.0)
+
+
+def holds(stack: Stack, reason: str) -> float:
+    value = stack.server.metrics.registry.get_sample_value("exportgate_lease_holds_total", {"reason": reason})
+    return value or 0.0
+
+
+async def test_pending_job_keeps_its_lease_past_its_first_end(tmp_path: Path, clock: Clock) -> None:
+    """A job still PENDING when its lease would end is held (its walltime ahead of it) and blocks the next job."""
+    async with running_stack(tmp_path, clock=clock, registry=E2E_TENANTS) as stack:
+        first = await submit(stack, "capped-ae")
+        await submit(stack, "capped-ae")
+        first_end = (await wait_for_record(stack, "decision", decision_id=first))["lease"]["lease_end"]
+        clock.now = first_end - 100  # a round shortly before the lease would end
+        assert await reconciler(stack).run_once() == {"running": 2}
+        record = await wait_for_record(stack, "extend", job_id="1")
+        hold = reconciler(stack).hold_s()
+        assert (record["decision_id"], record["reason"]) == (first, "pending")
+        assert record["end"] == clock.now + 60 * 60 + hold  # time_limit 60 min ahead, plus the hold
+        clock.now = first_end + 1  # the lease's first end has passed; slurmctld still lists the job PENDING
+        assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == 2 * H100
+        status, body, _ = await call(stack, "POST", SUBMIT, "capped-ae", payload=slurm_job())
+        assert (status, body["code"]) == (429, "quota_tenant_tpp")
+        # A round within the hold writes nothing new; the job starting moves the end to start + walltime.
+        stack.standin.jobs["1"] |= {"job_state": "RUNNING", "start_time": int(clock.now)}
+        assert await reconciler(stack).run_once() == {"running": 2}
+        assert len([r for r in ledger_records(stack) if r["kind"] == "extend"]) == 2
+        assert holds(stack, "pending") == 2.0
+    async with running_stack(tmp_path, clock=clock, registry=E2E_TENANTS) as stack:  # a rebuild keeps the holds
+        assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == 2 * H100
+
+
+async def test_unreachable_scheduler_holds_instead_of_releasing(tmp_path: Path, clock: Clock) -> None:
+    """When the scheduler cannot answer, leases are held on (counted as unconfirmed), never ended by the clock."""
+    async with running_stack(tmp_path, clock=clock, registry=E2E_TENANTS) as stack:
+        decision = await submit(stack, "capped-ae")
+        first_end = (await wait_for_record(stack, "decision", decision_id=decision))["lease"]["lease_end"]
+        stack.standin.status_answers["1"] = (503, b"slurmrestd is restarting")
+        clock.now = first_end - 10
+        assert await reconciler(stack).run_once() == {"error": 1}
+        clock.now = first_end + 600
+        assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == H100
+        record = await wait_for_record(stack, "extend", job_id="1")
+        assert record["reason"] == "unconfirmed" and holds(stack, "unconfirmed") == 1.0
+        del stack.standin.status_answers["1"]
+        stack.standin.jobs["1"]["job_state"] = "COMPLETED"
+        assert await reconciler(stack).run_once() == {"released": 1}
+        assert await held(stack, QUOTA_SLOT, "tenant:capped-ae") == 0.0
+
+
+async def test_ray_job_past_its_walltime_is_stopped_and_held_until_it_stops(tmp_path: Path, clock: Clock) -> None:
+    """Ray enforces no walltime: past walltime plus grace the gateway records a stop, asks Ray, and holds on."""
+    headers = f"""
+    headers:
+      Authorization: {{file: {tmp_path / "slurm.token"}, prefix: "Bearer "}}
+"""
+    extra = "reconcile: {interval_s: 0, walltime_grace_s: 30}"
+    async with running_stack(
+        tmp_path, clock=clock, registry=E2E_TENANTS, scheduler="ray", headers=headers,
+        upstream_extra=RAY_ENTRYPOINT, extra=extra,
+    ) as stack:  # fmt: skip
+        assert (await call(stack, "POST", "/api/jobs/", "us-two", payload=ray_job("train-1", "10")))[0] == 200
+        job = stack.standin.ray_jobs["train-1"]
+        job |= {"status": "RUNNING", "start_time": int(clock.now * 1000)}
+        clock.advance(10 * 60 + 20)  # within the grace
+        assert await reconciler(stack).run_once() == {"running": 1}
+        stops = [r for r in stack.standin.requests if r["path"] == "/api/jobs/train-1/stop"]
+        assert stops == []
+        clock.advance(60)
+        assert await reconciler(stack).run_once() == {"running": 1}
+        stops = [r for r in stack.standin.requests if r["path"] == "/api/jobs/train-1/stop"]
+        assert [r["method"] for r in stops] == ["POST"]
+        assert stops[0]["headers"]["Authorization"] == "Bearer gateway-held-slurm-token"
+        record = await wait_for_record(stack, "walltime_stop", job_id="train-1")
+        assert (record["walltime_s"], record["overdue_s"]) == (600.0, 80.0)
+        assert await held(stack, QUOTA_SLOT, "tenant:us-two") == 2 * H100  # held until Ray says it stopped
+        job["status"] = "STOPPED"
+        assert await reconciler(stack).run_once() == {"released": 1}
+        assert await held(stack, QUOTA_SLOT, "tenant:us-two") == 0.0
+        assert holds(stack, "walltime_stop") == 1.0
 
 
 @pytest.mark.parametrize(
@@ -182,7 +263,7 @@ async def test_ray_succeeded_and_vanished_jobs_are_released(tmp_path: Path) -> N
       Authorization: {{file: {tmp_path / "slurm.token"}, prefix: "Bearer "}}
 """
     async with running_stack(
-        tmp_path, registry=E2E_TENANTS, scheduler="ray", headers=headers, upstream_extra=""
+        tmp_path, registry=E2E_TENANTS, scheduler="ray", headers=headers, upstream_extra=RAY_ENTRYPOINT
     ) as stack:
         for submission_id in ("train-1", "train-2"):
             assert (await call(stack, "POST", "/api/jobs/", "us-two", payload=ray_job(submission_id)))[0] == 200
@@ -204,8 +285,13 @@ async def test_ray_succeeded_and_vanished_jobs_are_released(tmp_path: Path) -> N
         ("interval_s: -1\n", "g.yaml:1: interval_s: must be 0 (off) or a positive number of seconds"),
         ("batch: 0\n", "g.yaml:1: batch: must be at least 1"),
         ("every: 5\n", "g.yaml:1: every: unknown key"),
+        (
+            "interval_s: 600\nhold_s: 900\n",
+            "g.yaml:2: hold_s: must be at least twice interval_s, or leases lapse between rounds",
+        ),
+        ("walltime_grace_s: -1\n", "g.yaml:1: walltime_grace_s: must be 0 or a positive number of seconds"),
     ],
-    ids=["negative-interval", "zero-batch", "unknown-key"],
+    ids=["negative-interval", "zero-batch", "unknown-key", "short-hold", "negative-grace"],
 )
 def test_settings_problems(text: str, expected: str) -> None:
     """A bad `reconcile:` section is reported as file:line: field: problem."""

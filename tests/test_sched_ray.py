@@ -1,17 +1,22 @@
 """The Ray Jobs adapter on the dashboard's real shapes: routes, GPUs, walltime, listings."""
 
+import gzip
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.adapters.upstream import Upstream
 from gateway.config.located import Problem, load_text
 from gateway.config.schedulers import load_scheduler_options
-from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
+from gateway.config.upstreams import load_upstreams
+from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.routes import RouteKind, RouteMatch, match_route
 from gateway.schedulers import RayAdapter, RayOptions
+from gateway.schedulers.ray import PACKAGE_READ, PACKAGE_UPLOAD, package_uri, package_uris
 
-ADAPTER = RayAdapter(RayOptions())
+ADAPTER = RayAdapter(RayOptions(pricing="entrypoint"))
 
 SUBMISSION: dict[str, Any] = {
     "entrypoint": "python train.py",
@@ -38,13 +43,16 @@ def submission(adapter: RayAdapter = ADAPTER, **changes: Any) -> JobSpec:
 
 
 ROUTES = [
-    ("POST", "/api/jobs/", RouteKind.SUBMIT, False), ("GET", "/api/jobs/", RouteKind.LIST, False),
+    ("POST", "/api/jobs/", RouteKind.SUBMIT, False),
+    ("GET", "/api/jobs/", RouteKind.LIST, False),
     ("GET", "/api/jobs/raysubmit_1", RouteKind.READ, False),
     ("DELETE", "/api/jobs/raysubmit_1", RouteKind.CANCEL, False),
     ("POST", "/api/jobs/raysubmit_1/stop", RouteKind.CANCEL, False),
     ("GET", "/api/jobs/raysubmit_1/logs", RouteKind.READ, False),
     ("GET", "/api/jobs/raysubmit_1/logs/tail", RouteKind.READ, True),
     ("GET", "/api/version", RouteKind.PLAIN_READ, False),
+    ("GET", "/api/packages/gcs/_ray_pkg_0a1b.zip", RouteKind.PLAIN_READ, False),
+    ("PUT", "/api/packages/gcs/_ray_pkg_0a1b.zip", RouteKind.PLAIN_READ, False),
 ]
 
 
@@ -57,9 +65,24 @@ def test_routes(method: str, path: str, kind: RouteKind, websocket: bool) -> Non
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/api/jobs"), ("GET", "/api/cluster_status"), ("PUT", "/api/packages/gcs/pkg.zip"),
-     ("GET", "/api/v0/tasks"), ("POST", "/api/jobs/x/logs")],
-    ids=["no-trailing-slash", "cluster-status", "package-upload", "state-api", "post-logs"],
+    [
+        ("POST", "/api/jobs"),
+        ("GET", "/api/cluster_status"),
+        ("PUT", "/api/packages/s3/pkg.zip"),
+        ("DELETE", "/api/packages/gcs/pkg.zip"),
+        ("PUT", "/api/packages/gcs/a/b.zip"),
+        ("GET", "/api/v0/tasks"),
+        ("POST", "/api/jobs/x/logs"),
+    ],
+    ids=[
+        "no-trailing-slash",
+        "cluster-status",
+        "package-other-protocol",
+        "package-delete",
+        "package-nested",
+        "state-api",
+        "post-logs",
+    ],
 )
 def test_default_deny(method: str, path: str) -> None:
     """Dashboard paths outside the Jobs API match no route."""
@@ -69,16 +92,31 @@ def test_default_deny(method: str, path: str) -> None:
 GPUS = [
     pytest.param({}, (2, "H100", 1), id="docs-example"),
     pytest.param({"entrypoint_num_gpus": 0.5, "entrypoint_resources": None}, (1, None, 1), id="fraction-rounds-up"),
-    pytest.param({"entrypoint_num_gpus": 2, "entrypoint_resources": {"accelerator_type:H100": 0.001}},
-                 (2, "H100", 1), id="accelerator-pin-fraction"),
-    pytest.param({"entrypoint_num_gpus": 2, "entrypoint_resources": {"accelerator_type:A100-80G": 4}},
-                 (4, "A100-80G", 1), id="accelerator-amount-larger"),
-    pytest.param({"entrypoint_num_gpus": None, "entrypoint_resources": {"accelerator_type:B200": 1}},
-                 (1, "B200", 1), id="accelerator-only"),
-    pytest.param({"entrypoint_resources": {"accelerator_type:H100": 1, "accelerator_type:A100": 1}},
-                 (2, "A100|H100", 1), id="two-accelerator-types"),
-    pytest.param({"entrypoint_resources": {"accelerator_type:H100": 1, "custom_disk": 4}},
-                 (2, "H100", 1), id="other-resources-ignored"),
+    pytest.param(
+        {"entrypoint_num_gpus": 2, "entrypoint_resources": {"accelerator_type:H100": 0.001}},
+        (2, "H100", 1),
+        id="accelerator-pin-fraction",
+    ),
+    pytest.param(
+        {"entrypoint_num_gpus": 2, "entrypoint_resources": {"accelerator_type:A100-80G": 4}},
+        (4, "A100-80G", 1),
+        id="accelerator-amount-larger",
+    ),
+    pytest.param(
+        {"entrypoint_num_gpus": None, "entrypoint_resources": {"accelerator_type:B200": 1}},
+        (1, "B200", 1),
+        id="accelerator-only",
+    ),
+    pytest.param(
+        {"entrypoint_resources": {"accelerator_type:H100": 1, "accelerator_type:A100": 1}},
+        (2, "A100|H100", 1),
+        id="two-accelerator-types",
+    ),
+    pytest.param(
+        {"entrypoint_resources": {"accelerator_type:H100": 1, "custom_disk": 4}},
+        (2, "H100", 1),
+        id="other-resources-ignored",
+    ),
 ]
 
 
@@ -97,13 +135,21 @@ def test_no_gpus() -> None:
 def test_walltime_lineage_purpose() -> None:
     """Walltime, lineage and purpose come from the metadata keys the operator names."""
     found = submission(metadata={"time_limit_min": "90.5", "model_lineage": "acme-7b", "purpose": "training"})
-    assert (found.walltime_s, found.lineage, found.purpose, found.name) == (5430.0, "acme-7b", "training",
-                                                                            "optional-unique-id")
+    assert (found.walltime_s, found.lineage, found.purpose, found.name) == (
+        5430.0,
+        "acme-7b",
+        "training",
+        "optional-unique-id",
+    )
 
 
 def test_custom_metadata_keys_and_default_walltime() -> None:
     """Configured keys are honoured, and a missing walltime falls back to the default."""
-    adapter = RayAdapter(RayOptions(walltime_metadata_key="max_minutes", default_walltime_s=1800, lineage_key="lin"))
+    adapter = RayAdapter(
+        RayOptions(
+            walltime_metadata_key="max_minutes", default_walltime_s=1800, lineage_key="lin", pricing="entrypoint"
+        )
+    )
     found = submission(adapter, metadata={"lin": "acme"})
     assert (found.walltime_s, found.lineage) == (1800, "acme")
     assert submission(adapter, metadata={"max_minutes": "10"}).walltime_s == 600
@@ -123,15 +169,22 @@ INVALID = [
     pytest.param(enc(entrypoint_num_gpus=True), "entrypoint_num_gpus", id="bool"),
     pytest.param(enc(entrypoint_num_gpus=5e6), "entrypoint_num_gpus", id="absurd"),
     pytest.param(b'{"entrypoint": "x", "entrypoint_num_gpus": NaN}', "body", id="nan"),
-    pytest.param(b'{"entrypoint": "x", "entrypoint_num_gpus": 1, "entrypoint_num_gpus": 8}', "body",
-                 id="duplicate-keys"),
+    pytest.param(
+        b'{"entrypoint": "x", "entrypoint_num_gpus": 1, "entrypoint_num_gpus": 8}', "body", id="duplicate-keys"
+    ),
     pytest.param(b'["python train.py"]', "body", id="not-an-object"),
     pytest.param(enc(entrypoint_resources={"GPU": 8}), "entrypoint_resources.GPU", id="gpu-resource"),
     pytest.param(enc(entrypoint_resources={"my_gpus": 8}), "entrypoint_resources.my_gpus", id="custom-gpu-resource"),
-    pytest.param(enc(entrypoint_resources={"accelerator_type:": 1}), "entrypoint_resources.accelerator_type:",
-                 id="accelerator-without-type"),
-    pytest.param(enc(entrypoint_resources={"accelerator_type:H100": "1"}), "entrypoint_resources.accelerator_type:H100",
-                 id="accelerator-amount-string"),
+    pytest.param(
+        enc(entrypoint_resources={"accelerator_type:": 1}),
+        "entrypoint_resources.accelerator_type:",
+        id="accelerator-without-type",
+    ),
+    pytest.param(
+        enc(entrypoint_resources={"accelerator_type:H100": "1"}),
+        "entrypoint_resources.accelerator_type:H100",
+        id="accelerator-amount-string",
+    ),
     pytest.param(enc(entrypoint_resources=[1]), "entrypoint_resources", id="resources-not-object"),
     pytest.param(enc(num_gpus=8), "num_gpus", id="unknown-gpu-field"),
     pytest.param(enc(metadata={"user": "alice"}), "metadata.time_limit_min", id="no-walltime"),
@@ -212,3 +265,135 @@ def test_options_loader() -> None:
     assert load_scheduler_options("ray", load_text("default_walltime_s: -1\n", "g.yaml"), bad) is None
     assert [str(p) for p in bad] == ["g.yaml:1: default_walltime_s: must be positive"]
     assert load_scheduler_options("ray", None, []) == RayOptions()
+
+
+@pytest.mark.parametrize(
+    ("method", "route_"), [("GET", PACKAGE_READ), ("PUT", PACKAGE_UPLOAD)], ids=["exists-check", "upload"]
+)
+def test_package_routes(method: str, route_: object) -> None:
+    """The CLI's package existence check and upload match the package routes and name the package's gcs URI."""
+    found = route(method, "/api/packages/gcs/_ray_pkg_5f3e9a.zip")
+    assert found.route == route_ and found.job_id is None
+    assert package_uri(found) == "gcs://_ray_pkg_5f3e9a.zip"
+    wheel = route(method, "/api/packages/gcs/my_lib-1.0+local-py3-none-any.whl")
+    assert package_uri(wheel) == "gcs://my_lib-1.0+local-py3-none-any.whl"
+
+
+@pytest.mark.parametrize("name", [".hidden.zip", "-x.zip", "a" * 300, "a b.zip", "a:b.zip"])
+def test_package_uri_refuses_names_ray_does_not_make(name: str) -> None:
+    """A name Ray never makes (leading dot or dash, too long, spaces, colons) names no package."""
+    found = match_route(ADAPTER.routes(), "GET", f"/api/packages/gcs/{name}")
+    assert found is not None and package_uri(found) is None
+
+
+def uris(runtime_env: Any, encoding: str | None = None) -> tuple[str, ...]:
+    return package_uris(encoding, json.dumps({**SUBMISSION, "runtime_env": runtime_env}).encode())
+
+
+def test_package_uris_of_a_submission() -> None:
+    """working_dir, py_modules and java_jars gcs URIs are collected once each; other URIs and fields are not."""
+    env = {
+        "working_dir": "gcs://_ray_pkg_aa.zip",
+        "py_modules": ["gcs://_ray_pkg_bb.zip", "s3://bucket/m.zip", "gcs://_ray_pkg_aa.zip"],
+        "java_jars": ["gcs://_ray_pkg_cc.zip"],
+        "env_vars": {"DATA": "gcs://bucket/data"},
+        "pip": ["torch"],
+    }
+    assert uris(env) == ("gcs://_ray_pkg_aa.zip", "gcs://_ray_pkg_bb.zip", "gcs://_ray_pkg_cc.zip")
+    assert uris(None) == () and uris({"working_dir": "https://example.com/x.zip"}) == ()
+    no_env = {k: v for k, v in SUBMISSION.items() if k != "runtime_env"}
+    assert package_uris(None, json.dumps(no_env).encode()) == ()
+
+
+def test_package_uris_of_a_gzip_submission() -> None:
+    """A gzip body is read as the dashboard reads it."""
+    body = gzip.compress(json.dumps({**SUBMISSION, "runtime_env": {"working_dir": "gcs://_ray_pkg_aa.zip"}}).encode())
+    assert package_uris("gzip", body) == ("gcs://_ray_pkg_aa.zip",)
+
+
+@pytest.mark.parametrize(
+    ("runtime_env", "field"),
+    [
+        ({"working_dir": "GCS://_ray_pkg_aa.zip"}, "runtime_env.working_dir"),
+        ({"working_dir": " gcs://_ray_pkg_aa.zip"}, "runtime_env.working_dir"),
+        ({"working_dir": "gcs:_ray_pkg_aa.zip"}, "runtime_env.working_dir"),
+        ({"py_modules": ["gcs://../x.zip"]}, "runtime_env.py_modules[0]"),
+        ({"java_jars": ["gcs://"]}, "runtime_env.java_jars[0]"),
+    ],
+    ids=["upper-case", "leading-space", "no-slashes", "dot-dot", "no-name"],
+)
+def test_package_uris_refuse_other_spellings(runtime_env: Any, field: str) -> None:
+    """A gcs URI in another spelling might still be read as a package by Ray: refused, naming the field."""
+    with pytest.raises(JobSpecInvalid) as caught:
+        uris(runtime_env)
+    assert caught.value.field == field
+
+
+def test_package_uris_need_an_object_runtime_env() -> None:
+    with pytest.raises(JobSpecInvalid) as caught:
+        uris(["gcs://_ray_pkg_aa.zip"])
+    assert caught.value.field == "runtime_env"
+
+
+def mounted(strip: bool, prefix: str = "/ray/") -> Upstream:
+    problems: list[Problem] = []
+    flag = str(strip).lower()
+    text = f"- {{name: ray, url: 'http://ray:8265', prefix: {prefix}, scheduler: ray, strip_prefix: {flag}}}\n"
+    (settings,) = load_upstreams(load_text(text, "g.yaml"), Path("."), problems)
+    assert problems == []
+    return Upstream(settings, ADAPTER.routes(), ADAPTER)
+
+
+@pytest.mark.parametrize(
+    ("path", "local"),
+    [
+        ("/ray/api/version", "/api/version"),
+        ("/ray/api/jobs/?x=1", "/api/jobs/?x=1"),
+        ("/ray", "/"),
+        ("/ray?x=1", "/?x=1"),
+        ("/rayx/api/version", "/rayx/api/version"),
+        ("/api/version", "/api/version"),
+    ],
+)
+def test_strip_prefix(path: str, local: str) -> None:
+    """A prefix-mounted Ray upstream with strip_prefix matches and forwards the dashboard's own paths."""
+    upstream = mounted(True)
+    assert upstream.local_path(path) == local
+    assert upstream.url_for(upstream.local_path(path)) == "http://ray:8265" + local
+    assert mounted(True, "/ray").local_path(path) == local
+    assert mounted(False).local_path(path) == path  # the default: the path goes upstream unchanged
+
+
+def test_strip_prefix_needs_a_prefix() -> None:
+    problems: list[Problem] = []
+    load_upstreams(
+        load_text("- {url: 'http://ray:8265', scheduler: ray, strip_prefix: true}\n", "g.yaml"), Path("."), problems
+    )
+    assert [str(p) for p in problems] == ["g.yaml:1: [0].strip_prefix: needs a prefix other than '/'"]
+
+
+def test_cluster_pricing_holds_the_whole_cluster_whatever_the_entrypoint_asks() -> None:
+    """By default a Ray job is priced at its cluster's GPUs: its driver may claim all of them from inside."""
+    cluster = RayAdapter(RayOptions(cluster_gpus={"H100": 8, "A100": 0}))
+    for changes in ({"entrypoint_num_gpus": 0, "entrypoint_resources": None}, {}, {"entrypoint_num_gpus": 1}):
+        assert submission(cluster, **changes).parts == (JobPart(8, "H100", 1),)
+    mixed = RayAdapter(RayOptions(cluster_gpus={"H100": 8, "A100": 16}))
+    assert submission(mixed).parts == (JobPart(16, "A100", 1), JobPart(8, "H100", 1))
+    with pytest.raises(JobSpecInvalid) as refused:
+        submission(RayAdapter(RayOptions()))
+    assert "cluster_gpus" in str(refused.value)
+
+
+def test_cluster_options_load_with_located_problems() -> None:
+    """`pricing` and `cluster_gpus` load strictly; a bad count or pricing names its line and field."""
+    problems: list[Problem] = []
+    node = load_text("pricing: cluster\ncluster_gpus: {H100: 8}\n", "g.yaml")
+    assert load_scheduler_options("ray", node, problems) == RayOptions(cluster_gpus={"H100": 8})
+    assert problems == []
+    bad: list[Problem] = []
+    load_scheduler_options("ray", load_text("pricing: driver\ncluster_gpus:\n  H100: -1\n  A100: 2.5\n", "g.yaml"), bad)
+    assert [str(p) for p in bad] == [
+        "g.yaml:1: pricing: 'driver' is not one of cluster, entrypoint",
+        "g.yaml:3: cluster_gpus.H100: must be a whole number of GPUs, 0 or more",
+        "g.yaml:4: cluster_gpus.A100: must be a whole number of GPUs, 0 or more",
+    ]

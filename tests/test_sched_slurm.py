@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from gateway.config.schedulers import load_scheduler_options
 from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.routes import RouteKind, RouteMatch, match_route
 from gateway.schedulers import SlurmAdapter, SlurmOptions, build_adapter
+from gateway.schedulers.slurm_facts import EMPTY, FactsUnreadable, SlurmFacts, parse_facts
 
 OPTIONS = SlurmOptions(partition_time_limits={"gpu": 2880, "debug": 60}, default_time_limit_min=720)
 ADAPTER = SlurmAdapter(OPTIONS)
@@ -452,3 +454,158 @@ def test_options_loader_problems(text: str, expected: str) -> None:
     problems: list[Problem] = []
     assert load_scheduler_options("slurm", load_text(text, "gateway.yaml"), problems) is None
     assert any(str(p).startswith(expected) for p in problems), problems
+
+
+# --- cluster facts (slurmrestd /nodes and /partitions) and the pricing rules that need them ---
+
+DATA = Path(__file__).parent / "data" / "slurm"
+
+
+def captured_facts() -> SlurmFacts:
+    """Facts from the payloads captured from the real slurmrestd 22.05 of tests/peers/slurm.sh (v0.0.38)."""
+    nodes = json.loads((DATA / "nodes-v0.0.38.json").read_text())
+    partitions = json.loads((DATA / "partitions-v0.0.38.json").read_text())
+    return parse_facts(nodes, partitions)
+
+
+def with_facts(facts: SlurmFacts = EMPTY, **options: Any) -> SlurmAdapter:
+    return SlurmAdapter(SlurmOptions(partition_time_limits={"gpu": 2880}, **options), facts=lambda: facts)
+
+
+def test_facts_from_captured_payloads() -> None:
+    """Two nodes with 8 H100s each; `gpu` is the default partition; v0.0.38 does not report OverSubscribe."""
+    facts = captured_facts()
+    assert {n.name: (dict(n.gpus), n.partitions) for n in facts.nodes.values()} == {
+        "g1": ({"h100": 8}, ("gpu", "excl")),
+        "g2": ({"h100": 8}, ("gpu", "excl")),
+    }
+    assert facts.default_partition() == "gpu"
+    assert [(p.name, p.total_nodes, p.exclusive) for p in facts.partitions.values()] == [
+        ("gpu", 2, None),
+        ("excl", 2, None),
+    ]
+    assert facts.node_gpus("gpu") == {"h100": 8} and facts.node_count("excl") == 2
+    assert facts.node_gpus("nope") is None and facts.node_count("nope") is None
+
+
+def test_facts_v0040_partition_shape_and_node_gres_forms() -> None:
+    """v0.0.40+ partitions (data_parser: nodes.total, maximums.oversubscribe.jobs 0 = EXCLUSIVE); gres suffixes."""
+    nodes = {"nodes": [{"name": "a1", "gres": "gpu:h100:4(S:0-1),mps:400,nic:1", "partitions": ["x"]}]}
+    partitions = {
+        "partitions": [
+            {"name": "x", "nodes": {"configured": "a1", "total": 1}, "partition": {"state": ["UP"]},
+             "maximums": {"oversubscribe": {"jobs": 0, "flags": []}}},
+            {"name": "y", "nodes": {"total": 3}, "maximums": {"oversubscribe": {"jobs": 4, "flags": ["force"]}}},
+        ]
+    }  # fmt: skip
+    facts = parse_facts(nodes, partitions)
+    assert facts.node_gpus("x") == {"h100": 4}
+    assert [(p.name, p.total_nodes, p.exclusive) for p in facts.partitions.values()] == [
+        ("x", 1, True),
+        ("y", 3, False),
+    ]
+    with pytest.raises(FactsUnreadable):
+        parse_facts({"errors": []}, partitions)
+
+
+@pytest.mark.parametrize(
+    ("fields", "gpus"),
+    [
+        ({"tasks": 1, "exclusive": "exclusive"}, 8),  # v0.0.36..v0.0.38 sbatch word
+        ({"tasks": 1, "exclusive": "exclusive", "gres": "gpu:h100:1"}, 8),
+        ({"tasks": 1, "exclusive": True}, 8),  # v0.0.39+
+        ({"tasks": 1, "exclusive": ["true"]}, 8),
+        ({"tasks": 1, "exclusive": "topo"}, 8),  # v0.0.41+
+        ({"tasks": 1, "shared": "none"}, 8),  # v0.0.39+ JOB_SHARED
+        ({"tasks": 1, "oversubscribe": False}, 8),  # v0.0.39+: false is JOB_SHARED_NONE
+        ({"tasks": 1, "exclusive": "exclusive", "nodes": 2}, 16),
+        ({"tasks": 1, "exclusive": "user", "gpus": "h100:1"}, 1),  # measured: user keeps the node shared
+        ({"tasks": 1, "exclusive": "oversubscribe", "gpus": "h100:1"}, 1),
+        ({"tasks": 1, "shared": ["oversubscribe"], "gpus": "h100:1"}, 1),
+        ({"tasks": 2, "tasks_per_node": 1, "gres": "gpu:h100:4"}, 8),  # 2 nodes x 4
+        ({"tasks": 2, "cpus_per_task": 8, "gres": "gpu:h100:4"}, 8),
+        ({"tasks": 64, "gres": "gpu:h100:4"}, 8),  # at most the partition's 2 nodes
+        ({"tasks": 2, "gpus_per_node": "h100:3"}, 6),
+        ({"tasks": 2, "sockets_per_node": 2, "gpus_per_socket": 1}, 4),
+        ({"tasks": 2, "gres": "gpu:h100:4", "partition": "gpu,excl"}, 16),  # excl: whole nodes
+        ({"tasks": 1, "gpus": "h100:2"}, 2),
+    ],
+)
+def test_pricing_with_facts(fields: dict[str, Any], gpus: int) -> None:
+    """Whole-node and per-node requests are priced as the most Slurm may allocate on the captured cluster."""
+    adapter = with_facts(captured_facts(), exclusive_partitions=frozenset({"excl"}))
+    spec = submit(job(**fields), adapter=adapter)
+    assert sum(p.gpus for p in spec.parts) == gpus, spec.parts
+    if gpus >= 8:
+        assert {p.model for p in spec.parts} == {"h100"}
+
+
+def test_exclusive_partition_prices_whole_nodes() -> None:
+    adapter = with_facts(captured_facts(), exclusive_partitions=frozenset({"excl"}))
+    spec = submit(job(tasks=1, partition="excl", gpus="h100:1"), adapter=adapter)
+    assert [(p.gpus, p.model) for p in spec.parts] == [(8, "h100")]
+
+
+def test_without_facts_per_node_is_bounded_by_tasks() -> None:
+    """No facts: one node per task is still an upper bound, so nothing is refused and nothing undercounted."""
+    spec = submit(job(tasks=64, gres="gpu:h100:4"), adapter=with_facts())
+    assert sum(p.gpus for p in spec.parts) == 256
+    assert sum(p.gpus for p in submit(job(tasks=1, gpus="h100:2"), adapter=with_facts()).parts) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "fields", "missing"),
+    [
+        ({}, {"tasks": 1, "exclusive": "exclusive"}, "GPUs per node of partition 'gpu' are not known"),
+        ({}, {"tasks": 1, "exclusive": "exclusive", "partition": None}, "default partition is not known"),
+        ({"exclusive_partitions": frozenset({"excl"})}, {"tasks": 1, "gpus": 1, "partition": None}, "may be exclusive"),
+        ({"exclusive_partitions": frozenset({"excl"})}, {"tasks": 1, "gpus": 1, "partition": "excl"}, "'excl'"),
+    ],
+    ids=["exclusive", "exclusive-default-partition", "default-may-be-exclusive", "exclusive-partition"],
+)
+def test_unknown_facts_refuse(options: dict[str, Any], fields: dict[str, Any], missing: str) -> None:
+    """A job whose price needs facts nobody has is refused job_spec_invalid, naming what is missing."""
+    with pytest.raises(JobSpecInvalid) as info:
+        submit(job(**fields), adapter=with_facts(**options))
+    assert info.value.field == "job.partition" and missing in info.value.detail
+
+
+def test_operator_overrides_stand_in_for_facts() -> None:
+    """partition_node_gpus / partition_nodes price what slurmrestd has not told (yet), and win over it."""
+    adapter = with_facts(partition_node_gpus={"gpu": {"h100": 4}}, partition_nodes={"gpu": 3})
+    assert sum(p.gpus for p in submit(job(tasks=1, exclusive="exclusive"), adapter=adapter).parts) == 4
+    assert sum(p.gpus for p in submit(job(tasks=9, gres="gpu:1"), adapter=adapter).parts) == 3
+
+
+def test_facts_options_loader() -> None:
+    problems: list[Problem] = []
+    node = load_text(
+        "facts_user: svc\nfacts_version: v0.0.40\nfacts_refresh_s: 30\nexclusive_partitions: [excl]\n"
+        "partition_node_gpus: {gpu: 'h100:8', cpu: 0}\npartition_nodes: {gpu: 2}\n", "gateway.yaml",
+    )  # fmt: skip
+    assert load_scheduler_options("slurm", node, problems) is None
+    assert [str(p) for p in problems] == [
+        'gateway.yaml:5: partition_node_gpus.cpu: must be GPUs per node such as 8 or "h100:8"'
+    ]
+    problems = []
+    text = "facts_user: svc\nexclusive_partitions: [excl]\npartition_node_gpus: {gpu: 'h100:8'}\n"
+    node = load_text(text, "gateway.yaml")
+    loaded = load_scheduler_options("slurm", node, problems)
+    assert problems == [] and isinstance(loaded, SlurmOptions), text
+    assert (loaded.facts_user, loaded.exclusive_partitions, loaded.partition_node_gpus) == (
+        "svc", frozenset({"excl"}), {"gpu": {"h100": 8}}
+    )  # fmt: skip
+
+
+def test_parent_of_an_array_task() -> None:
+    """slurmctld's record of task 12 (array 11, task 0) names its array; a job of its own names none."""
+    body = json.dumps({"jobs": [{"job_id": 12, "array_job_id": 11, "array_task_id": 0, "het_job_id": 0}]}).encode()
+    assert ADAPTER.parent_job_id("12", 200, body) == "11"
+    assert ADAPTER.parent_job_id("13", 200, body) is None  # the answer must be about the job asked for
+    alone = json.dumps({"jobs": [{"job_id": 11, "array_job_id": 11, "het_job_id": 0}]}).encode()
+    assert ADAPTER.parent_job_id("11", 200, alone) is None
+    v40 = {
+        "jobs": [{"job_id": 21, "array_job_id": {"set": False, "number": 0}, "het_job_id": {"set": True, "number": 20}}]
+    }
+    assert ADAPTER.parent_job_id("21", 200, json.dumps(v40).encode()) == "20"
+    assert ADAPTER.parent_job_id("12", 404, body) is None

@@ -18,6 +18,7 @@ from gateway.schedulers import (
     SlurmAdapter,
     SlurmOptions,
 )
+from gateway.schedulers.base import JobView
 
 SLURM = SlurmAdapter(SlurmOptions())
 RAY = RayAdapter(RayOptions())
@@ -205,3 +206,45 @@ def test_options_loaders() -> None:
         "status_version: 'v9' is not one of v0.0.36, v0.0.37, v0.0.38, v0.0.39, v0.0.40, v0.0.41, v0.0.42",
         "state_field: needs finished_states (the states of a job that is over)",
     ]
+
+
+def _slurm_doc(*records: dict[str, Any]) -> bytes:
+    return json.dumps({"meta": {}, "errors": [], "jobs": list(records)}).encode()
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        # v0.0.38: plain numbers; a pending job's start_time is slurmctld's estimate, not a start.
+        ([{"job_state": "PENDING", "time_limit": 90, "start_time": 1_900_000_000}], JobView(False, True, 5400.0)),
+        ([{"job_state": "RUNNING", "time_limit": 10, "start_time": 1_800_000_000}],
+         JobView(False, False, 600.0, 1_800_000_000.0)),
+        # v0.0.40+: state lists and {set, infinite, number} structs; an infinite limit is unknown.
+        ([{"job_state": ["RUNNING"], "time_limit": {"set": True, "infinite": False, "number": 5},
+           "start_time": {"set": True, "infinite": False, "number": 1_800_000_100}}],
+         JobView(False, False, 300.0, 1_800_000_100.0)),
+        ([{"job_state": ["RUNNING"], "time_limit": {"set": False, "infinite": True, "number": 0},
+           "start_time": {"set": True, "number": 1_800_000_100}}], JobView(False, False, None, 1_800_000_100.0)),
+        # An array: one task running, one pending -> alive, not pending; the longest limit, the earliest start.
+        ([{"job_state": "RUNNING", "time_limit": 10, "start_time": 1_800_000_200},
+          {"job_state": "PENDING", "time_limit": 20, "start_time": 0}], JobView(False, False, 1200.0, 1_800_000_200.0)),
+        ([{"job_state": "COMPLETED", "time_limit": 10}], JobView(True)),
+    ],
+    ids=["pending", "running", "v40-running", "v40-infinite", "array-mixed", "completed"],
+)  # fmt: skip
+def test_slurm_job_view(records: list[dict[str, Any]], expected: JobView) -> None:
+    """What reconciliation holds a Slurm job's lease for: state, time limit (minutes) and start."""
+    assert SLURM.job_view(200, _slurm_doc(*records)) == expected
+
+
+def test_ray_job_view_reads_the_declared_walltime_and_the_driver_start() -> None:
+    """Ray's job answer: status, start_time in milliseconds, and the walltime the metadata declared in minutes."""
+    running = {"status": "RUNNING", "start_time": 1_800_000_000_500, "metadata": {"time_limit_min": "1.5"}}
+    assert RAY.job_view(200, json.dumps(running).encode()) == JobView(False, False, 90.0, 1_800_000_000.5)
+    pending = running | {"status": "PENDING"}
+    assert RAY.job_view(200, json.dumps(pending).encode()) == JobView(False, True, 90.0, None)
+    undeclared = running | {"metadata": {"time_limit_min": "soon"}}
+    assert RAY.job_view(200, json.dumps(undeclared).encode()).walltime_s is None
+    assert RAY.job_view(200, json.dumps(running | {"status": "STOPPED"}).encode()) == JobView(True)
+    assert RAY.walltime_stop("raysubmit_1/x") == ("POST", "/api/jobs/raysubmit_1%2Fx/stop")
+    assert SLURM.walltime_stop("12") is None and K8S.walltime_stop("ns/j") is None

@@ -94,6 +94,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.lease_holds = Counter(
+            "exportgate_lease_holds_total",
+            "Leases reconciliation held on: pending, running, unconfirmed (the scheduler could not say), "
+            "walltime_stop (a job stopped for running past its walltime).",
+            ["reason"],
+            registry=r,
+        )
         self.ready = Gauge(
             "exportgate_ready", "1 when config, keys, ledger (and the quota store, if required) are ready.", registry=r
         )

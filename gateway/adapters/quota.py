@@ -71,6 +71,14 @@ class QuotaStore(Protocol):
         """Give back the held TPP of a cancelled job; True if this call returned capacity."""
         ...
 
+    async def extend_job(self, upstream: str, job_id: str, end: float, now: float) -> float | None:
+        """Hold the lease of a job the scheduler says lives until at least `end`; its end after, or None.
+
+        None: no live lease (never owned, released, refunded). A held share that already lapsed
+        is held again without a cap check, since the job is running whether or not it fits.
+        """
+        ...
+
     async def owner_of(self, upstream: str, job_id: str) -> Owner | None:
         """Who submitted `job_id` through the gateway, if anyone."""
         ...

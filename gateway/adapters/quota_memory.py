@@ -113,6 +113,17 @@ class MemoryQuotaStore:
         lease = entry[0].lease
         return self._book.release((lease.hash_tag, lease.lease_id))
 
+    async def extend_job(self, upstream: str, job_id: str, end: float, now: float) -> float | None:
+        self._collect(now)
+        entry = self._owners.get((upstream, job_id))
+        if entry is None:
+            return None
+        lease = entry[0].lease
+        after = self._book.extend((lease.hash_tag, lease.lease_id), end, now)
+        if after is not None:
+            self._expiries.add(after + self._window, "lease", (lease.hash_tag, lease.lease_id))
+        return after
+
     async def owner_of(self, upstream: str, job_id: str) -> Owner | None:
         entry = self._owners.get((upstream, job_id))
         return None if entry is None else entry[0]

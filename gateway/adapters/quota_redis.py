@@ -74,6 +74,7 @@ class RedisQuotaStore:
         self._complete = client.register_script(_script("quota_complete.lua"))
         self._value = client.register_script(_script("quota_value.lua"))
         self._restore = client.register_script(_script("quota_restore.lua"))
+        self._extend = client.register_script(_script("quota_extend.lua"))
 
     @classmethod
     def from_url(
@@ -221,6 +222,21 @@ class RedisQuotaStore:
         async with self._io():
             gave = await self._release(keys=keys, args=[lease.lease_id])
         return bool(int(gave))
+
+    async def extend_job(self, upstream: str, job_id: str, end: float, now: float) -> float | None:
+        owner = await self.owner_of(upstream, job_id)
+        if owner is None:
+            return None
+        lease = owner.lease
+        keys = [self._keys.lease(lease.hash_tag, lease.lease_id)]
+        args = [lease.lease_id, num(end), num(now), num(self._window)]
+        for key, kind in lease.counters:
+            if kind is CounterKind.HELD:
+                keys.extend(self._keys.counter(lease.hash_tag, key))
+                args.append(key)
+        async with self._io():
+            after = await self._extend(keys=keys, args=args)
+        return None if after is None else float(text(after))
 
     async def owner_of(self, upstream: str, job_id: str) -> Owner | None:
         async with self._io():

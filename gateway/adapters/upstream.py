@@ -129,8 +129,32 @@ class Upstream:
                 out[name] = source.prefix + (minter.token(value, self.clock()) if minter else value)
         return out
 
+    def service_headers(self, user: str) -> dict[str, str]:
+        """The credentials the gateway itself uses as Slurm user `user` (e.g. to read the cluster's nodes):
+        static secrets, and every per-tenant identity header filled with `user` (a minted JWT for it)."""
+        out = dict(self.static_headers)
+        for name, source in self.settings.headers.items():
+            if source.from_tenant is not None:
+                minter = self._minters.get(name)
+                out[name] = source.prefix + (minter.token(user, self.clock()) if minter else user)
+        return out
+
     def url_for(self, raw_path_and_query: str) -> str:
+        """The upstream URL of a path the scheduler knows (see `local_path`)."""
         return self.settings.url + raw_path_and_query
+
+    def local_path(self, raw_path_and_query: str) -> str:
+        """A client's path as the scheduler knows it: without the upstream's prefix when `strip_prefix` is set.
+
+        Route matching and forwarding both use it, so `/ray/api/jobs/` reaches Ray as `/api/jobs/`.
+        """
+        if not self.settings.strip_prefix:
+            return raw_path_and_query
+        prefix = self.settings.prefix.rstrip("/")
+        if raw_path_and_query == prefix or raw_path_and_query.startswith((prefix + "/", prefix + "?")):
+            rest = raw_path_and_query[len(prefix) :]
+            return rest if rest.startswith("/") else "/" + rest
+        return raw_path_and_query
 
 
 def pick_upstream(upstreams: list[Upstream], path: str) -> Upstream:

@@ -21,7 +21,7 @@ from gateway.core.leases import QuotaState
 from gateway.core.replay import ReplayReport, replay
 from gateway.core.tenants import Registry
 
-REPLAY_KINDS = frozenset({"decision", "settle", "refund", "release"})
+REPLAY_KINDS = frozenset({"decision", "settle", "refund", "release", "extend"})
 CSV_FIELDS = ("decision_id", "ts", "tenant", "countries", "old_tier", "new_tier", "old", "new", "unpriced")
 
 

@@ -11,6 +11,8 @@ class Limits:
     """Bounds on one client: body size, how long its request may take to arrive, open connections."""
 
     max_body_bytes: int = 1 << 20
+    # A code package upload (Ray's working_dir / py_modules zip), read whole before it is forwarded.
+    max_package_bytes: int = 100 << 20
     # From the first byte of a request (or the connection's opening) to the end of its headers.
     head_timeout_s: float = 10.0
     # The longest pause between two pieces of a body the gateway reads.
@@ -33,6 +35,7 @@ class Shutdown:
 
 LIMIT_KEYS = (
     "max_body_bytes",
+    "max_package_bytes",
     "head_timeout_s",
     "body_timeout_s",
     "body_min_rate_bytes_s",
@@ -59,6 +62,7 @@ def load_limits(node: Node | None, problems: list[Problem]) -> Limits:
     d = Limits()
     return Limits(
         max_body_bytes=int(_positive(f, "max_body_bytes", d.max_body_bytes, integer=True)),
+        max_package_bytes=int(_positive(f, "max_package_bytes", d.max_package_bytes, integer=True)),
         head_timeout_s=_positive(f, "head_timeout_s", d.head_timeout_s),
         body_timeout_s=_positive(f, "body_timeout_s", d.body_timeout_s),
         body_min_rate_bytes_s=_positive(f, "body_min_rate_bytes_s", d.body_min_rate_bytes_s),

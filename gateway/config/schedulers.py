@@ -1,9 +1,11 @@
 """Strict loading of an upstream's `scheduler_options:` mapping into its adapter's options."""
 
 from collections.abc import Callable
+from typing import Any
 
 from gateway.config.fields import Fields
 from gateway.config.located import Node, Problem
+from gateway.core.jobs import JobSpecInvalid
 from gateway.core.routes import compile_pattern
 from gateway.schedulers import (
     KINDS,
@@ -15,6 +17,7 @@ from gateway.schedulers import (
 )
 from gateway.schedulers.generic import WALLTIME_UNITS
 from gateway.schedulers.slurm import VERSIONS as SLURM_VERSIONS
+from gateway.schedulers.slurm_fields import gpu_spec
 
 
 def load_scheduler_options(
@@ -75,6 +78,7 @@ def _slurm(node: Node, problems: list[Problem]) -> SlurmOptions:
         "lineage_env",
         "purpose_env",
         "status_version",
+        *_SLURM_FACTS_KEYS,
     )
     f = Fields(node, problems, keys)
     limits: dict[str, int] = {}
@@ -98,7 +102,59 @@ def _slurm(node: Node, problems: list[Problem]) -> SlurmOptions:
         lineage_env=f.text("lineage_env", default="EXPORTGATE_LINEAGE"),
         purpose_env=f.text("purpose_env", default="EXPORTGATE_PURPOSE"),
         status_version=f.choice("status_version", SLURM_VERSIONS, default="v0.0.38"),
+        **_slurm_facts(f, problems),
     )
+
+
+_SLURM_FACTS_KEYS = (
+    "facts_user",
+    "facts_version",
+    "facts_refresh_s",
+    "exclusive_partitions",
+    "partition_node_gpus",
+    "partition_nodes",
+)
+
+
+def _slurm_facts(f: Fields, problems: list[Problem]) -> dict[str, Any]:
+    """Where the cluster's node and partition facts come from, and the operator's overrides of them."""
+    refresh = f.number("facts_refresh_s", default=60.0)
+    _positive(f, "facts_refresh_s", refresh)
+    node_gpus: dict[str, dict[str | None, int]] = {}
+    gpus_node = f.child("partition_node_gpus")
+    if gpus_node is not None and gpus_node.raw is not None:
+        if not isinstance(gpus_node.raw, dict):
+            problems.append(gpus_node.problem('must map partition names to GPUs per node, e.g. {gpu: "h100:8"}'))
+        else:
+            for name, child in gpus_node.items():
+                try:
+                    counts = gpu_spec(child.raw, "partition_node_gpus") if not isinstance(child.raw, bool) else {}
+                except JobSpecInvalid as exc:
+                    counts, bad = {}, exc.detail
+                else:
+                    bad = "" if counts else 'must be GPUs per node such as 8 or "h100:8"'
+                if bad:
+                    problems.append(child.problem(bad))
+                node_gpus[name] = counts
+    nodes: dict[str, int] = {}
+    nodes_node = f.child("partition_nodes")
+    if nodes_node is not None and nodes_node.raw is not None:
+        if not isinstance(nodes_node.raw, dict):
+            problems.append(nodes_node.problem("must map partition names to node counts"))
+        else:
+            for name, child in nodes_node.items():
+                if isinstance(child.raw, bool) or not isinstance(child.raw, int) or child.raw <= 0:
+                    problems.append(child.problem("must be a positive whole number of nodes"))
+                else:
+                    nodes[name] = child.raw
+    return {
+        "facts_user": f.text("facts_user"),
+        "facts_version": f.choice("facts_version", SLURM_VERSIONS),
+        "facts_refresh_s": refresh if refresh is not None else 60.0,
+        "exclusive_partitions": frozenset(f.texts("exclusive_partitions", default=[]) or []),
+        "partition_node_gpus": node_gpus,
+        "partition_nodes": nodes,
+    }
 
 
 def _kubernetes(node: Node, problems: list[Problem]) -> KubernetesOptions:
@@ -115,17 +171,37 @@ def _kubernetes(node: Node, problems: list[Problem]) -> KubernetesOptions:
 
 
 def _ray(node: Node, problems: list[Problem]) -> RayOptions:
-    keys = ("walltime_metadata_key", "default_walltime_s", "default_gpu_model", "lineage_key", "purpose_key")
+    keys = ("walltime_metadata_key", "default_walltime_s", "default_gpu_model", "lineage_key", "purpose_key",
+            "pricing", "cluster_gpus")  # fmt: skip
     f = Fields(node, problems, keys)
     walltime = f.number("default_walltime_s")
     _positive(f, "default_walltime_s", walltime)
+    pricing = f.choice("pricing", ["cluster", "entrypoint"], default="cluster") or "cluster"
     return RayOptions(
+        pricing=pricing,
+        cluster_gpus=_cluster_gpus(f.child("cluster_gpus"), problems),
         walltime_metadata_key=f.text("walltime_metadata_key", default="time_limit_min"),
         default_walltime_s=walltime,
         default_gpu_model=f.text("default_gpu_model"),
         lineage_key=f.text("lineage_key", default="model_lineage"),
         purpose_key=f.text("purpose_key", default="purpose"),
     )
+
+
+def _cluster_gpus(node: Node | None, problems: list[Problem]) -> dict[str, int]:
+    """`cluster_gpus: {H100: 8, A100: 16}`: each GPU model of a Ray cluster and how many it has (at most)."""
+    if node is None or node.raw is None:
+        return {}
+    if not isinstance(node.raw, dict):
+        problems.append(node.problem("must map GPU models to counts, e.g. {H100: 8}"))
+        return {}
+    out: dict[str, int] = {}
+    for model, count in node.items():
+        if isinstance(count.raw, bool) or not isinstance(count.raw, int) or count.raw < 0:
+            problems.append(count.problem("must be a whole number of GPUs, 0 or more"))
+        else:
+            out[str(model)] = count.raw
+    return out
 
 
 _GENERIC_PATHS = ("submit_path", "job_path", "list_path", "cancel_path")

@@ -38,6 +38,9 @@ class UpstreamSettings:
     connect_timeout_s: float = 5.0
     headers: Mapping[str, HeaderSource] = field(default_factory=dict)
     bind_params: Mapping[str, str] = field(default_factory=dict)
+    # Take `prefix` off the path before route matching and forwarding: the scheduler sees its own paths
+    # (a Ray dashboard mounted at /ray/ still gets /api/...).
+    strip_prefix: bool = False
 
 
 # Path parameters a tenant may only fill with its own identity, per scheduler (overridable).
@@ -135,6 +138,7 @@ def load_upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tu
                 "connect_timeout_s",
                 "headers",
                 "bind_params",
+                "strip_prefix",
             ),
         )
         url: str = fields.text("url", "", required=True)
@@ -145,6 +149,9 @@ def load_upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tu
         scheduler: str = fields.choice("scheduler", SCHEDULERS, "none")
         if not prefix.startswith("/"):
             fields.problem("prefix", "must start with '/'")
+        strip_prefix: bool = fields.flag("strip_prefix", False)
+        if strip_prefix and prefix.rstrip("/") == "":
+            fields.problem("strip_prefix", "needs a prefix other than '/'")
         out.append(
             UpstreamSettings(
                 name=fields.text("name", "default"),
@@ -157,6 +164,7 @@ def load_upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tu
                 connect_timeout_s=fields.number("connect_timeout_s", 5.0),
                 headers=_headers(fields.child("headers"), base, problems),
                 bind_params=_bind_params(fields.child("bind_params"), scheduler, problems),
+                strip_prefix=strip_prefix,
             )
         )
     for upstream, item in zip(out, node.elements(), strict=True):

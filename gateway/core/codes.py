@@ -31,6 +31,8 @@ class Code(StrEnum):
     ROLE_INSUFFICIENT = "role_insufficient"
     REQUEST_TIMEOUT = "request_timeout"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    PACKAGE_NOT_OWNED = "package_not_owned"
+    PACKAGE_CONFLICT = "package_conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,4 +68,6 @@ CODES: dict[Code, CodeInfo] = {
     Code.ROLE_INSUFFICIENT: CodeInfo(403, "Token lacks the role this needs"),
     Code.REQUEST_TIMEOUT: CodeInfo(408, "Request did not arrive in time"),
     Code.TOO_MANY_CONNECTIONS: CodeInfo(503, "Too many open connections"),
+    Code.PACKAGE_NOT_OWNED: CodeInfo(404, "Package not found"),
+    Code.PACKAGE_CONFLICT: CodeInfo(409, "Package name holds other content"),
 }

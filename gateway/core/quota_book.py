@@ -124,6 +124,33 @@ class QuotaBook:
         stored.released = True
         return gave
 
+    def extend(self, lease: LeaseKey, end: float, now: float) -> float | None:
+        """Hold a live job's lease until at least `end` (as quota_extend.lua); its end after, or None.
+
+        A held share that already lapsed (nobody extended it in time) is held again: the job
+        still runs, so its GPUs count again, cap or not. Released and refunded leases stay ended.
+        """
+        stored = self.leases.get(lease)
+        if stored is None or stored.released:
+            return None
+        tag, lease_id = lease
+        new_end = max(stored.end, end)
+        if new_end <= now:
+            return stored.end
+        for (key, kind), amount in stored.debits.items():
+            if kind is not CounterKind.HELD:
+                continue
+            slot = (tag, key)
+            self._expire(slot, now)
+            shares = self.held.setdefault(slot, {})
+            if lease_id in shares:
+                shares[lease_id] = (max(shares[lease_id][0], new_end), shares[lease_id][1])
+            else:
+                shares[lease_id] = (new_end, amount)
+                self._set(slot, self.values.get(slot, 0.0) + amount)
+        stored.end = new_end
+        return new_end
+
     def value(self, hash_tag: str, key: str, now: float) -> float:
         """A counter's value after ending its expired leases (as quota_value.lua)."""
         self._expire((hash_tag, key), now)

@@ -134,6 +134,10 @@ def _apply(b: _Builder, record: Mapping[str, Any]) -> None:
         upstream, job_id = _text(record.get("upstream")), _text(record.get("job_id"))
         if upstream is not None and job_id is not None:
             _release(b, upstream, job_id, ts)
+    elif kind == "extend":
+        upstream, job_id, end = _text(record.get("upstream")), _text(record.get("job_id")), _number(record.get("end"))
+        if upstream is not None and job_id is not None and end is not None:
+            _extend(b, upstream, job_id, end, ts)
 
 
 def _refund(b: _Builder, lease_id: str) -> None:
@@ -155,6 +159,16 @@ def _release(b: _Builder, upstream: str, job_id: str, ts: float) -> None:
     lease = b.leases.get(entry[0])
     if lease is not None:
         lease.released = True
+
+
+def _extend(b: _Builder, upstream: str, job_id: str, end: float, ts: float) -> None:
+    """Reconciliation saw the job alive: its lease is held until `end` (a lapsed one is held again)."""
+    entry = b.owners.get((upstream, job_id))
+    if entry is None or entry[1] + b.ownership_ttl <= ts:
+        return
+    lease = b.leases.get(entry[0])
+    if lease is not None and not lease.released:
+        lease.end = max(lease.end, end)
 
 
 def _give_back_replaced(b: _Builder, lease: _Lease, upstream: str, replaced: str | None, ts: float) -> None:

@@ -198,6 +198,10 @@ class _Replayer:
                 if replaced is not None and (job[0], replaced) in self.jobs:
                     self.book.refund(self.jobs[(job[0], replaced)])  # an update gives the old lease back whole
                 self.jobs[job] = self.leases[decision_id]
+        elif kind == "extend" and job is not None and job in self.jobs:
+            end, ts = record.get("end"), record.get("ts")
+            if isinstance(end, int | float) and isinstance(ts, int | float):
+                self.book.extend(self.jobs[job], float(end), float(ts))
         elif kind == "release" and job in self.jobs and decision_id not in self.blocked_cancels:
             assert job is not None
             if record.get("whole_job", True) is not False:  # cancelling one array task holds the job

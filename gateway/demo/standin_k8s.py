@@ -1,4 +1,9 @@
-"""A stand-in Kubernetes API server for batch/v1 Jobs, following the API reference's shapes."""
+"""A stand-in Kubernetes API server for batch/v1 Jobs and the training CRDs, following the API reference's shapes.
+
+The custom resources (KubeRay RayCluster and RayJob, Kubeflow PyTorchJob) are served as the
+API server serves any CRD: namespaced create, list, get, delete, with the object's group,
+version and kind taken from the path (the published CRDs' `spec.names`).
+"""
 
 import json
 import secrets
@@ -11,9 +16,18 @@ from aiohttp import web
 from gateway.demo.standin import StandinState, remembering
 
 _JSON = "application/json"
+# plural -> (group, kind, served versions), as the CRDs declare them.
+_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "jobs": ("batch", "Job", ("v1",)),
+    "rayclusters": ("ray.io", "RayCluster", ("v1", "v1alpha1")),
+    "rayjobs": ("ray.io", "RayJob", ("v1", "v1alpha1")),
+    "pytorchjobs": ("kubeflow.org", "PyTorchJob", ("v1",)),
+}
 
 
-def _status(code: int, reason: str, message: str, **details: Any) -> web.Response:
+def _status(
+    code: int, reason: str, message: str, group: str = "batch", kind: str = "jobs", **details: Any
+) -> web.Response:
     """A `Status` object, as the API server sends for every failure (and for deletes)."""
     body: dict[str, Any] = {
         "kind": "Status",
@@ -22,7 +36,7 @@ def _status(code: int, reason: str, message: str, **details: Any) -> web.Respons
         "status": "Success" if code < 400 else "Failure",
         "message": message,
         "reason": reason,
-        "details": {"group": "batch", "kind": "jobs", **details},
+        "details": {"group": group, "kind": kind, **details},
         "code": code,
     }
     if code < 400:
@@ -31,12 +45,23 @@ def _status(code: int, reason: str, message: str, **details: Any) -> web.Respons
 
 
 def k8s_app(state: StandinState) -> web.Application:
-    """POST/GET/DELETE of namespaced Jobs and the JobList; jobs are kept under "{ns}/{name}"."""
+    """POST/GET/DELETE of namespaced Jobs and training CRDs, and their lists.
+
+    Jobs are kept under "{ns}/{name}", custom resources under "{plural}.{group}/{ns}/{name}".
+    """
 
     remember = remembering(state)
 
+    def kind_of(request: web.Request) -> tuple[str, str, str, str]:
+        """(store key prefix, group, kind, plural) of the resource a path names."""
+        plural = request.match_info["plural"]
+        group, kind, _ = _KINDS[plural]
+        return ("" if plural == "jobs" else f"{plural}.{group}/"), group, kind, plural
+
     async def create(request: web.Request) -> web.Response:
         ns = request.match_info["ns"]
+        prefix, group, kind, plural = kind_of(request)
+        what = f"{plural}.{group}"
         if request.content_type != _JSON:
             return _status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: "
                            f"accepted media types include: {_JSON}")  # fmt: skip
@@ -49,10 +74,10 @@ def k8s_app(state: StandinState) -> web.Application:
             metadata["generateName"] + secrets.token_hex(3)[:5] if metadata.get("generateName") else None
         )
         if not name:
-            return _status(422, "Invalid", "Job.batch \"\" is invalid: metadata.name: Required value: name or "
-                           "generateName is required", name="")  # fmt: skip
-        if f"{ns}/{name}" in state.jobs:
-            return _status(409, "AlreadyExists", f'jobs.batch "{name}" already exists', name=name)
+            return _status(422, "Invalid", f"{kind}.{group} \"\" is invalid: metadata.name: Required value: name or "
+                           "generateName is required", group, plural, name="")  # fmt: skip
+        if f"{prefix}{ns}/{name}" in state.jobs:
+            return _status(409, "AlreadyExists", f'{what} "{name}" already exists', group, plural, name=name)
         metadata.update(
             name=name,
             namespace=ns,
@@ -61,30 +86,36 @@ def k8s_app(state: StandinState) -> web.Application:
             generation=1,
             creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
-        job.update(apiVersion="batch/v1", kind="Job", status={})
-        state.jobs[f"{ns}/{name}"] = job
+        job.update(apiVersion=f"{group}/{request.match_info['version']}", kind=kind, status={})
+        state.jobs[f"{prefix}{ns}/{name}"] = job
         return web.json_response(job, status=201)
 
     async def listing(request: web.Request) -> web.Response:
         ns = request.match_info["ns"]
-        items = [job for key, job in state.jobs.items() if key.startswith(f"{ns}/")]
-        body = {"kind": "JobList", "apiVersion": "batch/v1", "metadata": {"resourceVersion": "1"}, "items": items}
+        prefix, group, kind, _ = kind_of(request)
+        items = [job for key, job in state.jobs.items() if key.startswith(f"{prefix}{ns}/")]
+        version = f"{group}/{request.match_info['version']}"
+        body = {"kind": f"{kind}List", "apiVersion": version, "metadata": {"resourceVersion": "1"}, "items": items}
         return web.json_response(body)
 
     async def item(request: web.Request) -> web.Response:
-        key = f"{request.match_info['ns']}/{request.match_info['name']}"
+        prefix, group, _, plural = kind_of(request)
+        key = f"{prefix}{request.match_info['ns']}/{request.match_info['name']}"
         found = state.jobs.get(key)
         if found is None:
-            return _status(404, "NotFound", f'jobs.batch "{request.match_info["name"]}" not found',
-                           name=request.match_info["name"])  # fmt: skip
+            return _status(404, "NotFound", f'{plural}.{group} "{request.match_info["name"]}" not found',
+                           group, plural, name=request.match_info["name"])  # fmt: skip
         if request.method == "DELETE":
             del state.jobs[key]
-            return _status(200, "", "", name=found["metadata"]["name"], uid=found["metadata"]["uid"])
+            return _status(200, "", "", group, plural, name=found["metadata"]["name"], uid=found["metadata"]["uid"])
         return web.json_response(found)
 
     app = web.Application(middlewares=[remember])
-    app.router.add_post("/apis/batch/v1/namespaces/{ns}/jobs", create)
-    app.router.add_get("/apis/batch/v1/namespaces/{ns}/jobs", listing)
-    app.router.add_route("GET", "/apis/batch/v1/namespaces/{ns}/jobs/{name}", item)
-    app.router.add_route("DELETE", "/apis/batch/v1/namespaces/{ns}/jobs/{name}", item)
+    for plural, (group, _, versions) in _KINDS.items():
+        for version in versions:
+            base = f"/apis/{group}/{{version:{version}}}/namespaces/{{ns}}/{{plural:{plural}}}"
+            app.router.add_post(base, create)
+            app.router.add_get(base, listing)
+            app.router.add_route("GET", base + "/{name}", item)
+            app.router.add_route("DELETE", base + "/{name}", item)
     return app

@@ -30,10 +30,11 @@ def resolve_tenant(policy: PolicyFiles, call: Call, identity: Identity) -> Tenan
 
 def match_request(call: Call) -> RouteMatch | Refused:
     """The upstream route the method and path name: 404 for an unknown path, 405 with `Allow` for another method."""
-    method, path, routes = call.request.method, call.path, call.upstream.routes
-    if canonical_or_none(path) is None:
+    method, routes = call.request.method, call.upstream.routes
+    if canonical_or_none(call.path) is None:
         detail = "the path is not in normal form (encoded, dot or double-slash segments)"
         return Refused(refuse(Code.ROUTE_NOT_ALLOWED, detail))
+    path = call.upstream.local_path(call.path)  # the scheduler's own path (an upstream may strip its prefix)
     match = match_route(routes, method, path)
     if match is not None:
         return match

@@ -1,6 +1,7 @@
 """Carry a request to the upstream and its answer back: streamed bodies and WebSockets."""
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -39,9 +40,14 @@ async def _stream_body(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _request_data(request: web.Request, body: bytes | None) -> bytes | AsyncIterator[bytes] | None:
+# Above this, a body already read is sent from a BytesIO (written in pieces, with its Content-Length)
+# rather than as one bytes object (aiohttp warns that would hold the event loop): package uploads.
+_WHOLE_BODY_BYTES = 1 << 20
+
+
+def _request_data(request: web.Request, body: bytes | None) -> bytes | io.BytesIO | AsyncIterator[bytes] | None:
     if body is not None:
-        return body
+        return io.BytesIO(body) if len(body) > _WHOLE_BODY_BYTES else body
     if request.body_exists:
         return _stream_body(request)
     return None

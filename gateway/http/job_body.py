@@ -84,15 +84,17 @@ class BodyReader:
     async def _read(self, job: JobCall) -> bytes | Refused:
         return await self.read(job.admitted.request, job.admitted.admission.tier)
 
-    async def read(self, request: web.Request, tier: Tier | None) -> bytes | Refused:
-        """The whole body as sent (raises ClientClosed), or the refusal when it is too large or too slow."""
+    async def read(self, request: web.Request, tier: Tier | None, *, limit: int | None = None) -> bytes | Refused:
+        """The whole body as sent (raises ClientClosed), or the refusal when it is too large or too slow.
+
+        `limit` replaces `limits.max_body_bytes` (code package uploads have their own).
+        """
         limits = self.limits
+        most = limits.max_body_bytes if limit is None else limit
         try:
-            return await read_limited(
-                request, limits.max_body_bytes, Pace(limits.body_timeout_s, limits.body_min_rate_bytes_s)
-            )
+            return await read_limited(request, most, Pace(limits.body_timeout_s, limits.body_min_rate_bytes_s))
         except BodyTooLarge:
-            detail = f"the body exceeds {limits.max_body_bytes} bytes"
+            detail = f"the body exceeds {most} bytes"
             return Refused(refuse(Code.BODY_TOO_LARGE, detail, tier), close=True)
         except BodyTooSlow:
             self.metrics.connections_refused.labels("body_timeout").inc()

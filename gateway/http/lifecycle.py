@@ -5,7 +5,7 @@ its `web.AppKey`, what comes after closes it. aiohttp enters the steps in the or
 while the proxy runner is set up, before its listener opens, and leaves them in reverse once
 the listener has closed and its in-flight requests have had `shutdown.grace_s`:
 
-    policy -> auth -> ledger -> upstreams -> quota store and its readiness probe
+    policy -> auth -> ledger -> upstreams -> Slurm facts -> quota store and its readiness probe
            -> memory store rebuilt from the ledger -> pipeline -> reconciler
 
 so the ledger opens before the store is rebuilt from it, the rebuild ends before any listener
@@ -15,6 +15,7 @@ closing checkpoint) after the reconciler, the store and the upstreams that could
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -31,12 +32,13 @@ from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.adapters.quota_memory import MemoryQuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.adapters.rebuild import rebuild_store
+from gateway.adapters.slurm_facts import SlurmFactsSource
 from gateway.adapters.upstream import Upstream
 from gateway.config.settings import QuotaSettings, Settings
 from gateway.config.upstreams import UpstreamSettings
 from gateway.http.proxy import PIPELINE, Parts, build_pipeline
 from gateway.http.reconcile import Reconciler
-from gateway.schedulers import SchedulerAdapter, build_adapter
+from gateway.schedulers import SchedulerAdapter, SlurmAdapter, build_adapter
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ UPSTREAMS: web.AppKey[list[Upstream]] = web.AppKey("upstreams")
 STORE: web.AppKey[QuotaStore] = web.AppKey("store")
 PROBE = web.AppKey("store_probe", StoreProbe)
 RECONCILER = web.AppKey("reconciler", Reconciler)
+SLURM_FACTS: web.AppKey[list[SlurmFactsSource]] = web.AppKey("slurm_facts")
 
 
 def adapter_for(upstream: UpstreamSettings) -> SchedulerAdapter | None:
@@ -171,6 +174,23 @@ async def upstreams(app: web.Application) -> AsyncIterator[None]:
             await upstream.close()
 
 
+async def slurm_facts(app: web.Application) -> AsyncIterator[None]:
+    """Each Slurm upstream's nodes and partitions, read from slurmrestd now and refreshed in the background;
+    its adapter prices with the newest snapshot (a start-up without them only refuses jobs that need them)."""
+    app[SLURM_FACTS] = sources = []
+    try:
+        for upstream in app[UPSTREAMS]:
+            if isinstance(upstream.adapter, SlurmAdapter):
+                source = SlurmFactsSource(upstream, upstream.adapter)
+                upstream.adapter = dataclasses.replace(upstream.adapter, facts=source.snapshot)
+                sources.append(source)
+                await source.start()
+        yield
+    finally:
+        for source in sources:
+            await source.stop()
+
+
 async def quota_store(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store = _quota_store(app[BASE].settings.quota)
     app[PROBE] = probe = StoreProbe(store)
@@ -217,7 +237,10 @@ async def reconciler(app: web.Application) -> AsyncIterator[None]:
     await reconciler.stop()
 
 
-PARTS = (policy_files, authenticator, ledger, upstreams, quota_store, rebuilt_memory_store, pipeline, reconciler)
+PARTS = (
+    policy_files, authenticator, ledger, upstreams, slurm_facts,
+    quota_store, rebuilt_memory_store, pipeline, reconciler,
+)  # fmt: skip
 
 
 def _quota_store(q: QuotaSettings) -> QuotaStore:

@@ -3,6 +3,7 @@
 from aiohttp import web
 
 from gateway.adapters.quota import BackendUnavailable, QuotaStore
+from gateway.adapters.slurm_jobs import parent_job
 from gateway.core.codes import Code
 from gateway.core.decide import refuse
 from gateway.core.leases import Owner
@@ -30,6 +31,9 @@ class OwnedJobs:
             return await self.responder.refuse(a.call, refuse(Code.JOB_NOT_OWNED, "no job id", a.admission.tier))
         try:
             owner = await self.store.owner_of(a.upstream.name, job_id)
+            if owner is None:  # an array task or het component by its own id: its parent's owner
+                parent = await parent_job(a.upstream, a.tenant, job_id)
+                owner = await self.store.owner_of(a.upstream.name, parent) if parent is not None else None
         except BackendUnavailable as exc:
             return self.responder.backend_down(a.call, a.admission, "quota", str(exc))
         if owner is None or owner.tenant_id != a.tenant.id:

@@ -21,6 +21,7 @@ from gateway.http.call import Admitted, Call, JobCall, Refused
 from gateway.http.headers import client_ip
 from gateway.http.job_body import BodyReader
 from gateway.http.owned import OwnedJobs
+from gateway.http.packages import Packages
 from gateway.http.reads import Reads
 from gateway.http.responder import Responder
 from gateway.http.submit import Submissions
@@ -39,7 +40,7 @@ class Pipeline:
         policy: PolicyFiles,
         upstreams: list[Upstream],
         responder: Responder,
-        flows: tuple[Reads, OwnedJobs, Submissions, BodyReader],
+        flows: tuple[Reads, OwnedJobs, Submissions, BodyReader, Packages],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -47,7 +48,7 @@ class Pipeline:
         self.policy = policy
         self.upstreams = upstreams
         self.responder = responder
-        self.reads, owned, submissions, self.reader = flows
+        self.reads, owned, submissions, self.reader, self.packages = flows
         self.job_flows: dict[RouteKind, JobFlow] = {
             RouteKind.SUBMIT: submissions.submit,
             RouteKind.UPDATE: submissions.update,
@@ -113,6 +114,8 @@ class Pipeline:
 
     async def _flow(self, a: Admitted) -> web.StreamResponse:
         kind = a.match.route.kind
+        if self.packages.handles(a):  # reads a package upload within its own size limit
+            return await self.packages.handle(a)
         if not kind.changes_jobs and a.request.body_exists:
             # Routes that are not priced still carry a body now and then: it is read within the same
             # size and pace limits before anything goes upstream, so a slow or endless body cannot hold

@@ -14,6 +14,7 @@ from gateway.adapters.upstream import Upstream
 from gateway.config.settings import Settings
 from gateway.http.job_body import BodyReader
 from gateway.http.owned import OwnedJobs
+from gateway.http.packages import Packages
 from gateway.http.pipeline import Pipeline
 from gateway.http.reads import Reads
 from gateway.http.relay import Relay
@@ -48,12 +49,13 @@ def build_pipeline(parts: Parts) -> Pipeline:
     reads = Reads(store, responder, relay)
     owned = OwnedJobs(store, responder, reads, settler)
     reader = BodyReader(settings.limits, metrics)
+    packages = Packages(store, responder, reads, relay, reader, settings.limits)
     submissions = Submissions(
-        policy, store, responder, reader=reader, relay=relay, reads=reads, owned=owned, settler=settler
-    )
-    return Pipeline(
-        settings, parts.auth, policy, parts.upstreams, responder, (reads, owned, submissions, reader), clock
-    )
+        policy, store, responder, reader=reader, relay=relay, reads=reads, owned=owned, settler=settler,
+        packages=packages,
+    )  # fmt: skip
+    flows = (reads, owned, submissions, reader, packages)
+    return Pipeline(settings, parts.auth, policy, parts.upstreams, responder, flows, clock)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:

@@ -1,8 +1,17 @@
-"""Reconciliation: ask each scheduler about the jobs the gateway holds leases on; release the finished ones."""
+"""Reconciliation: ask each scheduler about the jobs the gateway holds leases on; hold the live ones, release the over.
+
+A lease lives as long as its job: a job the scheduler reports pending or running has its lease
+held further ahead (a pending job keeps its whole walltime ahead of it), and so does a job the
+scheduler cannot be asked about (counted as `unconfirmed` and logged). Only the scheduler
+saying a job is over (or gone) releases its lease. On a scheduler that does not enforce
+walltime (Ray) a job running past its walltime plus `walltime_grace_s` is stopped through the
+scheduler's API, recorded first; its lease ends when the scheduler reports it stopped.
+"""
 
 import asyncio
 import contextlib
 import logging
+import math
 from collections import Counter, deque
 from collections.abc import Callable
 
@@ -17,11 +26,13 @@ from gateway.adapters.upstream import Upstream
 from gateway.config.reconcile import ReconcileSettings
 from gateway.core.records import followup_body
 from gateway.core.tenants import Tenant
+from gateway.schedulers.status import JobView
 
 log = logging.getLogger(__name__)
 # A status answer longer than this (a huge array job) is not read: the job stays held.
 MAX_STATUS_BYTES = 8 * 1024 * 1024
 RESULTS = ("released", "finished", "running", "unknown", "error")
+STOP_RETRY_S = 60.0  # a walltime stop is sent again only if the job still runs this long after
 
 
 class Reconciler:
@@ -52,6 +63,9 @@ class Reconciler:
         self.clock = clock
         self._queue: deque[tuple[str, str, str]] = deque()  # (upstream, tenant id, job id)
         self._over: set[tuple[str, str]] = set()  # (upstream, job id) the scheduler said are over
+        self._held: dict[tuple[str, str], float] = {}  # (upstream, job id) -> the lease end last set
+        self._stopping: dict[tuple[str, str], float] = {}  # (upstream, job id) -> when a walltime stop was sent
+        self._pass_s = 0.0  # how long one pass over every owned job takes at `batch` jobs a round
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -114,6 +128,13 @@ class Reconciler:
                     if (upstream.name, job_id) not in self._over and adapter.status_path(job_id) is not None:
                         self._queue.append((upstream.name, tenant_id, job_id))
         self._over &= owned  # forget jobs whose ownership has lapsed
+        self._held = {job: end for job, end in self._held.items() if job in owned}
+        self._stopping = {job: at for job, at in self._stopping.items() if job in owned}
+        self._pass_s = math.ceil(len(self._queue) / self.settings.batch) * self.settings.interval_s
+
+    def hold_s(self) -> float:
+        """How far ahead a live job's lease is held: `hold_s`, or three passes when a pass takes longer."""
+        return max(self.settings.hold_s, 3 * self._pass_s)
 
     async def _check(self, upstream_name: str, tenant_id: str, job_id: str) -> str:
         upstream = self.upstreams[upstream_name]
@@ -122,16 +143,20 @@ class Reconciler:
         if tenant is None or path is None or upstream.missing_identity(tenant):
             return "unknown"  # the registry changed since the queue was filled
         assert upstream.adapter is not None
-        fetched = await self._fetch(upstream, tenant, path)
+        fetched = await self._send(upstream, tenant, "GET", path)
         if fetched is None:
+            await self._hold(upstream_name, job_id, JobView(None), "unconfirmed")
             return "error"
-        finished = upstream.adapter.finished(*fetched)
-        if finished is None and fetched[0] >= 500:
-            log.warning("reconcile: %s on %s answered %d", path, upstream_name, fetched[0])
-            return "error"
-        if finished is None:
+        view = upstream.adapter.job_view(*fetched)
+        if view.over is None:
+            await self._hold(upstream_name, job_id, view, "unconfirmed")
+            if fetched[0] >= 500:
+                log.warning("reconcile: %s on %s answered %d", path, upstream_name, fetched[0])
+                return "error"
             return "unknown"
-        if not finished:
+        if not view.over:
+            await self._hold(upstream_name, job_id, view, "pending" if view.pending else "running")
+            await self._stop_if_overdue(upstream, tenant, job_id, view)
             return "running"
         now = self.clock()
         try:
@@ -155,8 +180,72 @@ class Reconciler:
         log.info("reconcile: job %s on %s is over; released lease %s", job_id, upstream_name, owner.lease.lease_id)
         return "released"
 
-    async def _fetch(self, upstream: Upstream, tenant: Tenant, path: str) -> tuple[int, bytes] | None:
-        """(status, body) of the status request, or None when the scheduler could not be asked."""
+    async def _hold(self, upstream_name: str, job_id: str, view: JobView, reason: str) -> None:
+        """Hold a live (or unconfirmed) job's lease ahead: recorded and counted whenever its end moves."""
+        now, hold = self.clock(), self.hold_s()
+        end = now + hold
+        if view.walltime_s is not None and view.pending:
+            end += view.walltime_s  # it may start any moment and then run its whole walltime
+        elif view.walltime_s is not None and view.started is not None:
+            end = max(end, view.started + view.walltime_s + hold)
+        known = self._held.get((upstream_name, job_id))
+        if known is not None and known >= end - hold / 2:
+            return  # held far enough ahead still: no store write, no record
+        try:
+            owner = await self.store.owner_of(upstream_name, job_id)
+            after = None if owner is None else await self.store.extend_job(upstream_name, job_id, end, now)
+        except BackendUnavailable as exc:
+            self._error("quota", f"holding the lease of {job_id} on {upstream_name}: {exc}")
+            return
+        if owner is None or after is None:
+            self._held.pop((upstream_name, job_id), None)
+            return  # no live lease: released, refunded or never owned
+        self._held[(upstream_name, job_id)] = after
+        self.metrics.lease_holds.labels(reason).inc()
+        if reason == "unconfirmed":
+            log.warning("reconcile: the state of job %s on %s is unknown; its lease is held until %.0f",
+                        job_id, upstream_name, after)  # fmt: skip
+        body = followup_body("extend", owner.lease.lease_id, now, tenant=owner.tenant_id, upstream=upstream_name,
+                             job_id=job_id, end=after, reason=reason)  # fmt: skip
+        try:
+            await self.ledger.append(body, wait=False)
+        except LedgerUnavailable as exc:
+            # The store holds the lease; a rebuild without this record ends it at its earlier end.
+            self._error("ledger", f"hold record of {job_id} on {upstream_name}: {exc}")
+
+    async def _stop_if_overdue(self, upstream: Upstream, tenant: Tenant, job_id: str, view: JobView) -> None:
+        """Stop a job running past its walltime and grace on a scheduler that does not; record it first."""
+        assert upstream.adapter is not None
+        stop = upstream.adapter.walltime_stop(job_id)
+        if stop is None or view.started is None or view.walltime_s is None:
+            return
+        now = self.clock()
+        overdue_s = now - (view.started + view.walltime_s)
+        if overdue_s <= self.settings.walltime_grace_s:
+            return
+        asked = self._stopping.get((upstream.name, job_id))
+        if asked is not None and now - asked < max(STOP_RETRY_S, self.settings.walltime_grace_s):
+            return  # stopping takes the scheduler a moment; ask again only if it did not
+        owner = await self.store.owner_of(upstream.name, job_id)
+        if owner is None:
+            return
+        method, path = stop
+        body = followup_body("walltime_stop", owner.lease.lease_id, now, tenant=tenant.id, upstream=upstream.name,
+                             job_id=job_id, walltime_s=view.walltime_s, overdue_s=round(overdue_s, 3))  # fmt: skip
+        try:
+            await self.ledger.append(body, wait=True)
+        except LedgerUnavailable as exc:
+            self._error("ledger", f"walltime stop record of {job_id} on {upstream.name}: {exc}; not stopped")
+            return
+        self._stopping[(upstream.name, job_id)] = now
+        answered = await self._send(upstream, tenant, method, path)
+        self.metrics.lease_holds.labels("walltime_stop").inc()
+        log.warning("reconcile: job %s on %s ran %.0f s past its walltime of %.0f s; %s %s answered %s",
+                    job_id, upstream.name, overdue_s, view.walltime_s, method, path,
+                    "nothing" if answered is None else answered[0])  # fmt: skip
+
+    async def _send(self, upstream: Upstream, tenant: Tenant, method: str, path: str) -> tuple[int, bytes] | None:
+        """(status, body) of a request as `tenant`, or None when the scheduler could not be asked."""
         assert upstream.session is not None
         headers = {
             **upstream.credential_headers(tenant),
@@ -169,9 +258,10 @@ class Reconciler:
             connect=upstream.settings.connect_timeout_s,
         )
         try:
-            async with upstream.session.get(
-                URL(upstream.url_for(path), encoded=True), headers=headers, timeout=timeout, allow_redirects=False
-            ) as response:
+            async with upstream.session.request(
+                method, URL(upstream.url_for(path), encoded=True), headers=headers, timeout=timeout,
+                allow_redirects=False,
+            ) as response:  # fmt: skip
                 body = bytearray()
                 async for chunk in response.content.iter_chunked(64 * 1024):
                     body += chunk

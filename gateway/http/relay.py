@@ -56,7 +56,7 @@ class Relay:
         """Forward and stream the answer back (a WebSocket when the route allows and the client asks)."""
         request, session = a.request, a.upstream.session
         assert session is not None  # started with the server
-        url = a.upstream.url_for(request.raw_path)  # already checked to be in normal form
+        url = a.upstream.url_for(a.upstream.local_path(request.raw_path))  # already checked to be in normal form
         headers = self.headers(a, decision)
         observe = self.observe(a)
         if a.match.route.websocket and request.headers.get("Upgrade", "").lower() == "websocket":
@@ -71,6 +71,6 @@ class Relay:
         session = a.upstream.session
         assert session is not None  # started with the server
         observe = self.observe(a)
-        url = a.upstream.url_for(a.request.raw_path)
+        url = a.upstream.url_for(a.upstream.local_path(a.request.raw_path))
         body = a.call.body if body is None else body  # a non-job route's body, already read within the limits
         return await forward.fetch(a.request, session, url, self.headers(a, decision), body, observe, limit)

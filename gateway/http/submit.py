@@ -12,6 +12,7 @@ from gateway.http import forward
 from gateway.http.call import JobCall, Refused
 from gateway.http.job_body import BodyReader, JobBody, job_record
 from gateway.http.owned import OwnedJobs
+from gateway.http.packages import Packages
 from gateway.http.reads import Reads
 from gateway.http.relay import Relay, answer
 from gateway.http.responder import Responder
@@ -32,6 +33,7 @@ class Submissions:
         reads: Reads,
         owned: OwnedJobs,
         settler: Settler,
+        packages: Packages,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -41,11 +43,16 @@ class Submissions:
         self.reads = reads
         self.owned = owned
         self.settler = settler
+        self.packages = packages
 
     async def submit(self, job: JobCall) -> web.StreamResponse:
         body = await self.reader.submission(job)
         if isinstance(body, Refused):
             return await self.responder.refused(job.admitted.call, body)
+        encoding = ", ".join(job.admitted.request.headers.getall("Content-Encoding", [])) or None
+        refused = await self.packages.check_submission(job, body.raw, encoding)  # code it may run
+        if refused is not None:
+            return refused
         return await self._reserve_and_forward(job, body)
 
     async def update(self, job: JobCall) -> web.StreamResponse:

@@ -5,6 +5,7 @@ import math
 import re
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.core.jobs import JobSpec, JobSpecInvalid
@@ -15,6 +16,20 @@ from gateway.core.routes import Route, RouteMatch
 MAX_COUNT = 1_000_000
 # A gzip body may expand to at most this many bytes before it is refused.
 MAX_DECODED_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """What reconciliation reads from a status answer: over (True), alive (False) or unknown (None), and its times.
+
+    `walltime_s` is the scheduler's time limit for the job (None: unknown or unlimited) and
+    `started` when it began running (epoch seconds; None while pending or when unknown).
+    """
+
+    over: bool | None
+    pending: bool = False
+    walltime_s: float | None = None
+    started: float | None = None
 
 
 class SchedulerAdapter(Protocol):
@@ -70,6 +85,14 @@ class SchedulerAdapter(Protocol):
 
     def finished(self, status: int, body: bytes) -> bool | None:
         """Whether a `status_path` answer says the job is over; None when unsure (then the lease is held)."""
+        ...
+
+    def job_view(self, status: int, body: bytes) -> JobView:
+        """`finished`, with what the answer says of the job's walltime, start and whether it still waits."""
+        ...
+
+    def walltime_stop(self, job_id: str) -> tuple[str, str] | None:
+        """(method, path) that stops a job running past its walltime, for schedulers that do not stop it themselves."""
         ...
 
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:

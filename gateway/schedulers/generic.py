@@ -20,6 +20,7 @@ from gateway.schedulers.base import (
     text,
     try_json,
 )
+from gateway.schedulers.status import JobView
 
 WALLTIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
 _MISSING = object()
@@ -196,6 +197,12 @@ class GenericAdapter:
         if status != 200 or not isinstance(state, str):
             return None
         return state in self.options.finished_states
+
+    def job_view(self, status: int, body: bytes) -> JobView:
+        return JobView(self.finished(status, body))
+
+    def walltime_stop(self, job_id: str) -> tuple[str, str] | None:
+        return None  # a generic API's own limits apply; the gateway cannot know how to stop its jobs
 
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None

@@ -1,4 +1,4 @@
-"""Kubernetes API (batch/v1 Jobs, v1 Pods): routes, job extraction, updates, Status refusals."""
+"""Kubernetes API (batch/v1 Jobs, v1 Pods, RayCluster/RayJob/PyTorchJob): routes, job extraction, updates, Status."""
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,8 +16,10 @@ from gateway.schedulers.base import (
     status_ok,
     try_json,
 )
+from gateway.schedulers.kubernetes_crds import CRD_ROUTES, crd_merge_touches, crd_of, crd_op_touches, object_id
 from gateway.schedulers.kubernetes_pods import job_spec
-from gateway.schedulers.status import kubernetes_finished
+from gateway.schedulers.kubernetes_training import training_spec
+from gateway.schedulers.status import JobView, kubernetes_finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ ROUTES = (
     Route.of("k8s.api.v1", ("GET",), "/api/v1", RouteKind.PLAIN_READ),
     Route.of("k8s.apis", ("GET",), "/apis", RouteKind.PLAIN_READ),
     Route.of("k8s.apis.batch", ("GET",), "/apis/batch/v1", RouteKind.PLAIN_READ),
+    *CRD_ROUTES,
 )
 
 _JSON = "application/json"
@@ -97,7 +100,7 @@ def _reason(status: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class KubernetesAdapter:
-    """The Kubernetes API's dialect; job ids are "{namespace}/{name}"."""
+    """The Kubernetes API's dialect; job ids are "{ns}/{name}", or "{ns}/{plural}.{group}/{name}" for CRDs."""
 
     options: KubernetesOptions
     name: ClassVar[str] = "kubernetes"
@@ -110,6 +113,15 @@ class KubernetesAdapter:
         return ROUTES
 
     def _spec(self, doc: Mapping[str, Any], match: RouteMatch) -> JobSpec:
+        crd = crd_of(match)
+        if crd is not None:
+            return training_spec(
+                doc,
+                *crd,
+                default_walltime_s=self.options.default_walltime_s,
+                lineage_label=self.options.lineage_label,
+                purpose_label=self.options.purpose_label,
+            )
         return job_spec(
             doc,
             is_pod=_is_pods(match),
@@ -137,20 +149,22 @@ class KubernetesAdapter:
         value = load_json(decode_content(content_encoding, body))
         if _is_pods(match):
             return None
+        crd = crd_of(match)
         if kind == _JSON_PATCH:
             if not isinstance(value, list):
                 raise JobSpecInvalid("body", "a JSON patch must be a list of operations")
-            touched = [_op_touches(op) for op in value]
+            touched = [crd_op_touches(crd[0], op) if crd else _op_touches(op) for op in value]
             reason = next((t for t in touched if t), None)
         else:
             if not isinstance(value, dict):
                 raise JobSpecInvalid("body", "a merge patch must be a JSON object")
-            reason = _merge_touches(value)
+            reason = crd_merge_touches(crd[0], value) if crd else _merge_touches(value)
         if reason is None:
             return None
-        # A patch merges into a Job whose current pod template we cannot see (maps merge,
+        # A patch merges into an object whose current pod templates we cannot see (maps merge,
         # strategic lists merge by name), so the new total cannot be priced from it alone.
-        raise JobUpdateNotAllowed(f"the patch changes {reason}; replace the whole Job with PUT instead")
+        what = crd[0].kind if crd else "Job"
+        raise JobUpdateNotAllowed(f"the patch changes {reason}; replace the whole {what} with PUT instead")
 
     def job_id_from_response(self, match: RouteMatch, status: int, body: bytes) -> str | None:
         doc = try_json(body)
@@ -161,11 +175,11 @@ class KubernetesAdapter:
             return None
         namespace = metadata.get("namespace")
         ns = namespace if isinstance(namespace, str) and namespace else match.params.get("ns")
-        return f"{ns}/{metadata['name']}" if ns else None
+        return object_id(match, ns, metadata["name"]) if ns else None
 
     def job_id_of(self, match: RouteMatch) -> str | None:
         ns, name = match.params.get("ns"), match.params.get("name")
-        return f"{ns}/{name}" if ns and name else None
+        return object_id(match, ns, name) if ns and name else None
 
     def definitive_rejection(self, status: int, body: bytes) -> bool:
         doc = try_json(body)
@@ -182,7 +196,7 @@ class KubernetesAdapter:
             if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
                 return False
             namespace = metadata.get("namespace") or ns
-            return owned(f"{namespace}/{metadata['name']}")
+            return owned(object_id(match, namespace, metadata["name"]))
 
         if doc.get("kind") == "Table":  # kubectl get asks for server-side tables
             rows = doc.get("rows")
@@ -194,7 +208,10 @@ class KubernetesAdapter:
         return dump_json(doc)
 
     def status_path(self, job_id: str) -> str | None:
-        """The Job's path; a Pod's id (same `{ns}/{name}` form) finds no Job there and stays held."""
+        """The Job's path; a Pod's id (same `{ns}/{name}` form) finds no Job there and stays held.
+
+        A custom resource's id (`{ns}/{plural}.{group}/{name}`) has no path here: it is held until deleted.
+        """
         ns, _, name = job_id.partition("/")
         if not ns or not name or "/" in name:
             return None
@@ -202,6 +219,12 @@ class KubernetesAdapter:
 
     def finished(self, status: int, body: bytes) -> bool | None:
         return kubernetes_finished(status, body)
+
+    def job_view(self, status: int, body: bytes) -> JobView:
+        return JobView(kubernetes_finished(status, body))
+
+    def walltime_stop(self, job_id: str) -> tuple[str, str] | None:
+        return None  # a Job's activeDeadlineSeconds is enforced by its controller
 
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         body = {

@@ -11,6 +11,9 @@ from gateway.schedulers.base import bounded, count, key_name, mapping, shown, te
 # GPUs, Gaudi, Intel GPUs) cannot be priced and are refused.
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
 _GPU_LIKE = ("gpu", "nvidia.com/", "amd.com/", "habana.ai/", "gaudi")
+# Pod annotations through which a GPU-sharing scheduler (KAI's `gpu-fraction`, `gpu-memory`)
+# hands out GPUs that no container requests: they cannot be priced and are refused.
+_SHARING_ANNOTATIONS = ("gpu-fraction", "gpu-memory", "gpu-fraction-num-devices")
 # Node labels that pin the GPU product (NVIDIA GPU feature discovery, AMD node labeller).
 PRODUCT_LABELS = ("nvidia.com/gpu.product", "amd.com/gpu.product-name")
 
@@ -22,7 +25,7 @@ def _quantity(value: Any, where: str) -> int:
     return count(value, where)
 
 
-def _container_gpus(container: Any, where: str) -> int:
+def container_gpus(container: Any, where: str) -> int:
     """GPUs one container holds: per resource, the larger of its limit and request."""
     if not isinstance(container, dict):
         raise JobSpecInvalid(where, "a container must be a JSON object")
@@ -50,6 +53,14 @@ def _containers(spec: Mapping[str, Any], key: str, where: str) -> list[Any]:
     return value
 
 
+def no_gpu_sharing(metadata: Mapping[str, Any], where: str) -> None:
+    """Refuse a pod (template) whose annotations ask a GPU-sharing scheduler for GPU slices."""
+    notes = mapping(metadata.get("annotations"), f"{where}.annotations")
+    for key in notes:
+        if key.lower().rsplit("/", 1)[-1] in _SHARING_ANNOTATIONS:
+            raise JobSpecInvalid(f"{where}.annotations.{key_name(key)}", "shared GPU slices cannot be priced")
+
+
 def pod_gpus(spec: Mapping[str, Any], where: str) -> int:
     """GPUs one pod holds: all containers, plus sidecars, plus the largest plain init container.
 
@@ -57,12 +68,12 @@ def pod_gpus(spec: Mapping[str, Any], where: str) -> int:
     sum + max over-counts that on purpose, so no pod holds more than it was priced at.
     """
     main = sum(
-        _container_gpus(c, f"{where}.containers[{i}]") for i, c in enumerate(_containers(spec, "containers", where))
+        container_gpus(c, f"{where}.containers[{i}]") for i, c in enumerate(_containers(spec, "containers", where))
     )
     sidecars = 0
     largest_init = 0
     for i, c in enumerate(_containers(spec, "initContainers", where)):
-        n = _container_gpus(c, f"{where}.initContainers[{i}]")
+        n = container_gpus(c, f"{where}.initContainers[{i}]")
         if isinstance(c, dict) and c.get("restartPolicy") == "Always":
             sidecars += n  # a sidecar keeps running beside the main containers
         else:
@@ -70,7 +81,7 @@ def pod_gpus(spec: Mapping[str, Any], where: str) -> int:
     if spec.get("resourceClaims"):
         raise JobSpecInvalid(f"{where}.resourceClaims", "dynamic resource claims cannot be priced")
     pod_level = mapping(spec.get("resources"), f"{where}.resources")
-    level = _container_gpus({"resources": pod_level}, where) if pod_level else 0
+    level = container_gpus({"resources": pod_level}, where) if pod_level else 0
     return bounded(max(main + sidecars + largest_init, level), where)
 
 
@@ -104,7 +115,7 @@ def gpu_model(spec: Mapping[str, Any], where: str) -> str | None:
     return CANDIDATE_SEPARATOR.join(sorted(values))
 
 
-def _deadline(value: Any, where: str) -> float | None:
+def deadline_s(value: Any, where: str) -> float | None:
     if value is None:
         return None
     seconds = count(value, where, strings=False)
@@ -113,7 +124,7 @@ def _deadline(value: Any, where: str) -> float | None:
     return float(seconds)
 
 
-def _expect(doc: Mapping[str, Any], kind: str, api_version: str) -> None:
+def expect_object(doc: Mapping[str, Any], kind: str, api_version: str) -> None:
     if doc.get("kind") not in (None, kind):
         raise JobSpecInvalid("kind", f"this route takes a {kind}, not {shown(doc.get('kind'))}")
     if doc.get("apiVersion") not in (None, api_version):
@@ -132,17 +143,19 @@ def job_spec(
     metadata = mapping(doc.get("metadata"), "metadata")
     spec = mapping(doc.get("spec"), "spec")
     if is_pod:
-        _expect(doc, "Pod", "v1")
+        expect_object(doc, "Pod", "v1")
         pod, where, parallelism = spec, "spec", 1
-        walltime = _deadline(spec.get("activeDeadlineSeconds"), "spec.activeDeadlineSeconds")
+        no_gpu_sharing(metadata, "metadata")
+        walltime = deadline_s(spec.get("activeDeadlineSeconds"), "spec.activeDeadlineSeconds")
     else:
-        _expect(doc, "Job", "batch/v1")
+        expect_object(doc, "Job", "batch/v1")
         template = mapping(spec.get("template"), "spec.template")
         pod, where = mapping(template.get("spec"), "spec.template.spec"), "spec.template.spec"
+        no_gpu_sharing(mapping(template.get("metadata"), "spec.template.metadata"), "spec.template.metadata")
         raw = spec.get("parallelism")
         parallelism = 1 if raw is None else count(raw, "spec.parallelism", strings=False)
         # A pod-level deadline does not bound a Job: retries and completions run after it.
-        walltime = _deadline(spec.get("activeDeadlineSeconds"), "spec.activeDeadlineSeconds")
+        walltime = deadline_s(spec.get("activeDeadlineSeconds"), "spec.activeDeadlineSeconds")
     if walltime is None:
         walltime = default_walltime_s
     if walltime is None:

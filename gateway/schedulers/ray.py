@@ -1,8 +1,9 @@
 """Ray Jobs REST API (dashboard): routes, submission extraction, listings."""
 
 import math
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -21,19 +22,33 @@ from gateway.schedulers.base import (
     text,
     try_json,
 )
-from gateway.schedulers.status import ray_finished
+from gateway.schedulers.status import JobView, ray_finished, ray_view
 
 
 @dataclass(frozen=True, slots=True)
 class RayOptions:
-    """Where Ray submissions carry what Ray itself has no field for (walltime, lineage)."""
+    """Where Ray submissions carry what Ray itself has no field for (walltime, lineage), and how they are priced.
+
+    A Ray job's driver may start tasks and actors that claim any GPU of its cluster, whatever
+    its entrypoint asked for; so `pricing: cluster` (the default) prices every job at the
+    cluster's GPUs, `cluster_gpus` (model -> count). `pricing: entrypoint` prices only the
+    entrypoint's own resources, and is right only for clusters that confine drivers.
+    """
 
     walltime_metadata_key: str = "time_limit_min"
     default_walltime_s: float | None = None
     default_gpu_model: str | None = None
     lineage_key: str = "model_lineage"
     purpose_key: str = "purpose"
+    pricing: str = "cluster"
+    cluster_gpus: Mapping[str, int] = field(default_factory=dict)
 
+
+# Code packages the CLI uploads for `--working-dir` / `py_modules` (GET: does it exist; PUT: upload).
+# They change no job (plain reads for admission); the gateway keeps them to the tenant that uploaded them.
+PACKAGE_READ = Route.of("ray.package.read", ("GET",), "/api/packages/gcs/{package_name}", RouteKind.PLAIN_READ)
+PACKAGE_UPLOAD = Route.of("ray.package.upload", ("PUT",), "/api/packages/gcs/{package_name}", RouteKind.PLAIN_READ)
+PACKAGE_ROUTES = (PACKAGE_READ, PACKAGE_UPLOAD)
 
 ROUTES = (
     Route.of("ray.jobs.submit", ("POST",), "/api/jobs/", RouteKind.SUBMIT),
@@ -44,7 +59,14 @@ ROUTES = (
     Route.of("ray.job.logs", ("GET",), "/api/jobs/{job_id}/logs", RouteKind.READ),
     Route.of("ray.job.tail", ("GET",), "/api/jobs/{job_id}/logs/tail", RouteKind.READ, websocket=True),
     Route.of("ray.version", ("GET",), "/api/version", RouteKind.PLAIN_READ),
+    *PACKAGE_ROUTES,
 )
+
+# What Ray writes as a package name: `_ray_pkg_<hash>.zip`, or a wheel's own file name.
+_PACKAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}$")
+# runtime_env fields whose URIs Ray fetches as packages (a str, or a list of them).
+PACKAGE_FIELDS = ("working_dir", "py_modules", "java_jars")
+GCS = "gcs://"
 
 _ACCELERATOR = "accelerator_type:"
 # Statuses with which Ray's dashboard refuses a submission it did not start. A 500 may come
@@ -120,8 +142,15 @@ class RayAdapter:
         else:
             raise JobSpecInvalid(f"metadata.{key}", "no walltime: set it in the job's metadata (minutes)")
         label = CANDIDATE_SEPARATOR.join(sorted(models)) if models else None
+        parts: tuple[JobPart, ...] = (JobPart(gpus, label, 1),) if gpus else ()
+        if self.options.pricing == "cluster":
+            if not self.options.cluster_gpus:
+                raise JobSpecInvalid(
+                    "entrypoint_num_gpus", "the Ray cluster's GPU capacity is unknown (scheduler_options.cluster_gpus)"
+                )
+            parts = tuple(JobPart(n, model, 1) for model, n in sorted(self.options.cluster_gpus.items()) if n > 0)
         return JobSpec(
-            parts=(JobPart(gpus, label, 1),) if gpus else (),
+            parts=parts,
             walltime_s=walltime,
             purpose=text(metadata.get(self.options.purpose_key)),
             lineage=text(metadata.get(self.options.lineage_key)),
@@ -158,6 +187,13 @@ class RayAdapter:
     def finished(self, status: int, body: bytes) -> bool | None:
         return ray_finished(status, body)
 
+    def job_view(self, status: int, body: bytes) -> JobView:
+        return ray_view(status, body, self.options.walltime_metadata_key)
+
+    def walltime_stop(self, job_id: str) -> tuple[str, str] | None:
+        """Ray has no time limit of its own: the gateway stops a job that outlives the walltime it declared."""
+        return "POST", f"/api/jobs/{quote(job_id, safe='')}/stop"
+
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None
 
@@ -167,3 +203,33 @@ def _owned(job: Any, owned: Callable[[str], bool]) -> bool:
     # well would let one tenant claim another's job by naming a submission after it.
     submission_id = text(job.get("submission_id")) if isinstance(job, Mapping) else None
     return submission_id is not None and owned(submission_id)
+
+
+def package_uri(match: RouteMatch) -> str | None:
+    """`gcs://<name>` of a package route, or None when the name is not one Ray makes."""
+    name = match.params.get("package_name", "")
+    return GCS + name if _PACKAGE_NAME.match(name) else None
+
+
+def package_uris(content_encoding: str | None, body: bytes) -> tuple[str, ...]:
+    """Every GCS package a submission's runtime_env names (`working_dir`, `py_modules`, `java_jars`).
+
+    Raises JobSpecInvalid for a URI that says `gcs:` in another spelling (case, spaces, no `//`,
+    a name Ray does not make): Ray may read it as a package, so it is refused rather than let by.
+    """
+    doc = load_object(content_encoding, body)
+    runtime_env = mapping(doc.get("runtime_env"), "runtime_env")
+    found: list[str] = []
+    for key in PACKAGE_FIELDS:
+        value = runtime_env.get(key)
+        values = value if isinstance(value, list) else [value]
+        for i, item in enumerate(values):
+            if not isinstance(item, str) or not item.strip().lower().startswith("gcs:"):
+                continue
+            where = f"runtime_env.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+            name = item[len(GCS) :] if item.startswith(GCS) else ""
+            if not _PACKAGE_NAME.match(name):
+                raise JobSpecInvalid(where, f"{shown(item)} is not a package URI of the form gcs://<name>")
+            if item not in found:
+                found.append(item)
+    return tuple(found)

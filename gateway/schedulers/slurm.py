@@ -9,9 +9,10 @@ from typing import Any, ClassVar
 from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.routes import Route, RouteKind, RouteMatch
 from gateway.schedulers.base import bounded, dump_json, load_object, media_type, status_ok, text, try_json
+from gateway.schedulers.slurm_facts import EMPTY, SlurmFacts
 from gateway.schedulers.slurm_fields import array_concurrency, comment_tags, environment, time_limit_s
-from gateway.schedulers.slurm_gpus import GPU_FIELDS, RESOURCE_KEYS, job_gpus, normalise
-from gateway.schedulers.status import slurm_finished
+from gateway.schedulers.slurm_gpus import GPU_FIELDS, RESOURCE_KEYS, Cluster, job_gpus, normalise
+from gateway.schedulers.status import JobView, slurm_finished, slurm_view
 
 VERSIONS = ("v0.0.36", "v0.0.37", "v0.0.38", "v0.0.39", "v0.0.40", "v0.0.41", "v0.0.42")
 
@@ -22,6 +23,11 @@ class SlurmOptions:
 
     `partition_time_limits` (minutes) applies when a job's time limit is absent or
     infinite; `default_time_limit_min` covers jobs naming no partition or one not listed.
+
+    The cluster's nodes and partitions are fetched from slurmrestd (`facts_version`, every
+    `facts_refresh_s`) as the Slurm user `facts_user`; `exclusive_partitions` (OverSubscribe=EXCLUSIVE,
+    which v0.0.36..v0.0.38 do not report), `partition_node_gpus` (GPUs of the partition's largest
+    node, e.g. "h100:8") and `partition_nodes` (its node count) override what slurmrestd says.
     """
 
     partition_time_limits: Mapping[str, int] = field(default_factory=dict)
@@ -30,6 +36,12 @@ class SlurmOptions:
     lineage_env: str = "EXPORTGATE_LINEAGE"
     purpose_env: str = "EXPORTGATE_PURPOSE"
     status_version: str = "v0.0.38"
+    facts_user: str | None = None
+    facts_version: str | None = None  # None: status_version
+    facts_refresh_s: float = 60.0
+    exclusive_partitions: frozenset[str] = frozenset()
+    partition_node_gpus: Mapping[str, Mapping[str | None, int]] = field(default_factory=dict)
+    partition_nodes: Mapping[str, int] = field(default_factory=dict)
 
 
 def _route(name: str, methods: tuple[str, ...], tail: str, kind: RouteKind) -> Route:
@@ -68,7 +80,19 @@ class SlurmAdapter:
     """slurmrestd's dialect; refusals use problem+json (Slurm clients have no better one)."""
 
     options: SlurmOptions
+    # The newest facts snapshot (the adapters layer keeps it fresh); pricing reads it once per request.
+    facts: Callable[[], SlurmFacts] = lambda: EMPTY
     name: ClassVar[str] = "slurm"
+
+    def cluster(self) -> Cluster:
+        """The facts snapshot of this moment with the operator's overrides."""
+        o = self.options
+        return Cluster(
+            self.facts(),
+            o.exclusive_partitions,
+            {k: dict(v) for k, v in o.partition_node_gpus.items()},
+            o.partition_nodes,
+        )
 
     @property
     def default_gpu_model(self) -> str | None:
@@ -91,10 +115,10 @@ class SlurmAdapter:
             found.append(minutes)
         return max(found) * 60.0  # a job may run in any partition it names
 
-    def _component(self, raw: Any, where: str, *, partition_default: bool) -> _Component:
+    def _component(self, raw: Any, where: str, cluster: Cluster, *, partition_default: bool) -> _Component:
         job = normalise(raw, where)
         copies = array_concurrency(job["array"], f"{where}.array") if "array" in job else 1
-        parts = tuple(JobPart(n, label, copies) for label, n in job_gpus(job, where).items())
+        parts = tuple(JobPart(n, label, copies) for label, n in job_gpus(job, where, cluster).items())
         walltime = time_limit_s(job.get("time_limit"), f"{where}.time_limit")
         if walltime is None and partition_default:
             walltime = self._partition_limit_s(job.get("partition"))
@@ -122,8 +146,9 @@ class SlurmAdapter:
         if not raws:
             raise JobSpecInvalid("jobs", "a heterogeneous job needs at least one component")
         key = "job" if "job" in doc else "jobs"
+        cluster = self.cluster()
         components = [
-            self._component(r, f"{key}[{i}]" if isinstance(raw, list) else key, partition_default=True)
+            self._component(r, f"{key}[{i}]" if isinstance(raw, list) else key, cluster, partition_default=True)
             for i, r in enumerate(raws)
         ]
         walltimes = [c.walltime_s for c in components]
@@ -170,7 +195,7 @@ class SlurmAdapter:
             raise JobUpdateNotAllowed(
                 f"the update changes resources but lacks {', '.join(missing)} to price the new total"
             )
-        c = self._component(raw, "job", partition_default=False)
+        c = self._component(raw, "job", self.cluster(), partition_default=False)
         return JobSpec(c.parts, c.walltime_s, c.purpose, c.lineage, c.name)
 
     def job_id_from_response(self, match: RouteMatch, status: int, body: bytes) -> str | None:
@@ -190,6 +215,21 @@ class SlurmAdapter:
             return None
         found = re.fullmatch(r"([0-9]+)(?:[_+].*)?", raw)  # array task 12_3, het component 12+1
         return found[1] if found else raw
+
+    def parent_job_id(self, job_id: str, status: int, body: bytes) -> str | None:
+        """The array (or heterogeneous) job that job `job_id` is a task (component) of, per slurmctld's
+        answer to `status_path(job_id)`; None when it is a job of its own or the answer does not say."""
+        doc = try_json(body)
+        jobs = doc.get("jobs") if status_ok(status) and isinstance(doc, dict) else None
+        for record in jobs if isinstance(jobs, list) else []:
+            if not isinstance(record, dict) or _id_text(record.get("job_id")) != job_id:
+                continue
+            for key in ("array_job_id", "het_job_id"):
+                parent = _id_text(record.get(key))
+                if parent is not None and parent != job_id:
+                    return parent
+            return None
+        return None
 
     def definitive_rejection(self, status: int, body: bytes) -> bool:
         if 400 <= status < 500:
@@ -213,6 +253,12 @@ class SlurmAdapter:
 
     def finished(self, status: int, body: bytes) -> bool | None:
         return slurm_finished(status, body)
+
+    def job_view(self, status: int, body: bytes) -> JobView:
+        return slurm_view(status, body)
+
+    def walltime_stop(self, job_id: str) -> tuple[str, str] | None:
+        return None  # slurmctld ends a job at its time limit itself
 
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None

@@ -1,9 +1,12 @@
 """Reading a scheduler's job-status answer: True (the job is over), False (it lives) or None (unknown: hold)."""
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.schedulers.base import try_json
+from gateway.schedulers.base import JobView, try_json
+
+__all__ = ["JobView", "combine", "kubernetes_finished", "ray_finished", "ray_view", "slurm_finished", "slurm_view"]
 
 # Base states after which a Slurm job holds nothing (slurm/slurm.h, JOB_COMPLETE and later).
 SLURM_FINISHED = frozenset(
@@ -20,6 +23,24 @@ SLURM_INVALID_JOB_ID = 2017  # ESLURM_INVALID_JOB_ID: slurmctld has no record of
 RAY_FINISHED = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 RAY_ACTIVE = frozenset({"PENDING", "RUNNING"})
 KUBERNETES_FINISHED = ("Complete", "Failed")
+SLURM_PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "POWER_UP_NODE"})
+
+
+def _slurm_number(value: Any) -> float | None:
+    """A v0.0.36..v0.0.39 plain number or a v0.0.40+ {set, infinite, number} struct; None when unset or infinite."""
+    if isinstance(value, dict):
+        if value.get("infinite") is True or value.get("set") is False:
+            return None
+        value = value.get("number")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _slurm_names(job: Any) -> set[str]:
+    state = job.get("job_state") if isinstance(job, dict) else None
+    states = {state} if isinstance(state, str) else set(state) if isinstance(state, list) else set()
+    return {s.upper() for s in states if isinstance(s, str)}
 
 
 def combine(verdicts: Iterable[bool | None]) -> bool | None:
@@ -31,10 +52,8 @@ def combine(verdicts: Iterable[bool | None]) -> bool | None:
 
 
 def _slurm_record(job: Any) -> bool | None:
-    state = job.get("job_state") if isinstance(job, dict) else None
     # v0.0.36..v0.0.39 give one string; v0.0.40 and later a list of the base state and flags.
-    states = {state} if isinstance(state, str) else set(state) if isinstance(state, list) else set()
-    names = {s.upper() for s in states if isinstance(s, str)}
+    names = _slurm_names(job)
     if names & SLURM_ACTIVE:
         return False
     return True if names & SLURM_FINISHED else None
@@ -61,6 +80,25 @@ def slurm_finished(status: int, body: bytes) -> bool | None:
     if status != 200 or not isinstance(jobs, list):
         return None
     return combine(_slurm_record(j) for j in jobs)
+
+
+def slurm_view(status: int, body: bytes) -> JobView:
+    """`slurm_finished`, with the records' longest time limit and earliest start of a running record."""
+    over = slurm_finished(status, body)
+    doc = try_json(body)
+    jobs = doc.get("jobs") if isinstance(doc, dict) and status == 200 else None
+    if over is not False or not isinstance(jobs, list):
+        return JobView(over)
+    records = [j for j in jobs if isinstance(j, dict)]
+    names = [_slurm_names(j) for j in records]
+    pending = bool(names) and all(n & SLURM_PENDING for n in names)
+    limits = [_slurm_number(j.get("time_limit")) for j in records]
+    walltime = None if not limits or None in limits else max(m for m in limits if m is not None) * 60.0
+    starts = [
+        t for j, n in zip(records, names, strict=True)
+        if not n & SLURM_PENDING and (t := _slurm_number(j.get("start_time"))) is not None and t > 0
+    ]  # fmt: skip
+    return JobView(False, pending, walltime, min(starts) if starts and not pending else None)
 
 
 def ray_finished(status: int, body: bytes) -> bool | None:
@@ -103,3 +141,22 @@ def kubernetes_finished(status: int, body: bytes) -> bool | None:
         ):
             return True
     return False
+
+
+def ray_view(status: int, body: bytes, walltime_key: str) -> JobView:
+    """`ray_finished`, with the walltime the submission's metadata declared and the driver's start time."""
+    over = ray_finished(status, body)
+    doc = try_json(body)
+    if over is not False or not isinstance(doc, dict):
+        return JobView(over)
+    metadata = doc.get("metadata")
+    raw = metadata.get(walltime_key) if isinstance(metadata, dict) else None
+    try:
+        minutes = float(raw) if isinstance(raw, str) else math.nan
+    except ValueError:
+        minutes = math.nan
+    walltime = minutes * 60.0 if math.isfinite(minutes) and minutes > 0 else None
+    start = doc.get("start_time")  # milliseconds since the epoch, once the driver started
+    started = start / 1000.0 if isinstance(start, int) and not isinstance(start, bool) and start > 0 else None
+    pending = doc.get("status") == "PENDING"
+    return JobView(False, pending, walltime, None if pending else started)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Single-node Slurm 22.05 (Debian bookworm packages) + slurmrestd (JWT) with 8 FAKE H100 GPUs,
-# for exportgate's end-to-end tests against the real slurmrestd (tests/test_real_slurm.py).
+# Two-node Slurm 22.05 (Debian bookworm packages) + slurmrestd (JWT): nodes g1 and g2, both slurmd
+# on this one host (slurmd -N), each with 8 CPUs and 8 FAKE H100 GPUs; partitions `gpu` (default,
+# both nodes) and `excl` (both nodes, OverSubscribe=EXCLUSIVE: every job gets whole nodes),
+# for exportgate's end-to-end tests against the real slurmrestd (tests/test_real_slurm*.py).
 # Everything (config, state, logs, munge socket/key, pids) lives under $BASE; nothing in /etc is edited.
 #
 # usage: [ACCT=1] slurm.sh install|start|token [user] [lifespan]|demo [user]|stop
@@ -9,9 +11,10 @@ set -euo pipefail
 BASE=${BASE:-/tmp/exportgate-peers/slurm}
 REST_PORT=${REST_PORT:-6820}   # slurmrestd listens on 127.0.0.1:$REST_PORT
 CTLD_PORT=${CTLD_PORT:-6817}
-SLURMD_PORT=${SLURMD_PORT:-6818}
-NODE=$(hostname -s)                      # slurmd must find its own NodeName; hostname here is "vm"
-NCPU=$(nproc)
+SLURMD_PORT=${SLURMD_PORT:-6818}        # slurmd of node g1
+SLURMD_PORT2=${SLURMD_PORT2:-$((SLURMD_PORT + 100))}   # slurmd of node g2
+NODE=$(hostname -s)                      # the host both slurmds run on (NodeHostname); hostname here is "vm"
+NODES="g1 g2"                            # node names (slurmd -N NAME)
 MUNGE=$BASE/munge
 export SLURM_CONF=$BASE/etc/slurm.conf
 ACCT=${ACCT:-0}                          # ACCT=1: also run MariaDB + slurmdbd (sacct, /slurmdb API, GPU TRES, account enforcement)
@@ -51,11 +54,13 @@ CredType=cred/munge
 AuthAltTypes=auth/jwt
 AuthAltParameters=jwt_key=$BASE/state/jwt_hs256.key
 StateSaveLocation=$BASE/state
-SlurmdSpoolDir=$BASE/spool
+SlurmdSpoolDir=$BASE/spool/%n
 SlurmctldPidFile=$BASE/slurmctld.pid
-SlurmdPidFile=$BASE/slurmd.pid
+SlurmdPidFile=$BASE/slurmd.%n.pid
 SlurmctldLogFile=$BASE/log/slurmctld.log
-SlurmdLogFile=$BASE/log/slurmd.log
+SlurmdLogFile=$BASE/log/slurmd.%n.log
+# the nodes declare 8 CPUs each whatever this host has
+SlurmdParameters=config_overrides
 SlurmctldDebug=info
 SlurmdDebug=info
 # no cgroups in this sandbox
@@ -86,17 +91,19 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 MinJobAge=3600
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$NCPU RealMemory=4000 Gres=gpu:h100:8 State=UNKNOWN
-PartitionName=gpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+NodeName=g1 NodeHostname=$NODE NodeAddr=127.0.0.1 Port=$SLURMD_PORT CPUs=8 Boards=1 SocketsPerBoard=2 CoresPerSocket=4 ThreadsPerCore=1 RealMemory=4000 Gres=gpu:h100:8 State=UNKNOWN
+NodeName=g2 NodeHostname=$NODE NodeAddr=127.0.0.1 Port=$SLURMD_PORT2 CPUs=8 Boards=1 SocketsPerBoard=2 CoresPerSocket=4 ThreadsPerCore=1 RealMemory=4000 Gres=gpu:h100:8 State=UNKNOWN
+PartitionName=gpu Nodes=g1,g2 Default=YES MaxTime=INFINITE State=UP
+PartitionName=excl Nodes=g1,g2 OverSubscribe=EXCLUSIVE MaxTime=INFINITE State=UP
 EOF
   # FAKE GPUs. Slurm 22.05 drops file-less GPUs ("Removing file-less GPU gpu:h100 from final GRES list")
   # and rejects regular files ("not a valid character or block device") -> symlinks to /dev/null.
-  mkdir -p "$BASE/dev"
-  for i in 0 1 2 3 4 5 6 7; do ln -sfn /dev/null "$BASE/dev/nvidia$i"; done
-  cat > "$BASE/etc/gres.conf" <<EOF
-AutoDetect=off
-NodeName=$NODE Name=gpu Type=h100 File=$BASE/dev/nvidia[0-7]
-EOF
+  echo "AutoDetect=off" > "$BASE/etc/gres.conf"
+  for n in $NODES; do
+    mkdir -p "$BASE/dev/$n" "$BASE/spool/$n"
+    for i in 0 1 2 3 4 5 6 7; do ln -sfn /dev/null "$BASE/dev/$n/nvidia$i"; done
+    echo "NodeName=$n Name=gpu Type=h100 File=$BASE/dev/$n/nvidia[0-7]" >> "$BASE/etc/gres.conf"
+  done
 }
 
 start_db() {  # private MariaDB (TCP 127.0.0.1:$DBPORT, datadir under $BASE) + slurmdbd
@@ -157,7 +164,7 @@ start() {
   munge -S "$MUNGE/munge.socket.2" -n | unmunge -S "$MUNGE/munge.socket.2" | grep -q STATUS:.*Success
   if [ "$ACCT" = 1 ]; then start_db; seed_accounts; fi
   /usr/sbin/slurmctld -f "$SLURM_CONF"       # daemonizes
-  /usr/sbin/slurmd -f "$SLURM_CONF"
+  for n in $NODES; do /usr/sbin/slurmd -f "$SLURM_CONF" -N "$n"; done
   sleep 3
   # GPU TRES rows exist only after slurmctld registered AccountingStorageTRES with slurmdbd -> set GPU quota now
   if [ "$ACCT" = 1 ]; then sacctmgr -i modify account team-b set GrpTRES=gres/gpu=4 >/dev/null || true; fi
@@ -167,7 +174,8 @@ start() {
       -u nobody -g nogroup 127.0.0.1:$REST_PORT > "$BASE/log/slurmrestd.log" 2>&1 &
   echo $! > "$BASE/slurmrestd.pid"
   sleep 2
-  scontrol update nodename=$NODE state=resume 2>/dev/null || true   # in case an old run left it drained
+  for n in $NODES; do scontrol update nodename=$n state=resume 2>/dev/null || true; done   # in case an old run left them drained
+  for i in $(seq 30); do [ "$(sinfo -h -p gpu -t idle -o %D)" = 2 ] && break; sleep 1; done
   sinfo -o '%P %N %T %c %G'
 }
 
@@ -202,7 +210,12 @@ JSON
 }
 
 stop() {
-  for f in $BASE/slurmrestd.pid $BASE/slurmd.pid $BASE/slurmctld.pid $BASE/slurmdbd.pid $BASE/db/mysqld.pid $MUNGE/munged.pid; do
+  # end this cluster's jobs first: a slurmstepd whose slurmd is gone lingers after its job
+  if [ -s "$BASE/slurmctld.pid" ] && kill -0 "$(cat "$BASE/slurmctld.pid")" 2>/dev/null; then
+    scancel --full $(squeue -h -o %A 2>/dev/null) 2>/dev/null || true
+    for i in $(seq 10); do [ -z "$(squeue -h -t R,CG -o %A 2>/dev/null)" ] && break; sleep 0.5; done
+  fi
+  for f in $BASE/slurmrestd.pid $BASE/slurmd.g1.pid $BASE/slurmd.g2.pid $BASE/slurmd.pid $BASE/slurmctld.pid $BASE/slurmdbd.pid $BASE/db/mysqld.pid $MUNGE/munged.pid; do
     [ -s "$f" ] || continue
     pid=$(cat "$f")
     if kill "$pid" 2>/dev/null; then

@@ -1,0 +1,131 @@
+"""The custom resources GPU tenants train with: KubeRay RayCluster and RayJob, Kubeflow PyTorchJob.
+
+Their routes, their job ids and which of their patches change what they hold. What they hold
+is read in kubernetes_training.py. Any other custom resource matches no route.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.core.jobs import JobSpecInvalid
+from gateway.core.routes import Route, RouteKind, RouteMatch
+
+
+@dataclass(frozen=True, slots=True)
+class Crd:
+    """One custom resource: its kind, API group, plural, served versions and where it is suspended."""
+
+    kind: str
+    group: str
+    plural: str
+    versions: tuple[str, ...]
+    suspend: tuple[str, ...]  # the spec path whose `true` suspends the whole object
+
+    @property
+    def resource(self) -> str:
+        """`plural.group`, as kubectl names a resource; the middle segment of its job ids."""
+        return f"{self.plural}.{self.group}"
+
+    def collection(self, version: str) -> str:
+        return f"/apis/{self.group}/{version}/namespaces/{{ns}}/{self.plural}"
+
+
+RAYCLUSTER = Crd("RayCluster", "ray.io", "rayclusters", ("v1", "v1alpha1"), ("suspend",))
+RAYJOB = Crd("RayJob", "ray.io", "rayjobs", ("v1", "v1alpha1"), ("suspend",))
+PYTORCHJOB = Crd("PyTorchJob", "kubeflow.org", "pytorchjobs", ("v1",), ("runPolicy", "suspend"))
+CRDS = (RAYCLUSTER, RAYJOB, PYTORCHJOB)
+
+
+def _routes() -> tuple[Route, ...]:
+    out: list[Route] = []
+    discovery: list[str] = []
+    for crd in CRDS:
+        for version in crd.versions:
+            base, name = crd.collection(version), f"k8s.{crd.plural}.{version}"
+            item = base + "/{name}"
+            out += [
+                Route.of(f"{name}.create", ("POST",), base, RouteKind.SUBMIT),
+                Route.of(f"{name}.list", ("GET",), base, RouteKind.LIST),
+                Route.of(f"{name}.read", ("GET",), item, RouteKind.READ),
+                Route.of(f"{name}.status", ("GET",), item + "/status", RouteKind.READ),
+                Route.of(f"{name}.delete", ("DELETE",), item, RouteKind.CANCEL),
+                Route.of(f"{name}.patch", ("PATCH",), item, RouteKind.UPDATE),
+                Route.of(f"{name}.replace", ("PUT",), item, RouteKind.UPDATE),
+            ]
+            if f"/apis/{crd.group}/{version}" not in discovery:
+                discovery.append(f"/apis/{crd.group}/{version}")
+    out += [Route.of(f"k8s.apis.{path[6:]}", ("GET",), path, RouteKind.PLAIN_READ) for path in discovery]
+    return tuple(out)
+
+
+CRD_ROUTES = _routes()
+_COLLECTIONS = {crd.collection(v): (crd, v) for crd in CRDS for v in crd.versions}
+
+
+def crd_of(match: RouteMatch) -> tuple[Crd, str] | None:
+    """The custom resource and version a matched route is about, or None for Jobs, Pods and the rest."""
+    pattern = match.route.pattern
+    base = pattern.split("/{name}", 1)[0]
+    return _COLLECTIONS.get(base)
+
+
+def object_id(match: RouteMatch, namespace: str, name: str) -> str:
+    """A Job's or Pod's id is `<ns>/<name>`; a custom resource's is `<ns>/<plural>.<group>/<name>`.
+
+    Distinct ids keep a RayCluster and a Job of the same name from sharing one lease, so
+    deleting one can never release what the other holds.
+    """
+    found = crd_of(match)
+    return f"{namespace}/{found[0].resource}/{name}" if found else f"{namespace}/{name}"
+
+
+def _suspends(crd: Crd, tokens: list[str], value: Any) -> bool:
+    return tokens == ["spec", *crd.suspend] and value is True
+
+
+def crd_merge_touches(crd: Crd, patch: Mapping[str, Any]) -> str | None:
+    """What a merge or apply patch changes that may change what the object holds, or None.
+
+    Every spec field of these kinds feeds its pods (groups, replicas, templates, autoscaling,
+    deadlines, deletion), so any spec change counts, except suspending it.
+    """
+    if any(k.startswith("$") for k in patch):
+        return "the whole object (a $patch directive)"
+    if "spec" not in patch:
+        return None
+    spec = patch["spec"]
+    if not isinstance(spec, dict):
+        return "spec"
+    for key, value in spec.items():
+        if key.startswith("$"):
+            return "spec (a $patch directive)"
+        if len(crd.suspend) == 1 and key == crd.suspend[0] and value is True:
+            continue
+        if len(crd.suspend) == 2 and key == crd.suspend[0] and value == {crd.suspend[1]: True}:
+            continue
+        return f"spec.{key}"
+    return None
+
+
+def crd_op_touches(crd: Crd, op: Any) -> str | None:
+    """What a JSON-patch operation changes under spec (but suspending), or None."""
+    if not isinstance(op, dict) or not isinstance(op.get("op"), str):
+        raise JobSpecInvalid("body", "each JSON patch operation needs an op")
+    if op["op"] == "test":
+        return None
+    for key in ("path", "from"):
+        pointer = op.get(key)
+        if pointer is None and key == "from":
+            continue
+        if not isinstance(pointer, str):
+            raise JobSpecInvalid("body", f"JSON patch {key} must be a string")
+        tokens = [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
+        if not tokens or tokens == ["spec"]:
+            return pointer or "the whole object"
+        if tokens[0] != "spec":
+            continue
+        if key == "path" and op["op"] in ("add", "replace") and _suspends(crd, tokens, op.get("value")):
+            continue
+        return "spec." + ".".join(tokens[1:3])
+    return None
