@@ -9,7 +9,7 @@ from gateway.config.fields import Fields, as_str
 from gateway.config.gpus import load_gpus
 from gateway.config.located import ConfigError, Node, Problem, load_file
 from gateway.core.iso import country_problem
-from gateway.core.policy import KycSettings, Pack, ReadAccess, Rule, RuleId
+from gateway.core.policy import Action, Enforcement, KycSettings, Pack, ReadAccess, Rule, RuleId
 from gateway.core.tiers import Membership, TierTable
 
 
@@ -120,6 +120,16 @@ def _kyc(node: Node | None, problems: list[Problem]) -> KycSettings:
     return KycSettings(reads)
 
 
+def _enforcement(node: Node | None, problems: list[Problem]) -> Enforcement:
+    if node is None or node.raw is None:
+        return Enforcement()
+    fields = Fields(node, problems, ("over_allocation", "unadmitted"))
+    actions = [a.value for a in Action]
+    over = fields.choice("over_allocation", actions, default=Enforcement().over_allocation.value)
+    unadmitted = fields.choice("unadmitted", actions, default=Enforcement().unadmitted.value)
+    return Enforcement(Action(over or Action.CANCEL), Action(unadmitted or Action.ALERT))
+
+
 def load_pack(directory: Path) -> Pack:
     """Load and validate a pack directory; raise ConfigError listing every problem."""
     problems: list[Problem] = []
@@ -128,12 +138,13 @@ def load_pack(directory: Path) -> Pack:
         raise ConfigError([Problem(str(manifest), 1, "(file)", "pack.yaml not found")])
     try:
         root = load_file(manifest)
-        fields = Fields(root, problems, ("name", "version", "description", "rules", "kyc"))
+        fields = Fields(root, problems, ("name", "version", "description", "rules", "kyc", "enforcement"))
         name = fields.text("name", "", required=True)
         version = fields.text("version", "", required=True)
         fields.text("description")
         rules = _rules(fields.child("rules"), problems)
         kyc = _kyc(fields.child("kyc"), problems)
+        enforcement = _enforcement(fields.child("enforcement"), problems)
         tiers = _tiers(directory / "tiers.yaml", problems)
         gpus = load_gpus(directory / "gpus.yaml", problems) if (directory / "gpus.yaml").is_file() else None
         caps = load_caps(directory / "caps.yaml", problems) if (directory / "caps.yaml").is_file() else None
@@ -141,4 +152,4 @@ def load_pack(directory: Path) -> Pack:
         raise ConfigError(problems + exc.problems) from exc
     if problems:
         raise ConfigError(problems)
-    return Pack(name, version, content_hash(directory), tiers, rules, kyc, gpus, caps)
+    return Pack(name, version, content_hash(directory), tiers, rules, kyc, gpus, caps, enforcement)

@@ -51,6 +51,27 @@ class KycSettings:
     )
 
 
+class Action(StrEnum):
+    """What reconciliation does about a job it finds out of line: stop it, or leave it running and say so."""
+
+    CANCEL = "cancel"
+    ALERT = "alert"
+
+
+@dataclass(frozen=True, slots=True)
+class Enforcement:
+    """What reconciliation does about what the scheduler really runs.
+
+    `over_allocation`: a job holding more than its lease, and over a cap once charged for it
+    (default: cancel it through the scheduler). `unadmitted`: a live GPU job of a tenant's
+    scheduler identity that no lease covers, submitted around the gateway (default: alert).
+    Either way the job is recorded in the ledger and counted.
+    """
+
+    over_allocation: Action = Action.CANCEL
+    unadmitted: Action = Action.ALERT
+
+
 @dataclass(frozen=True, slots=True)
 class Pack:
     """One loaded policy pack: identity, tiers, dated rules, GPU catalogue and cap settings."""
@@ -63,6 +84,7 @@ class Pack:
     kyc: KycSettings = field(default_factory=KycSettings)
     gpus: GpuCatalogue | None = None
     caps: CapSettings | None = None
+    enforcement: Enforcement = field(default_factory=Enforcement)
 
     def rule(self, rule_id: RuleId) -> Rule:
         """A rule by id; a pack that omits one enforces it from the start (fail closed)."""
