@@ -9,7 +9,7 @@ from pathlib import Path
 from gateway.config.settings import load_settings
 from gateway.core.leases import QUOTA_SLOT
 from gateway.http.app import Server
-from tests.harness import Idp, gateway_yaml, tenant, upstream_yaml
+from tests.harness import POLICIES, Idp, gateway_yaml, tenant, upstream_yaml
 
 # Tenants of the real-peer tests (countries as "location/headquarters/parent"); on Slurm all run as root.
 PEER_TENANTS = {"acme-us": "US/US/US", "nordlys-se": "SE/SE/SE", "fjord-se-cn": "SE/SE/CN"}
@@ -32,18 +32,22 @@ async def peer_gateway(
     extra: str = "",
     config: str = "",
     clock: Callable[[], float] = time.time,
+    pack: Path | None = None,
 ) -> AsyncIterator[tuple[Server, Idp]]:
     """Run a gateway whose one upstream is the real `scheduler` at `url`; yield it and the IdP its tokens trust.
 
     `tenants` is the registry YAML, `headers` the upstream's `headers:` block and `extra` more of
-    its keys (both at the upstream's indent), `config` top-level YAML; JWKS, registry, config and
-    ledger live under `workdir`.
+    its keys (both at the upstream's indent), `config` top-level YAML, `pack` the policy pack (default: the
+    bundled one); JWKS, registry, config and ledger live under `workdir`.
     """
     idp = Idp()
     (workdir / "jwks.json").write_text(json.dumps(idp.jwks()))
     (workdir / "tenants.yaml").write_text(tenants)
     upstream = upstream_yaml(f'"{url}"', scheduler=scheduler, timeout_s=timeout_s, headers=headers, extra=extra)
-    text = gateway_yaml(workdir, instance_id=f"real-{scheduler}", shutdown=None, upstreams=upstream, extra=config)
+    pack = pack or POLICIES / "ai-diffusion-2025"
+    text = gateway_yaml(
+        workdir, instance_id=f"real-{scheduler}", shutdown=None, upstreams=upstream, extra=config, pack=pack
+    )
     (workdir / "gateway.yaml").write_text(text)
     server = Server(load_settings(workdir / "gateway.yaml", env={}), env={}, clock=clock)
     await server.start()

@@ -336,6 +336,17 @@ async def test_extending_a_lapsed_share_holds_it_again(store: QuotaStore) -> Non
     assert await store.counter_value(TAG, "tenant:t1", NOW + 42) == 60.0
 
 
+async def test_held_amounts_of_a_job(store: QuotaStore) -> None:
+    """What a job's live lease holds per held counter (cumulative debits are not held); nothing once released."""
+    plan = make_plan(held("tenant:t1", 60.0, 100.0), held("country:AE", 60.0, None), ops("ops:t1:a", 5.0, 100.0))
+    await store.reserve(plan, NOW)
+    assert await store.held_amounts("slurm", "42") is None  # not owned yet
+    await store.complete(plan, upstream="slurm", job_id="42", response=RESPONSE, now=NOW)
+    assert await store.held_amounts("slurm", "42") == {"tenant:t1": 60.0, "country:AE": 60.0}
+    await store.release_job("slurm", "42", NOW + 1)
+    assert await store.held_amounts("slurm", "42") is None
+
+
 def replacing(plan: Plan, old: LeaseRef) -> Plan:
     """`plan` as an update of the job held under `old`."""
     return dataclasses.replace(plan, replaces=old)

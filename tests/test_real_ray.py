@@ -372,3 +372,46 @@ async def put(server: Server, idp: Idp, sub: str, path: str, data: bytes) -> tup
     ):
         raw = await resp.read()
     return resp.status, json.loads(raw) if raw and resp.content_type.endswith("json") else raw
+
+
+async def test_cluster_capacity_read_from_ray_itself(ray: str, tmp_path: Path) -> None:
+    """No `cluster_gpus`: the gateway reads the head's 8 H100 from Ray and prices a job asking none at them."""
+    tenants = peer_registry("acme-us")
+    extra = "    scheduler_options: {capacity_refresh_s: 1}"
+    async with peer_gateway(tmp_path, "ray", ray, tenants=tenants, timeout_s=30, extra=extra) as running:
+        server, idp = running
+        sid = f"eg-{uuid.uuid4().hex[:12]}"
+        body = submission(sid, entrypoint="sleep 120", entrypoint_num_gpus=0, entrypoint_resources={})
+        status, answer, _ = await call(server, idp, "acme-us", "POST", "/api/jobs/", body)
+        assert status == 200 and answer["submission_id"] == sid, answer
+        assert await held(server, "acme-us") == 8 * 15832  # the 8 H100 Ray lists, not the 0 the entrypoint asks
+        records = ledger_records(server.settings.ledger.dir, server.settings.instance_id)
+        (admitted,) = [r for r in records if r.get("route") == "ray.jobs.submit"]
+        assert admitted["decision"] == "allow" and admitted["cost"]["gpus"] == 8, admitted
+        status, stopped, _ = await call(server, idp, "acme-us", "POST", f"/api/jobs/{sid}/stop")
+        assert status == 200 and stopped == {"stopped": True}
+        assert await held(server, "acme-us") == 0
+
+
+async def test_two_jobs_of_one_tenant_hold_the_cluster_once(ray: str, gateway: tuple[Server, Idp]) -> None:
+    """Two live jobs of one tenant on real Ray share one lease: 8 x H100 held, not 16; stopping both frees it."""
+    server, idp = gateway
+    assert server.store is not None
+    ids = [f"eg-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    for sid in ids:
+        status, body, _ = await call(server, idp, "acme-us", "POST", "/api/jobs/", submission(sid))
+        assert status == 200 and body["submission_id"] == sid, body
+    assert await held(server, "acme-us") == 8 * 15832
+    owners = [await server.store.owner_of("ray", sid) for sid in ids]
+    assert owners[0] is not None and owners[1] is not None
+    assert owners[0].lease.lease_id == owners[1].lease.lease_id
+    status, stopped, headers = await call(server, idp, "acme-us", "POST", f"/api/jobs/{ids[0]}/stop")
+    assert (status, stopped) == (200, {"stopped": True})
+    assert await held(server, "acme-us") == 8 * 15832  # the other job still runs on the cluster
+    status, stopped, _ = await call(server, idp, "acme-us", "POST", f"/api/jobs/{ids[1]}/stop")
+    assert (status, stopped) == (200, {"stopped": True})
+    assert await held(server, "acme-us") == 0
+    records = ledger_records(server.settings.ledger.dir, server.settings.instance_id)
+    (held_back,) = [r for r in records if r["kind"] == "release" and r["decision_id"] == headers[
+        "X-Exportgate-Decision-Id"]]  # fmt: skip
+    assert (held_back["released"], held_back["held_for"]) == (False, [ids[1]])

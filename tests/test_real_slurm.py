@@ -373,3 +373,107 @@ async def test_job_pending_past_its_allowance_keeps_its_lease_and_blocks_the_nex
             assert [r["reason"] for r in records if r["kind"] == "extend"] == ["pending"]
         finally:
             await call(server, idp, "capped-ae", "DELETE", f"{API}/job/{job_id}")
+
+
+async def test_allocation_beyond_the_lease_is_charged_and_over_a_cap_cancelled(
+    slurm: dict[str, Any], tmp_path: Path
+) -> None:
+    """Jobs moved around the gateway to 3 GPUs on 1-GPU leases: the uncapped one is charged 3, the capped cancelled."""
+    key = slurm["base"] / "state" / "jwt_hs256.key"
+    headers = f"""    headers:
+      X-SLURM-USER-NAME: {{from_tenant: slurm_user}}
+      X-SLURM-USER-TOKEN: {{from_tenant: slurm_user, slurm_jwt_key_file: {key}, lifespan_s: 300}}
+"""
+    registry = ("tenants:" + tenant("acme-us", "US/US/US", slurm_user="root")
+                + tenant("capped-ae", "AE/AE/AE", "\n    tpp_cap: 31664", slurm_user="root") + "\n")  # fmt: skip
+    config = "reconcile: {interval_s: 0}"
+    async with peer_gateway(
+        tmp_path, "slurm", slurm["url"], tenants=registry, timeout_s=20, headers=headers, config=config
+    ) as (server, idp):
+        assert server.reconciler is not None
+        ids: dict[str, int] = {}
+        for sub in ("acme-us", "capped-ae"):
+            body = shaped(slurm, f"eg-moved-{sub}", tasks=1, gres="gpu:h100:1", hold=True)
+            status, answer = await call(server, idp, sub, "POST", f"{API}/job/submit", body)
+            assert status == 200, answer
+            ids[sub] = answer["job_id"]
+            # Someone with scontrol (an operator, or the user on a login node) moves it to 3 GPUs, then lets it run.
+            scontrol(slurm, "update", f"JobId={ids[sub]}", "TresPerNode=gres:gpu:h100:3")
+            scontrol(slurm, "release", str(ids[sub]))
+        try:
+            assert [await running_gpus(slurm, ids[sub]) for sub in ids] == [3, 3]
+            assert await held(server, "acme-us") == 15832 and await held(server, "capped-ae") == 15832
+            await server.reconciler.run_once()
+            assert await held(server, "acme-us") == 3 * 15832  # what scontrol shows, at last
+            records = ledger_records(server.settings.ledger.dir, server.settings.instance_id)
+            over = [r for r in records if r["kind"] == "over_allocation"]
+            expected = [("capped-ae", str(ids["capped-ae"]), "cancel")]
+            assert [(r["tenant"], r["job_id"], r["action"]) for r in over] == expected
+            state = ""
+            for _ in range(40):
+                state = scontrol(slurm, "show", "job", str(ids["capped-ae"]))
+                if "JobState=CANCELLED" in state:
+                    break
+                await asyncio.sleep(0.25)
+            assert "JobState=CANCELLED" in state
+            assert "JobState=RUNNING" in scontrol(slurm, "show", "job", str(ids["acme-us"]))
+        finally:
+            for sub in ids:
+                await call(server, idp, sub, "DELETE", f"{API}/job/{ids[sub]}")
+
+
+async def test_job_submitted_around_the_gateway_is_flagged_and_with_cancel_cancelled(
+    slurm: dict[str, Any], tmp_path: Path
+) -> None:
+    """A GPU job sent straight to slurmrestd as the tenants' Slurm user (root) holds no lease: under the bundled
+    pack (`unadmitted: alert`) it is recorded for both tenants and runs on; a gateway whose pack says `cancel`
+    records it and cancels it through slurmrestd. The job each gateway admitted itself is never flagged."""
+    token = scontrol(slurm, "token", "username=root", "lifespan=600").strip().partition("=")[2]
+    direct = {"X-SLURM-USER-NAME": "root", "X-SLURM-USER-TOKEN": token}
+    body = job(slurm, 1, "eg-around", "#!/bin/bash\nsleep 300")
+    status, answer, _ = await gateway_call(slurm["url"], "POST", f"{API}/job/submit", payload=body, headers=direct)
+    assert status == 200, answer
+    around = str(answer["job_id"])
+    cancelling = tmp_path / "pack"
+    shutil.copytree(Path(__file__).parent.parent / "policies" / "ai-diffusion-2025", cancelling)
+    manifest = (cancelling / "pack.yaml").read_text()
+    (cancelling / "pack.yaml").write_text(manifest.replace("  unadmitted: alert\n", "  unadmitted: cancel\n"))
+    key = slurm["base"] / "state" / "jwt_hs256.key"
+    headers = f"""    headers:
+      X-SLURM-USER-NAME: {{from_tenant: slurm_user}}
+      X-SLURM-USER-TOKEN: {{from_tenant: slurm_user, slurm_jwt_key_file: {key}, lifespan_s: 300}}
+"""
+    try:
+        for pack, action in ((None, "alert"), (cancelling, "cancel")):
+            workdir, clock = tmp_path / action, Clock()
+            workdir.mkdir()
+            async with peer_gateway(
+                workdir, "slurm", slurm["url"], tenants=peer_registry("acme-us", "nordlys-se"), timeout_s=20,
+                headers=headers, config="reconcile: {interval_s: 0}", clock=clock, pack=pack,
+            ) as (server, idp):  # fmt: skip
+                idp.clock = clock
+                assert server.reconciler is not None
+                status, answer = await call(server, idp, "acme-us", "POST", f"{API}/job/submit", job(slurm, 1))
+                assert status == 200, answer
+                admitted = str(answer["job_id"])
+                try:
+                    await server.reconciler.run_once()  # seen once: it might be a submission still in flight
+                    clock.now += 30  # past the upstream's connect plus read timeout (5 + 20 s)
+                    assert (await server.reconciler.run_once()).get("unadmitted", 0) >= 1
+                    records = ledger_records(server.settings.ledger.dir, server.settings.instance_id)
+                    flagged = [r for r in records if r["kind"] == "unadmitted_job"]
+                    mine = [(r["tenants"], r["action"]) for r in flagged if r["job_id"] == around]
+                    assert mine == [(["acme-us", "nordlys-se"], action)]
+                    assert admitted not in [r["job_id"] for r in flagged]
+                    state = ""
+                    for _ in range(40):
+                        state = scontrol(slurm, "show", "job", around)
+                        if action == "alert" or "JobState=CANCELLED" in state:
+                            break
+                        await asyncio.sleep(0.25)
+                    assert ("JobState=CANCELLED" in state) is (action == "cancel"), state
+                    assert "JobState=CANCELLED" not in scontrol(slurm, "show", "job", admitted)
+                finally:
+                    await call(server, idp, "acme-us", "DELETE", f"{API}/job/{admitted}")
+    finally:  # straight to slurmrestd again (already cancelled under `cancel`: harmless)
+        await gateway_call(slurm["url"], "DELETE", f"{API}/job/{around}", headers=direct)

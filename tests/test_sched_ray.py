@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from gateway.adapters.ray_capacity import RayCapacitySource, reads_capacity
 from gateway.adapters.upstream import Upstream
 from gateway.config.located import Problem, load_text
 from gateway.config.schedulers import load_scheduler_options
@@ -15,6 +17,10 @@ from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllo
 from gateway.core.routes import RouteKind, RouteMatch, match_route
 from gateway.schedulers import RayAdapter, RayOptions
 from gateway.schedulers.ray import PACKAGE_READ, PACKAGE_UPLOAD, package_uri, package_uris
+from gateway.schedulers.ray import ROUTES as ROUTES_OF_RAY
+from gateway.schedulers.ray_capacity import EMPTY as RAY_EMPTY
+from gateway.schedulers.ray_capacity import NODES_PATH, CapacityUnreadable, RayCapacity, parse_nodes, widened
+from tests.redis_server import free_port
 
 ADAPTER = RayAdapter(RayOptions(pricing="entrypoint"))
 
@@ -397,3 +403,217 @@ def test_cluster_options_load_with_located_problems() -> None:
         "g.yaml:3: cluster_gpus.H100: must be a whole number of GPUs, 0 or more",
         "g.yaml:4: cluster_gpus.A100: must be a whole number of GPUs, 0 or more",
     ]
+
+
+# -- the cluster's GPUs read from Ray (GET /api/v0/nodes) ---------------------------------------------------------
+
+RAY_DATA = Path(__file__).parent / "data" / "ray"
+
+
+def ray_answer(name: str) -> Any:
+    """A real Ray 2.60 dashboard answer captured from tests/peers/ray.sh (head: 8 GPUs, accelerator_type:H100)."""
+    return json.loads((RAY_DATA / name).read_text())
+
+
+def with_nodes(*nodes: dict[str, Any]) -> Any:
+    """The captured answer with its node list replaced (counts kept consistent)."""
+    doc = ray_answer("nodes-alive-2.60.json")
+    listing = doc["data"]["result"]
+    listing.update(total=len(nodes), num_after_truncation=len(nodes), num_filtered=len(nodes), result=list(nodes))
+    return doc
+
+
+def ray_node(resources: dict[str, Any], state: str = "ALIVE", **labels: str) -> dict[str, Any]:
+    (head,) = ray_answer("nodes-alive-2.60.json")["data"]["result"]["result"]
+    return {**head, "state": state, "resources_total": resources, "labels": {**head["labels"], **labels}}
+
+
+def test_ray_nodes_path_asks_for_every_alive_node() -> None:
+    assert NODES_PATH.startswith("/api/v0/nodes?")
+    assert "limit=10000" in NODES_PATH and "filter_keys=state" in NODES_PATH and "filter_values=ALIVE" in NODES_PATH
+
+
+@pytest.mark.parametrize(
+    ("capture", "gpus"),
+    [
+        ("nodes-alive-2.60.json", {"H100": 8}),  # the head alone
+        ("nodes-alive-untyped-worker-2.60.json", {"H100": 8, None: 4}),  # + a worker with 4 GPUs of no type
+        ("nodes-all-dead-worker-2.60.json", {"H100": 8}),  # unfiltered, the worker DEAD: not counted
+    ],
+)
+def test_parse_real_ray_node_lists(capture: str, gpus: dict[str | None, int]) -> None:
+    assert parse_nodes(ray_answer(capture)) == gpus
+
+
+def test_a_limited_or_truncated_node_list_is_unreadable() -> None:
+    """Ray listing only some nodes (its `limit`, or truncation at the source) would undercount: refused."""
+    with pytest.raises(CapacityUnreadable, match="limited the node list"):
+        parse_nodes(ray_answer("nodes-limit-1-2.60.json"))  # real: ?limit=1 of 2 nodes
+    truncated = ray_answer("nodes-alive-2.60.json")
+    truncated["data"]["result"]["total"] = 5
+    with pytest.raises(CapacityUnreadable, match="truncated"):
+        parse_nodes(truncated)
+    partial = ray_answer("nodes-alive-2.60.json")
+    partial["data"]["result"]["partial_failure_warning"] = "raylet timed out"
+    with pytest.raises(CapacityUnreadable, match="partial"):
+        parse_nodes(partial)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        None,
+        [],
+        {"result": False, "msg": "Failed to list nodes", "data": {}},
+        {"result": True, "data": {"result": {"total": 1}}},
+        with_nodes({"state": "ALIVE"}),  # no resources_total
+        with_nodes(ray_node({"GPU": "8"})),
+        with_nodes(ray_node({"GPU": -1.0})),
+        with_nodes(ray_node({"GPU": float("nan")})),
+        with_nodes(ray_node({"GPU": 1e12})),
+        with_nodes("node"),  # type: ignore[arg-type]
+    ],
+)
+def test_unreadable_ray_node_lists(doc: Any) -> None:
+    with pytest.raises(CapacityUnreadable):
+        parse_nodes(doc)
+
+
+def test_ray_node_models() -> None:
+    """Models from `accelerator_type:*` resources and the `ray.io/accelerator-type` label; several are candidates."""
+    nodes = with_nodes(
+        ray_node({"GPU": 1.0, "accelerator_type:A100": 1.0}),  # auto-detected: the amount is 1, not a count
+        ray_node({"GPU": 0.5, "accelerator_type:A100": 1.0}),  # a fraction of a GPU holds one
+        ray_node({"GPU": 8.0}, **{"ray.io/accelerator-type": "H100"}),
+        ray_node({"GPU": 2.0, "accelerator_type:H100": 1.0, "accelerator_type:A100": 1.0}),
+        ray_node({"CPU": 64.0, "accelerator_type:TPU-V4": 1.0}),  # no GPU resource: no GPUs
+        ray_node({"GPU": 4.0}, state="DEAD"),
+    )
+    assert parse_nodes(nodes) == {"A100": 2, "H100": 8, "A100|H100": 2}
+
+
+def test_capacity_keeps_the_most_seen_per_model() -> None:
+    """An autoscaling cluster that shrank may grow again: the peak per model since start stays."""
+    big = with_nodes(ray_node({"GPU": 8.0, "accelerator_type:H100": 1.0}), ray_node({"GPU": 4.0}))
+    small = with_nodes(
+        ray_node({"GPU": 2.0, "accelerator_type:H100": 1.0}), ray_node({"GPU": 8.0, "accelerator_type:A100": 1.0})
+    )
+    first = widened(RAY_EMPTY, big)
+    assert (first.loaded, first.nodes, first.gpus, first.peak) == (True, 2, {"H100": 8, None: 4}, {"H100": 8, None: 4})
+    second = widened(first, small)
+    assert second.gpus == {"H100": 2, "A100": 8}
+    assert second.peak == {"H100": 8, None: 4, "A100": 8}
+
+
+def cluster_adapter(capacity: RayCapacity, **options: Any) -> RayAdapter:
+    return RayAdapter(RayOptions(**options), capacity=lambda: capacity)
+
+
+def test_cluster_pricing_at_the_gpus_ray_lists() -> None:
+    """Without cluster_gpus a Ray job is priced at the GPUs the real head lists (8 H100), whatever it asks."""
+    adapter = cluster_adapter(widened(RAY_EMPTY, ray_answer("nodes-alive-2.60.json")))
+    for changes in ({"entrypoint_num_gpus": 0, "entrypoint_resources": None}, {}, {"entrypoint_num_gpus": 1}):
+        assert submission(adapter, **changes).parts == (JobPart(8, "H100", 1),)
+    assert submission(adapter).total_gpus * 15832 == 8 * 15832
+
+
+def test_configured_cluster_gpus_win_over_what_ray_lists() -> None:
+    adapter = cluster_adapter(widened(RAY_EMPTY, ray_answer("nodes-alive-2.60.json")), cluster_gpus={"H100": 32})
+    assert submission(adapter).parts == (JobPart(32, "H100", 1),)
+
+
+def test_untyped_ray_gpus_are_priced_at_the_default_model_or_refused() -> None:
+    capacity = widened(RAY_EMPTY, ray_answer("nodes-alive-untyped-worker-2.60.json"))
+    assert submission(cluster_adapter(capacity, default_gpu_model="H100")).parts == (JobPart(12, "H100", 1),)
+    assert submission(cluster_adapter(capacity, default_gpu_model="A100")).parts == (
+        JobPart(4, "A100", 1),
+        JobPart(8, "H100", 1),
+    )
+    with pytest.raises(JobSpecInvalid) as refused:
+        submission(cluster_adapter(capacity))  # never priced low: refused
+    assert "4 GPUs" in str(refused.value) and "default_gpu_model" in str(refused.value)
+    assert "cluster_gpus" in str(refused.value)
+
+
+def test_ray_capacity_unknown_names_both_fixes() -> None:
+    with pytest.raises(JobSpecInvalid) as refused:
+        submission(cluster_adapter(RAY_EMPTY))
+    assert refused.value.field == "entrypoint_num_gpus"
+    assert "cluster_gpus" in str(refused.value) and "/api/v0/nodes" in str(refused.value)
+
+
+def test_pricing_after_the_cluster_shrank_holds_its_peak() -> None:
+    seen = widened(RAY_EMPTY, ray_answer("nodes-alive-untyped-worker-2.60.json"))
+    shrunk = widened(seen, ray_answer("nodes-all-dead-worker-2.60.json"))  # the 4-GPU worker died
+    assert shrunk.gpus == {"H100": 8}
+    assert submission(cluster_adapter(shrunk, default_gpu_model="H100")).parts == (JobPart(12, "H100", 1),)
+
+
+def test_entrypoint_pricing_ignores_the_cluster() -> None:
+    adapter = cluster_adapter(RAY_EMPTY, pricing="entrypoint")
+    assert submission(adapter).parts == (JobPart(2, "H100", 1),)
+    assert not reads_capacity(RayOptions(pricing="entrypoint"))
+    assert not reads_capacity(RayOptions(cluster_gpus={"H100": 8}))
+    assert reads_capacity(RayOptions())
+
+
+def test_capacity_refresh_option() -> None:
+    problems: list[Problem] = []
+    node = load_text("capacity_refresh_s: 15\n", "g.yaml")
+    assert load_scheduler_options("ray", node, problems) == RayOptions(capacity_refresh_s=15.0)
+    assert problems == [] and RayOptions().capacity_refresh_s == 60.0
+    bad: list[Problem] = []
+    assert load_scheduler_options("ray", load_text("pricing: cluster\ncapacity_refresh_s: 0\n", "g.yaml"), bad) is None
+    assert [str(p) for p in bad] == ["g.yaml:2: capacity_refresh_s: must be positive"]
+
+
+class CapturedDashboard:
+    """A loopback HTTP server answering GET /api/v0/nodes with real captured answers (and a 500) in turn."""
+
+    def __init__(self, answers: list[tuple[int, bytes]]) -> None:
+        self.answers = answers
+        self.seen: list[tuple[str, str | None]] = []
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        self.seen.append((request.path_qs, request.headers.get("Authorization")))
+        status, body = self.answers[min(len(self.seen), len(self.answers)) - 1]
+        return web.Response(status=status, body=body, content_type="application/json")
+
+
+async def test_capacity_source_reads_ray_with_the_upstream_credentials() -> None:
+    """The source reads the node list with the static credential, keeps the peak, and keeps it over failures."""
+    answers = [
+        (200, (RAY_DATA / "nodes-alive-untyped-worker-2.60.json").read_bytes()),
+        (500, b'{"result": false, "msg": "boom"}'),
+        (200, (RAY_DATA / "nodes-all-dead-worker-2.60.json").read_bytes()),
+    ]
+    dashboard = CapturedDashboard(answers)
+    app = web.Application()
+    app.router.add_get("/api/v0/nodes", dashboard.nodes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    problems: list[Problem] = []
+    text = (
+        f"- {{name: ray, url: 'http://127.0.0.1:{port}', scheduler: ray,"
+        " headers: {Authorization: {env: RAY_TOKEN, prefix: 'Bearer '}}}\n"
+    )
+    (settings,) = load_upstreams(load_text(text, "g.yaml"), Path("."), problems)
+    assert problems == []
+    options = RayOptions(capacity_refresh_s=3600)
+    upstream = Upstream(settings, ROUTES_OF_RAY, RayAdapter(options))
+    await upstream.start({"RAY_TOKEN": "s3cret"})
+    source = RayCapacitySource(upstream, options)
+    try:
+        await source.start()
+        assert source.snapshot().gpus == {"H100": 8, None: 4}
+        assert dashboard.seen == [(NODES_PATH, "Bearer s3cret")]
+        assert await source.refresh() is False  # a 500: the last capacity stays
+        assert source.snapshot().peak == {"H100": 8, None: 4}
+        assert await source.refresh() is True
+        assert (source.snapshot().gpus, source.snapshot().peak) == ({"H100": 8}, {"H100": 8, None: 4})
+    finally:
+        await source.stop()
+        await upstream.close()
+        await runner.cleanup()

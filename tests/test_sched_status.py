@@ -7,6 +7,7 @@ import pytest
 
 from gateway.config.located import Problem, load_text
 from gateway.config.schedulers import load_scheduler_options
+from gateway.core.jobs import JobPart
 from gateway.schedulers import (
     GenericAdapter,
     GenericOptions,
@@ -218,19 +219,38 @@ def _slurm_doc(*records: dict[str, Any]) -> bytes:
         # v0.0.38: plain numbers; a pending job's start_time is slurmctld's estimate, not a start.
         ([{"job_state": "PENDING", "time_limit": 90, "start_time": 1_900_000_000}], JobView(False, True, 5400.0)),
         ([{"job_state": "RUNNING", "time_limit": 10, "start_time": 1_800_000_000}],
-         JobView(False, False, 600.0, 1_800_000_000.0)),
+         JobView(False, False, 600.0, 1_800_000_000.0, None, True)),
+        # What slurmctld allocated: typed and untyped GPUs of every running record, added up.
+        ([{"job_state": "RUNNING", "time_limit": 10, "start_time": 1_800_000_000,
+           "tres_alloc_str": "cpu=16,mem=8000M,node=2,billing=16,gres/gpu=8,gres/gpu:h100=8"}],
+         JobView(False, False, 600.0, 1_800_000_000.0, (JobPart(8, "h100"),), True)),
+        ([{"job_state": "RUNNING", "time_limit": 10, "start_time": 1_800_000_000, "tres_alloc_str": "cpu=1,gres/gpu=3"},
+          {"job_state": "RUNNING", "time_limit": 10, "start_time": 1_800_000_000,
+           "tres_alloc_str": "cpu=1,gres/gpu=2,gres/gpu:h100=1"}],
+         JobView(False, False, 600.0, 1_800_000_000.0, (JobPart(1, "h100"), JobPart(4, None)), True)),
+        # Without GPU accounting the TRES string names no GPUs; the per-node GRES detail does (as captured
+        # from slurmrestd 22.05 for a job `scontrol update TresPerNode=gres:gpu:h100:3` moved to 3 GPUs).
+        ([{"job_state": "RUNNING", "time_limit": 5, "start_time": 1_795_971_176,
+           "tres_alloc_str": "cpu=1,node=1,billing=1", "gres_detail": ["gpu:h100:3(IDX:0-2)"]}],
+         JobView(False, False, 300.0, 1_795_971_176.0, (JobPart(3, "h100"),), True)),
+        ([{"job_state": "RUNNING", "time_limit": 5, "start_time": 1_795_971_176, "tres_alloc_str": "cpu=2,node=2",
+           "gres_detail": ["gpu:2(IDX:0,2)", "gpu:h100:1(IDX:1),mps:100(0)"]}],
+         JobView(False, False, 300.0, 1_795_971_176.0, (JobPart(1, "h100"), JobPart(2, None)), True)),
         # v0.0.40+: state lists and {set, infinite, number} structs; an infinite limit is unknown.
         ([{"job_state": ["RUNNING"], "time_limit": {"set": True, "infinite": False, "number": 5},
            "start_time": {"set": True, "infinite": False, "number": 1_800_000_100}}],
-         JobView(False, False, 300.0, 1_800_000_100.0)),
+         JobView(False, False, 300.0, 1_800_000_100.0, None, True)),
         ([{"job_state": ["RUNNING"], "time_limit": {"set": False, "infinite": True, "number": 0},
-           "start_time": {"set": True, "number": 1_800_000_100}}], JobView(False, False, None, 1_800_000_100.0)),
+           "start_time": {"set": True, "number": 1_800_000_100}}],
+         JobView(False, False, None, 1_800_000_100.0, None, True)),
         # An array: one task running, one pending -> alive, not pending; the longest limit, the earliest start.
         ([{"job_state": "RUNNING", "time_limit": 10, "start_time": 1_800_000_200},
           {"job_state": "PENDING", "time_limit": 20, "start_time": 0}], JobView(False, False, 1200.0, 1_800_000_200.0)),
         ([{"job_state": "COMPLETED", "time_limit": 10}], JobView(True)),
     ],
-    ids=["pending", "running", "v40-running", "v40-infinite", "array-mixed", "completed"],
+    ids=["pending", "running", "allocated", "allocated-two-records", "gres-detail", "gres-detail-two-nodes",
+         "v40-running", "v40-infinite", "array-mixed",
+         "completed"],
 )  # fmt: skip
 def test_slurm_job_view(records: list[dict[str, Any]], expected: JobView) -> None:
     """What reconciliation holds a Slurm job's lease for: state, time limit (minutes) and start."""

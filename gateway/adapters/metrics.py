@@ -94,11 +94,31 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.true_ups = Counter(
+            "exportgate_true_ups_total",
+            "Leases trued to what the scheduler allocated, by direction (up, down) and over-allocation action "
+            "(none, alert, cancel).",
+            ["direction", "action"],
+            registry=r,
+        )
         self.lease_holds = Counter(
             "exportgate_lease_holds_total",
             "Leases reconciliation held on: pending, running, unconfirmed (the scheduler could not say), "
             "walltime_stop (a job stopped for running past its walltime).",
             ["reason"],
+            registry=r,
+        )
+        self.unadmitted_jobs = Counter(
+            "exportgate_unadmitted_jobs_total",
+            "Live GPU jobs of a tenant's scheduler identity that no lease covers (submitted around the gateway), "
+            "once each, by what was done: alert, cancel, cancel_failed.",
+            ["action"],
+            registry=r,
+        )
+        self.unadmitted_errors = Counter(
+            "exportgate_unadmitted_sweep_errors_total",
+            "Failures of the sweep for jobs the gateway never admitted, by stage: list, quota, ledger, cancel.",
+            ["stage"],
             registry=r,
         )
         self.ready = Gauge(

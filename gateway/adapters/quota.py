@@ -79,6 +79,10 @@ class QuotaStore(Protocol):
         """
         ...
 
+    async def held_amounts(self, upstream: str, job_id: str) -> dict[str, float] | None:
+        """What the live lease of `job_id` holds on each held counter now; None when it has no live lease."""
+        ...
+
     async def owner_of(self, upstream: str, job_id: str) -> Owner | None:
         """Who submitted `job_id` through the gateway, if anyone."""
         ...

@@ -124,6 +124,13 @@ class MemoryQuotaStore:
             self._expiries.add(after + self._window, "lease", (lease.hash_tag, lease.lease_id))
         return after
 
+    async def held_amounts(self, upstream: str, job_id: str) -> dict[str, float] | None:
+        entry = self._owners.get((upstream, job_id))
+        if entry is None:
+            return None
+        lease = entry[0].lease
+        return self._book.held_amounts((lease.hash_tag, lease.lease_id))
+
     async def owner_of(self, upstream: str, job_id: str) -> Owner | None:
         entry = self._owners.get((upstream, job_id))
         return None if entry is None else entry[0]

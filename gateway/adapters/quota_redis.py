@@ -238,6 +238,18 @@ class RedisQuotaStore:
             after = await self._extend(keys=keys, args=args)
         return None if after is None else float(text(after))
 
+    async def held_amounts(self, upstream: str, job_id: str) -> dict[str, float] | None:
+        owner = await self.owner_of(upstream, job_id)
+        if owner is None:
+            return None
+        async with self._io():
+            fields = await self._client.hgetall(self._keys.lease(owner.lease.hash_tag, owner.lease.lease_id))
+        decoded = {text(k): text(v) for k, v in fields.items()}
+        if not decoded or "released" in decoded:
+            return None
+        held = CounterKind.HELD.value + ":"
+        return {k[len(held) :]: float(v) for k, v in decoded.items() if k.startswith(held)}
+
     async def owner_of(self, upstream: str, job_id: str) -> Owner | None:
         async with self._io():
             raw = await self._client.get(self._keys.owner(upstream, job_id))

@@ -172,14 +172,17 @@ def _kubernetes(node: Node, problems: list[Problem]) -> KubernetesOptions:
 
 def _ray(node: Node, problems: list[Problem]) -> RayOptions:
     keys = ("walltime_metadata_key", "default_walltime_s", "default_gpu_model", "lineage_key", "purpose_key",
-            "pricing", "cluster_gpus")  # fmt: skip
+            "pricing", "cluster_gpus", "capacity_refresh_s")  # fmt: skip
     f = Fields(node, problems, keys)
     walltime = f.number("default_walltime_s")
     _positive(f, "default_walltime_s", walltime)
+    refresh = f.number("capacity_refresh_s", default=60.0)
+    _positive(f, "capacity_refresh_s", refresh)
     pricing = f.choice("pricing", ["cluster", "entrypoint"], default="cluster") or "cluster"
     return RayOptions(
         pricing=pricing,
         cluster_gpus=_cluster_gpus(f.child("cluster_gpus"), problems),
+        capacity_refresh_s=refresh if refresh is not None else 60.0,
         walltime_metadata_key=f.text("walltime_metadata_key", default="time_limit_min"),
         default_walltime_s=walltime,
         default_gpu_model=f.text("default_gpu_model"),

@@ -30,6 +30,10 @@ class QuotaOutcome:
     replay: StoredResponse | None = None
     # The job an update's lease replaces (the ledger rebuilds the replacement from it).
     replaces_job: str | None = None
+    # A job joining its tenant's shared cluster lease: that lease and the live jobs owned under it (the ledger
+    # names them so a replay checks the job net of the same lease).
+    joins_lease: str | None = None
+    shared_with: tuple[str, ...] = ()
 
     @property
     def licence_ids(self) -> tuple[str, ...]:

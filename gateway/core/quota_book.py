@@ -151,6 +151,28 @@ class QuotaBook:
         stored.end = new_end
         return new_end
 
+    def impose(self, lease: LeaseKey, end: float, debits: Iterable[tuple[str, CounterKind, float]]) -> None:
+        """Debit a recorded lease as it was taken, without checking caps (a replayed true-up: the job held it)."""
+        if lease in self.leases:
+            return
+        tag, lease_id = lease
+        taken: dict[tuple[str, CounterKind], float] = {}
+        for key, kind, amount in debits:
+            if amount <= 0:
+                continue
+            self._set((tag, key), self.values.get((tag, key), 0.0) + amount)
+            taken[(key, kind)] = amount
+            if kind is CounterKind.HELD:
+                self.held.setdefault((tag, key), {})[lease_id] = (end, amount)
+        self.leases[lease] = BookLease(end, taken)
+
+    def held_amounts(self, lease: LeaseKey) -> dict[str, float] | None:
+        """What a live lease debited each held counter; None once it is released, refunded or forgotten."""
+        stored = self.leases.get(lease)
+        if stored is None or stored.released:
+            return None
+        return {key: amount for (key, kind), amount in stored.debits.items() if kind is CounterKind.HELD}
+
     def value(self, hash_tag: str, key: str, now: float) -> float:
         """A counter's value after ending its expired leases (as quota_value.lua)."""
         self._expire((hash_tag, key), now)

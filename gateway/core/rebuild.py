@@ -20,7 +20,7 @@ from gateway.core.leases import (
     StoredResponse,
 )  # fmt: skip
 
-RESERVING_ROUTES = ("submit", "update")
+RESERVING_ROUTES = ("submit", "update", "true_up")  # true_up: reconciliation read back a larger or smaller allocation
 
 
 @dataclass(slots=True)
@@ -130,7 +130,8 @@ def _apply(b: _Builder, record: Mapping[str, Any]) -> None:
         _refund(b, decision_id)
     elif kind == "settle":
         _settle(b, decision_id, record, ts)
-    elif kind == "release" and record.get("whole_job", True) is not False:  # a part's cancel holds the job
+    elif kind == "release" and record.get("whole_job", True) is not False and not record.get("held_for"):
+        # A part's cancel holds the job; a job's end holds a shared cluster lease other jobs still use (`held_for`).
         upstream, job_id = _text(record.get("upstream")), _text(record.get("job_id"))
         if upstream is not None and job_id is not None:
             _release(b, upstream, job_id, ts)

@@ -77,7 +77,7 @@ def lease_record(quota: QuotaOutcome) -> dict[str, Any]:
             {"key": c.key, "kind": c.kind.value, "amount": uses[c.key].amount if c.key in uses else c.amount}
             for c in plan.counters
         ],
-    }
+    } | ({"joins_lease": quota.joins_lease, "shared_with": list(quota.shared_with)} if quota.joins_lease else {})
 
 
 def followup_body(kind: str, decision_id: str, ts: float, **fields: Any) -> dict[str, Any]:

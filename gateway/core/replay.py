@@ -15,6 +15,7 @@ from gateway.core.policy import Pack
 from gateway.core.quota_book import LeaseKey, QuotaBook
 from gateway.core.rebuild import parse_lease
 from gateway.core.routes import RouteKind
+from gateway.core.shared_lease import SharedLease
 from gateway.core.submission import Job, judge, price_and_plan
 from gateway.core.tenants import Kyc, KycStatus, Registry, Tenant, Veu
 
@@ -185,7 +186,13 @@ class _Replayer:
         kind, decision_id = record.get("kind"), str(record.get("decision_id"))
         upstream, job_id = record.get("upstream"), record.get("job_id")
         job = (upstream, job_id) if isinstance(upstream, str) and isinstance(job_id, str) else None
-        if kind == "decision" and record.get("route_kind") == "cancel" and record.get("decision") != "deny":
+        if kind == "decision" and record.get("route_kind") == "true_up":
+            parsed = parse_lease(record)  # what the scheduler allocated: held whatever the pack says
+            if parsed is not None:
+                lease_id, lease = parsed
+                self.book.impose((lease.tag, lease_id), lease.end, ((d.key, d.kind, d.amount) for d in lease.debits))
+                self.leases[lease_id] = (lease.tag, lease_id)
+        elif kind == "decision" and record.get("route_kind") == "cancel" and record.get("decision") != "deny":
             admission = decide(Facts(_when(record), self.tenant(record), RouteKind.CANCEL), self.pack)
             if not admission.forwards:
                 self.blocked_cancels.add(decision_id)
@@ -204,7 +211,8 @@ class _Replayer:
                 self.book.extend(self.jobs[job], float(end), float(ts))
         elif kind == "release" and job in self.jobs and decision_id not in self.blocked_cancels:
             assert job is not None
-            if record.get("whole_job", True) is not False:  # cancelling one array task holds the job
+            # Cancelling one array task holds the job; a shared cluster lease other jobs use is held (`held_for`).
+            if record.get("whole_job", True) is not False and not record.get("held_for"):
                 self.book.release(self.jobs[job])
 
     def redecide(self, record: Mapping[str, Any]) -> None:
@@ -259,8 +267,9 @@ class _Replayer:
         old = self.jobs.get((upstream, replaced)) if replaced is not None else None
         # Checked as if the job's old lease were given back, as the gateway does.
         lease = LeaseRef(old[0], tenant.id, old[1], None, ()) if old is not None else None
-        priced = price_and_plan(admission, tenant, Job(spec, decision_id, upstream, replaced=lease, cost=cost),
-                                self.pack, now)  # fmt: skip
+        joins = self._joins(record, upstream, tenant.id) if replaced is None else None
+        priced = price_and_plan(admission, tenant, Job(spec, decision_id, upstream, replaced=lease, cost=cost,
+                                                       joins=joins), self.pack, now)  # fmt: skip
         if isinstance(priced, Decision):
             return priced, False
         reserved = self.book.reserve(priced.plan, ts)
@@ -270,6 +279,14 @@ class _Replayer:
         if decision.forwards and replaced is not None:
             self.replaces[decision_id] = replaced
         return decision, False
+
+    def _joins(self, record: Mapping[str, Any], upstream: str, tenant_id: str) -> SharedLease | None:
+        """The lease the replay holds the jobs a submission joined under (their shared cluster lease), if any."""
+        lease = record.get("lease")
+        shared = lease.get("shared_with") if isinstance(lease, Mapping) else None
+        jobs = tuple(j for j in shared if isinstance(j, str)) if isinstance(shared, list) else ()
+        held = [self.jobs[(upstream, j)] for j in jobs if (upstream, j) in self.jobs]
+        return SharedLease(LeaseRef(held[0][0], tenant_id, held[0][1], None, ()), jobs) if held else None
 
 
 def _when(record: Mapping[str, Any]) -> datetime:

@@ -11,6 +11,7 @@ from gateway.core.policy import Pack
 from gateway.core.pricing import price
 from gateway.core.quota import plan_reservation
 from gateway.core.quota_verdict import interpret
+from gateway.core.shared_lease import SharedLease, uncredited
 from gateway.core.tenants import Tenant
 
 
@@ -21,6 +22,7 @@ class Priced:
     cost: Cost
     plan: Plan
     replaces_job: str | None = None
+    joins: SharedLease | None = None  # the tenant's shared cluster lease this job joins
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,9 @@ class Job:
     replaces_job: str | None = None  # an update: the job whose lease the new one replaces
     replaced: LeaseRef | None = None  # ...and that lease, checked as if it were given back
     cost: Cost | None = None  # already known (replay of a record whose model was a default)
+    # A shared-lease upstream (Ray priced at its cluster): the tenant's live lease there, which the job joins;
+    # checked as if its held shares were given back (its cumulative debits stay: see shared_lease).
+    joins: SharedLease | None = None
 
 
 def price_and_plan(admission: Decision, tenant: Tenant, job: Job, pack: Pack, now: datetime) -> Priced | Decision:
@@ -57,12 +62,18 @@ def price_and_plan(admission: Decision, tenant: Tenant, job: Job, pack: Pack, no
         return replace(planned, cost=cost)
     if job.replaced is not None:  # an update: checked as if the job's old lease were given back
         planned = replace(planned, replaces=job.replaced)
-    return Priced(cost, planned, job.replaces_job)
+    elif job.joins is not None:  # a job joining its tenant's cluster lease: checked net of its held shares
+        planned = replace(planned, replaces=job.joins.lease)
+    return Priced(cost, planned, job.replaces_job, job.joins if job.replaced is None else None)
 
 
 def judge(admission: Decision, priced: Priced, result: ReserveResult, now: datetime) -> Decision:
     """The decision: admission's reasons and the quota's, the basis, the cost and the quota outcome."""
+    if priced.joins is not None:  # the store credited the joined lease's cumulative debits too: not theirs to give
+        result = uncredited(priced.plan, result)
     quota = interpret(priced.plan, result, now)
     decision = verdict(admission.tier, admission.reasons + quota.reasons, quota.basis)
     outcome = replace(quota.quota, replaces_job=priced.replaces_job) if quota.quota is not None else None
+    if outcome is not None and priced.joins is not None:
+        outcome = replace(outcome, joins_lease=priced.joins.lease.lease_id, shared_with=priced.joins.jobs)
     return replace(decision, cost=priced.cost, quota=outcome)

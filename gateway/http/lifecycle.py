@@ -5,7 +5,7 @@ its `web.AppKey`, what comes after closes it. aiohttp enters the steps in the or
 while the proxy runner is set up, before its listener opens, and leaves them in reverse once
 the listener has closed and its in-flight requests have had `shutdown.grace_s`:
 
-    policy -> auth -> ledger -> upstreams -> Slurm facts -> quota store and its readiness probe
+    policy -> auth -> ledger -> upstreams -> Slurm facts -> Ray capacity -> quota store and its readiness probe
            -> memory store rebuilt from the ledger -> pipeline -> reconciler
 
 so the ledger opens before the store is rebuilt from it, the rebuild ends before any listener
@@ -31,6 +31,7 @@ from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.adapters.quota_memory import MemoryQuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
+from gateway.adapters.ray_capacity import RayCapacitySource, reads_capacity
 from gateway.adapters.rebuild import rebuild_store
 from gateway.adapters.slurm_facts import SlurmFactsSource
 from gateway.adapters.upstream import Upstream
@@ -38,7 +39,7 @@ from gateway.config.settings import QuotaSettings, Settings
 from gateway.config.upstreams import UpstreamSettings
 from gateway.http.proxy import PIPELINE, Parts, build_pipeline
 from gateway.http.reconcile import Reconciler
-from gateway.schedulers import SchedulerAdapter, SlurmAdapter, build_adapter
+from gateway.schedulers import RayAdapter, SchedulerAdapter, SlurmAdapter, build_adapter
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ STORE: web.AppKey[QuotaStore] = web.AppKey("store")
 PROBE = web.AppKey("store_probe", StoreProbe)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 SLURM_FACTS: web.AppKey[list[SlurmFactsSource]] = web.AppKey("slurm_facts")
+RAY_CAPACITY: web.AppKey[list[RayCapacitySource]] = web.AppKey("ray_capacity")
 
 
 def adapter_for(upstream: UpstreamSettings) -> SchedulerAdapter | None:
@@ -191,6 +193,23 @@ async def slurm_facts(app: web.Application) -> AsyncIterator[None]:
             await source.stop()
 
 
+async def ray_capacity(app: web.Application) -> AsyncIterator[None]:
+    """Each Ray upstream's GPUs per model, read from its dashboard now and refreshed in the background, when
+    it prices jobs at its cluster and `cluster_gpus` does not say the cluster (configured capacity wins)."""
+    app[RAY_CAPACITY] = sources = []
+    try:
+        for upstream in app[UPSTREAMS]:
+            if isinstance(upstream.adapter, RayAdapter) and reads_capacity(upstream.adapter.options):
+                source = RayCapacitySource(upstream, upstream.adapter.options)
+                upstream.adapter = dataclasses.replace(upstream.adapter, capacity=source.snapshot)
+                sources.append(source)
+                await source.start()
+        yield
+    finally:
+        for source in sources:
+            await source.stop()
+
+
 async def quota_store(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store = _quota_store(app[BASE].settings.quota)
     app[PROBE] = probe = StoreProbe(store)
@@ -238,7 +257,7 @@ async def reconciler(app: web.Application) -> AsyncIterator[None]:
 
 
 PARTS = (
-    policy_files, authenticator, ledger, upstreams, slurm_facts,
+    policy_files, authenticator, ledger, upstreams, slurm_facts, ray_capacity,
     quota_store, rebuilt_memory_store, pipeline, reconciler,
 )  # fmt: skip
 

@@ -25,7 +25,11 @@ from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.adapters.upstream import Upstream
 from gateway.config.reconcile import ReconcileSettings
 from gateway.core.records import followup_body
+from gateway.core.shared_lease import REASON as SHARED
 from gateway.core.tenants import Tenant
+from gateway.http.cluster_lease import detach, siblings
+from gateway.http.trueup import TrueUp
+from gateway.http.unadmitted import UnadmittedSweep
 from gateway.schedulers.status import JobView
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,8 @@ class Reconciler:
         self._stopping: dict[tuple[str, str], float] = {}  # (upstream, job id) -> when a walltime stop was sent
         self._pass_s = 0.0  # how long one pass over every owned job takes at `batch` jobs a round
         self._task: asyncio.Task[None] | None = None
+        self.trueup = TrueUp(store, ledger, policy, metrics, clock, self._send)
+        self.unadmitted = UnadmittedSweep(upstreams, store, ledger, policy, metrics, clock, self._send)
 
     def start(self) -> None:
         """Run rounds every `interval_s` in the background (nothing when it is 0)."""
@@ -98,9 +104,10 @@ class Reconciler:
 
     async def run_once(self) -> dict[str, int]:
         """One round: up to `batch` jobs asked about; returns how many ended in each result."""
+        counts: Counter[str] = Counter()
         if not self._queue:
             await self._refill()
-        counts: Counter[str] = Counter()
+            counts.update(await self.unadmitted.sweep())  # once a pass: jobs the gateway never admitted
         for _ in range(min(self.settings.batch, len(self._queue))):
             result = await self._check(*self._queue.popleft())
             counts[result] += 1
@@ -130,6 +137,7 @@ class Reconciler:
         self._over &= owned  # forget jobs whose ownership has lapsed
         self._held = {job: end for job, end in self._held.items() if job in owned}
         self._stopping = {job: at for job, at in self._stopping.items() if job in owned}
+        self.trueup.forget(owned)
         self._pass_s = math.ceil(len(self._queue) / self.settings.batch) * self.settings.interval_s
 
     def hold_s(self) -> float:
@@ -156,6 +164,7 @@ class Reconciler:
             return "unknown"
         if not view.over:
             await self._hold(upstream_name, job_id, view, "pending" if view.pending else "running")
+            await self.trueup.check(upstream, tenant, job_id, view, self.hold_s())
             await self._stop_if_overdue(upstream, tenant, job_id, view)
             return "running"
         now = self.clock()
@@ -163,11 +172,19 @@ class Reconciler:
             owner = await self.store.owner_of(upstream_name, job_id)
             if owner is None or owner.tenant_id != tenant_id:
                 return "unknown"  # ownership lapsed or moved since the queue was filled
-            released = await self.store.release_job(upstream_name, job_id, now)
+            over = {j for u, j in self._over if u == upstream_name}
+            held_for = await siblings(self.store, upstream_name, tenant_id, job_id, over) if (
+                upstream.adapter.shares_cluster_lease()) else ()  # fmt: skip
+            if held_for:
+                await detach(self.store, upstream_name, job_id, now)  # known over, wherever it is asked about
+            released = False if held_for else await self.store.release_job(upstream_name, job_id, now)
         except BackendUnavailable as exc:
             self._error("quota", f"release of {job_id} on {upstream_name}: {exc}")
             return "error"
         self._over.add((upstream_name, job_id))
+        if held_for:  # its tenant's cluster lease is held while another of its jobs there is not known to be over
+            await self._held_back(owner.lease.lease_id, tenant_id, upstream_name, job_id, held_for)
+            return "finished"
         if not released:
             return "finished"  # its lease had already ended, been cancelled or released
         body = followup_body("release", owner.lease.lease_id, now, tenant=tenant_id, upstream=upstream_name,
@@ -179,6 +196,17 @@ class Reconciler:
             self._error("ledger", f"release record of {job_id} on {upstream_name}: {exc}")
         log.info("reconcile: job %s on %s is over; released lease %s", job_id, upstream_name, owner.lease.lease_id)
         return "released"
+
+    async def _held_back(self, lease_id: str, tenant_id: str, upstream_name: str, job_id: str,
+                         held_for: tuple[str, ...]) -> None:  # fmt: skip
+        body = followup_body("release", lease_id, self.clock(), tenant=tenant_id, upstream=upstream_name, job_id=job_id,
+                             released=False, whole_job=True, reason=SHARED, held_for=list(held_for))  # fmt: skip
+        try:
+            await self.ledger.append(body, wait=False)
+        except LedgerUnavailable as exc:
+            self._error("ledger", f"held-back release record of {job_id} on {upstream_name}: {exc}")
+        log.info("reconcile: job %s on %s is over; lease %s stays held for %s", job_id, upstream_name, lease_id,
+                 ", ".join(held_for[:5]))  # fmt: skip
 
     async def _hold(self, upstream_name: str, job_id: str, view: JobView, reason: str) -> None:
         """Hold a live (or unconfirmed) job's lease ahead: recorded and counted whenever its end moves."""

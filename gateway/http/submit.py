@@ -10,6 +10,7 @@ from gateway.core.leases import LeaseRef, ReserveStatus
 from gateway.core.submission import Job, judge, price_and_plan
 from gateway.http import forward
 from gateway.http.call import JobCall, Refused
+from gateway.http.cluster_lease import live_lease
 from gateway.http.job_body import BodyReader, JobBody, job_record
 from gateway.http.owned import OwnedJobs
 from gateway.http.packages import Packages
@@ -81,8 +82,13 @@ class Submissions:
         a, call = job.admitted, job.admitted.call
         assert body.spec is not None  # only bodies that price reach here
         call.job = job_record(body.spec)
+        try:  # a tenant's live jobs on a cluster priced whole share one lease: a new one joins it
+            joins = await live_lease(self.store, a.upstream.name, a.tenant.id) if (
+                replaces is None and job.adapter.shares_cluster_lease()) else None  # fmt: skip
+        except BackendUnavailable as exc:
+            return self.responder.backend_down(call, a.admission, "quota", str(exc))
         facts = Job(body.spec, a.decision_id, a.upstream.name, job.adapter.default_gpu_model,
-                    body.idempotency_key, replaces, replaced)  # fmt: skip
+                    body.idempotency_key, replaces, replaced, joins=joins)  # fmt: skip
         priced = price_and_plan(a.admission, a.tenant, facts, self.policy.pack, call.when)
         if isinstance(priced, Decision):
             return await self.responder.refuse(call, priced)
@@ -94,7 +100,10 @@ class Submissions:
             return await self.settler.replayed(call, result.response)
         decision = judge(a.admission, priced, result, call.when)
         if not decision.forwards:
-            return await self.responder.refuse(call, decision)
+            refusal = await self.responder.refuse(call, decision)
+            if result.status is ReserveStatus.ADMITTED:  # the store took it; the verdict (a joined lease's) did not
+                await self.settler.refund(call, priced.plan, "refused on its cumulative counts")
+            return refusal
         self.responder.observe_countries(decision)
         refused = await self.responder.commit(call, decision)
         if refused is not None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.core.jobs import JobSpec, JobSpecInvalid
+from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid
 from gateway.core.jsontext import json_utf8
 from gateway.core.routes import Route, RouteMatch
 
@@ -30,6 +30,24 @@ class JobView:
     pending: bool = False
     walltime_s: float | None = None
     started: float | None = None
+    # The GPUs the job's running records hold now, by model as the scheduler names it (None: not
+    # known); `settled` when no record waits to start, so nothing more can be allocated to it.
+    allocated: tuple[JobPart, ...] | None = None
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LiveJob:
+    """A live GPU job in a scheduler's listing, as the sweep for jobs the gateway never admitted reads it.
+
+    `job_id` is the id ownership knows it by (the one a submission returned: an array task's or
+    heterogeneous component's record maps to its parent job); `records` the scheduler's own ids
+    of its live records; `cancel` the (method, path) that cancels it (None: the API cannot).
+    """
+
+    job_id: str
+    records: tuple[str, ...]
+    cancel: tuple[str, str] | None
 
 
 class SchedulerAdapter(Protocol):
@@ -91,8 +109,26 @@ class SchedulerAdapter(Protocol):
         """`finished`, with what the answer says of the job's walltime, start and whether it still waits."""
         ...
 
+    def cancel_request(self, job_id: str) -> tuple[str, str] | None:
+        """(method, path) that cancels job `job_id` (as `job_id_of` spells it) for the gateway; None: it cannot."""
+        ...
+
     def walltime_stop(self, job_id: str) -> tuple[str, str] | None:
         """(method, path) that stops a job running past its walltime, for schedulers that do not stop it themselves."""
+        ...
+
+    def shares_cluster_lease(self) -> bool:
+        """Whether a tenant's live jobs here share one lease of the cluster's capacity (each job is priced at the
+        whole cluster, any of its jobs may claim any GPU of it: Ray with `pricing: cluster`), rather than one each."""
+        ...
+
+    def live_jobs_path(self) -> str | None:
+        """The GET path listing the scheduler's live jobs as a tenant sees them; None: it cannot be listed."""
+        ...
+
+    def live_gpu_jobs(self, status: int, body: bytes, user: str | None) -> tuple[LiveJob, ...] | None:
+        """The live GPU jobs of a `live_jobs_path` answer that belong to scheduler user `user` (None: the
+        identity is not known; schedulers that name users then list none); None when the answer is unreadable."""
         ...
 
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:

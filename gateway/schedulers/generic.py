@@ -10,6 +10,7 @@ from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllo
 from gateway.core.routes import Route, RouteKind, RouteMatch
 from gateway.schedulers.base import (
     MAX_COUNT,
+    LiveJob,
     bounded,
     count,
     dump_json,
@@ -201,10 +202,22 @@ class GenericAdapter:
     def job_view(self, status: int, body: bytes) -> JobView:
         return JobView(self.finished(status, body))
 
+    def cancel_request(self, job_id: str) -> tuple[str, str] | None:
+        return None  # a generic API's allocations are not read back
+
     def walltime_stop(self, job_id: str) -> tuple[str, str] | None:
         return None  # a generic API's own limits apply; the gateway cannot know how to stop its jobs
 
+    def shares_cluster_lease(self) -> bool:
+        return False  # each job is priced at what it asks for
+
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
+        return None
+
+    def live_jobs_path(self) -> str | None:
+        return None  # a generic API's listing names neither users nor states the gateway can read
+
+    def live_gpu_jobs(self, status: int, body: bytes, user: str | None) -> tuple[LiveJob, ...] | None:
         return None
 
 

@@ -8,6 +8,7 @@ from urllib.parse import quote
 from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.routes import Route, RouteKind, RouteMatch
 from gateway.schedulers.base import (
+    LiveJob,
     decode_content,
     dump_json,
     load_json,
@@ -223,8 +224,20 @@ class KubernetesAdapter:
     def job_view(self, status: int, body: bytes) -> JobView:
         return JobView(kubernetes_finished(status, body))
 
+    def cancel_request(self, job_id: str) -> tuple[str, str] | None:
+        return None  # reconciliation reads no Pod allocations, so it never needs to cancel
+
     def walltime_stop(self, job_id: str) -> tuple[str, str] | None:
         return None  # a Job's activeDeadlineSeconds is enforced by its controller
+
+    def shares_cluster_lease(self) -> bool:
+        return False  # a pod holds the GPUs it requests
+
+    def live_jobs_path(self) -> str | None:
+        return None  # namespaces' workloads are not swept for jobs the gateway never admitted
+
+    def live_gpu_jobs(self, status: int, body: bytes, user: str | None) -> tuple[LiveJob, ...] | None:
+        return None
 
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         body = {

@@ -12,6 +12,7 @@ from gateway.core.pricing import CANDIDATE_SEPARATOR
 from gateway.core.routes import Route, RouteKind, RouteMatch
 from gateway.schedulers.base import (
     MAX_COUNT,
+    LiveJob,
     dump_json,
     key_name,
     load_object,
@@ -22,6 +23,8 @@ from gateway.schedulers.base import (
     text,
     try_json,
 )
+from gateway.schedulers.live import ray_live_jobs
+from gateway.schedulers.ray_capacity import EMPTY, NODES_PATH, RayCapacity
 from gateway.schedulers.status import JobView, ray_finished, ray_view
 
 
@@ -31,8 +34,9 @@ class RayOptions:
 
     A Ray job's driver may start tasks and actors that claim any GPU of its cluster, whatever
     its entrypoint asked for; so `pricing: cluster` (the default) prices every job at the
-    cluster's GPUs, `cluster_gpus` (model -> count). `pricing: entrypoint` prices only the
-    entrypoint's own resources, and is right only for clusters that confine drivers.
+    cluster's GPUs: `cluster_gpus` (model -> count) when set, else what Ray lists (its live nodes,
+    read every `capacity_refresh_s`; the most seen per model since start). `pricing: entrypoint`
+    prices only the entrypoint's own resources, and is right only for clusters that confine drivers.
     """
 
     walltime_metadata_key: str = "time_limit_min"
@@ -42,6 +46,7 @@ class RayOptions:
     purpose_key: str = "purpose"
     pricing: str = "cluster"
     cluster_gpus: Mapping[str, int] = field(default_factory=dict)
+    capacity_refresh_s: float = 60.0
 
 
 # Code packages the CLI uploads for `--working-dir` / `py_modules` (GET: does it exist; PUT: upload).
@@ -101,6 +106,8 @@ class RayAdapter:
     """The Ray dashboard's dialect; job ids are submission ids."""
 
     options: RayOptions
+    # The newest capacity snapshot read from Ray (the adapters layer keeps it fresh); unused with cluster_gpus.
+    capacity: Callable[[], RayCapacity] = lambda: EMPTY
     name: ClassVar[str] = "ray"
 
     @property
@@ -144,11 +151,7 @@ class RayAdapter:
         label = CANDIDATE_SEPARATOR.join(sorted(models)) if models else None
         parts: tuple[JobPart, ...] = (JobPart(gpus, label, 1),) if gpus else ()
         if self.options.pricing == "cluster":
-            if not self.options.cluster_gpus:
-                raise JobSpecInvalid(
-                    "entrypoint_num_gpus", "the Ray cluster's GPU capacity is unknown (scheduler_options.cluster_gpus)"
-                )
-            parts = tuple(JobPart(n, model, 1) for model, n in sorted(self.options.cluster_gpus.items()) if n > 0)
+            parts = self.cluster_parts()
         return JobSpec(
             parts=parts,
             walltime_s=walltime,
@@ -157,6 +160,33 @@ class RayAdapter:
             name=text(doc.get("submission_id")) or text(doc.get("job_id")),
             idempotency_key=text(doc.get("submission_id")),
         )
+
+    def cluster_gpus(self) -> dict[str, int]:
+        """The GPUs per model a job of this cluster may hold: `cluster_gpus` when configured, else the most
+        Ray has listed per model since start (GPUs of no accelerator type at `default_gpu_model`)."""
+        if self.options.cluster_gpus:
+            return dict(self.options.cluster_gpus)
+        capacity = self.capacity()
+        if not capacity.loaded:
+            raise JobSpecInvalid(
+                "entrypoint_num_gpus",
+                f"the Ray cluster's GPU capacity is unknown: the dashboard's node list (GET {NODES_PATH.split('?')[0]})"
+                " has not been read; set scheduler_options.cluster_gpus or let the gateway reach the dashboard",
+            )
+        out: dict[str, int] = {}
+        for model, n in capacity.peak.items():
+            label = model if model is not None else self.options.default_gpu_model
+            if label is None:
+                raise JobSpecInvalid(
+                    "entrypoint_num_gpus",
+                    f"{n} GPUs of the Ray cluster have no accelerator_type resource: "
+                    "set scheduler_options.default_gpu_model (their model) or cluster_gpus",
+                )
+            out[label] = out.get(label, 0) + n
+        return out
+
+    def cluster_parts(self) -> tuple[JobPart, ...]:
+        return tuple(JobPart(n, model, 1) for model, n in sorted(self.cluster_gpus().items()) if n > 0)
 
     def parse_update(
         self, match: RouteMatch, content_type: str | None, content_encoding: str | None, body: bytes
@@ -190,12 +220,25 @@ class RayAdapter:
     def job_view(self, status: int, body: bytes) -> JobView:
         return ray_view(status, body, self.options.walltime_metadata_key)
 
+    def cancel_request(self, job_id: str) -> tuple[str, str] | None:
+        return "POST", f"/api/jobs/{quote(job_id, safe='')}/stop"
+
     def walltime_stop(self, job_id: str) -> tuple[str, str] | None:
         """Ray has no time limit of its own: the gateway stops a job that outlives the walltime it declared."""
         return "POST", f"/api/jobs/{quote(job_id, safe='')}/stop"
 
+    def shares_cluster_lease(self) -> bool:
+        """Priced at the cluster, every job of a tenant may claim the same GPUs: its live jobs hold the cluster once."""
+        return self.options.pricing == "cluster"
+
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None
+
+    def live_jobs_path(self) -> str | None:
+        return "/api/jobs/"
+
+    def live_gpu_jobs(self, status: int, body: bytes, user: str | None) -> tuple[LiveJob, ...] | None:
+        return ray_live_jobs(status, body)  # Ray names no users: every job of the cluster
 
 
 def _owned(job: Any, owned: Callable[[str], bool]) -> bool:

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.routes import Route, RouteKind, RouteMatch
-from gateway.schedulers.base import bounded, dump_json, load_object, media_type, status_ok, text, try_json
+from gateway.schedulers.base import LiveJob, bounded, dump_json, load_object, media_type, status_ok, text, try_json
+from gateway.schedulers.live import slurm_live_gpu_jobs
 from gateway.schedulers.slurm_facts import EMPTY, SlurmFacts
 from gateway.schedulers.slurm_fields import array_concurrency, comment_tags, environment, time_limit_s
 from gateway.schedulers.slurm_gpus import GPU_FIELDS, RESOURCE_KEYS, Cluster, job_gpus, normalise
@@ -257,11 +258,25 @@ class SlurmAdapter:
     def job_view(self, status: int, body: bytes) -> JobView:
         return slurm_view(status, body)
 
+    def cancel_request(self, job_id: str) -> tuple[str, str] | None:
+        path = self.status_path(job_id)
+        return None if path is None else ("DELETE", path)
+
     def walltime_stop(self, job_id: str) -> tuple[str, str] | None:
         return None  # slurmctld ends a job at its time limit itself
 
+    def shares_cluster_lease(self) -> bool:
+        return False  # a job holds the GPUs it is allocated
+
     def refusal(self, code: str, status: int, title: str, detail: str, decision_id: str) -> tuple[str, bytes] | None:
         return None
+
+    def live_jobs_path(self) -> str | None:
+        return f"/slurm/{self.options.status_version}/jobs"
+
+    def live_gpu_jobs(self, status: int, body: bytes, user: str | None) -> tuple[LiveJob, ...] | None:
+        version = self.options.status_version
+        return slurm_live_gpu_jobs(status, body, user, lambda job_id: ("DELETE", f"/slurm/{version}/job/{job_id}"))
 
 
 def _json_only(content_type: str | None) -> None:

@@ -1,9 +1,11 @@
 """Reading a scheduler's job-status answer: True (the job is over), False (it lives) or None (unknown: hold)."""
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
+from gateway.core.jobs import JobPart
 from gateway.schedulers.base import JobView, try_json
 
 __all__ = ["JobView", "combine", "kubernetes_finished", "ray_finished", "ray_view", "slurm_finished", "slurm_view"]
@@ -98,7 +100,61 @@ def slurm_view(status: int, body: bytes) -> JobView:
         t for j, n in zip(records, names, strict=True)
         if not n & SLURM_PENDING and (t := _slurm_number(j.get("start_time"))) is not None and t > 0
     ]  # fmt: skip
-    return JobView(False, pending, walltime, min(starts) if starts and not pending else None)
+    running = [j for j, n in zip(records, names, strict=True) if n & {"RUNNING", "SUSPENDED", "COMPLETING"}]
+    held = [record_gpus(j) for j in running]
+    readable = held and None not in held
+    allocated = merge_parts(p for parts in held if parts is not None for p in parts) if readable else None
+    settled = bool(names) and not any(n & SLURM_PENDING for n in names)
+    started = min(starts) if starts and not pending else None
+    return JobView(False, pending, walltime, started, allocated, settled)
+
+
+def record_gpus(job: dict[str, Any]) -> tuple[JobPart, ...] | None:
+    """The GPUs slurmctld allocated to one running record: its TRES when accounting names GPUs, else its GRES detail.
+
+    Without `AccountingStorageTRES=gres/gpu` the TRES string names no GPUs at all; `gres_detail`
+    (one entry per node, `gpu:h100:3(IDX:0-2)`) always does. None when neither can be read.
+    """
+    tres = job.get("tres_alloc_str")
+    if isinstance(tres, str) and "gres/gpu" in tres:
+        return tres_gpus(tres)
+    detail = job.get("gres_detail")
+    if not isinstance(detail, list) or not all(isinstance(d, str) for d in detail):
+        return None
+    found = [JobPart(int(m.group(2)), m.group(1), 1) for entry in detail for m in _GRES_GPU.finditer(entry)]
+    return merge_parts(found)
+
+
+# One GPU entry of a node's GRES detail: `gpu:h100:3(IDX:0-2)` or `gpu:3(IDX:0,2-3)`, among others (`mps:...`).
+_GRES_GPU = re.compile(r"(?:^|,)gpu(?::([A-Za-z0-9_.-]+))?:([0-9]+)\(")
+
+
+def tres_gpus(tres: Any) -> tuple[JobPart, ...] | None:
+    """GPUs in a TRES string (`cpu=8,node=2,gres/gpu=8,gres/gpu:h100=8`) by model; None when unreadable or absent."""
+    if not isinstance(tres, str) or not tres:
+        return None
+    total, typed = 0, dict[str, int]()
+    for item in tres.split(","):
+        name, _, count = item.partition("=")
+        if not count.isdigit():
+            continue
+        if name == "gres/gpu":
+            total = int(count)
+        elif name.startswith("gres/gpu:"):
+            typed[name[len("gres/gpu:") :]] = typed.get(name[len("gres/gpu:") :], 0) + int(count)
+    parts = [JobPart(n, model, 1) for model, n in sorted(typed.items()) if n > 0]
+    untyped = total - sum(typed.values())
+    if untyped > 0:
+        parts.append(JobPart(untyped, None, 1))
+    return tuple(parts)
+
+
+def merge_parts(parts: Iterable[JobPart]) -> tuple[JobPart, ...]:
+    """Parts of one model added up, models in name order (no model last)."""
+    counts: dict[str | None, int] = {}
+    for part in parts:
+        counts[part.model] = counts.get(part.model, 0) + part.gpus * part.concurrency
+    return tuple(JobPart(n, model, 1) for model, n in sorted(counts.items(), key=lambda i: (i[0] is None, i[0] or "")))
 
 
 def ray_finished(status: int, body: bytes) -> bool | None:
