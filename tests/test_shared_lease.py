@@ -24,6 +24,7 @@ from tests.harness import (
     tenant,
     wait_for_record,
 )
+from tests.redis_server import RedisProcess
 
 SUBMIT = "/api/jobs/"
 CLUSTER = 8 * H100  # the stand-in cluster: scheduler_options.cluster_gpus {H100: 8}
@@ -200,3 +201,31 @@ async def test_restart_holds_one_cluster_and_replay_agrees(tmp_path: Path) -> No
     records = list(records_in_time_order(ledger))
     report = replay(records, load_pack(POLICIES / "ai-diffusion-2025"), load_registry(tmp_path / "tenants.yaml"))
     assert (report.decided, report.changes, report.skipped) == (5, (), 0)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_joined_lease_is_held_as_long_as_the_one_it_replaced(
+    tmp_path: Path, redis_server: RedisProcess, store: str
+) -> None:
+    """A short job joining a long one's lease holds the new lease until the old one's end (an `extend` record);
+    the same on the Redis store: one cluster held, one lease owned by both, released by the last stop."""
+    options = ray_options(tmp_path)
+    if store == "redis":
+        options["extra"] = f"quota: {{store: redis, redis_url: '{redis_server.url}', prefix: 'eg-{tmp_path.name}:'}}"
+    async with running_stack(tmp_path, **options) as stack:
+        status, _, headers = await call(stack, "POST", SUBMIT, "cluster-ae", payload=ray_job("long", "600"))
+        assert status == 200
+        first = next(r for r in ledger_records(stack) if r.get("decision_id") == headers["X-Exportgate-Decision-Id"])
+        status, _, headers = await call(stack, "POST", SUBMIT, "cluster-ae", payload=ray_job("short", "10"))
+        assert status == 200
+        second = headers["X-Exportgate-Decision-Id"]
+        extended = await wait_for_record(stack, "extend", decision_id=second, reason="shared_lease")
+        assert extended["end"] == first["lease"]["lease_end"]
+        assert await lease_of(stack, "long") == await lease_of(stack, "short") == second
+        assert await held(stack, QUOTA_SLOT, "tenant:cluster-ae") == CLUSTER
+        assert stack.server.store is not None
+        assert await stack.server.store.extend_job("ray", "short", 0.0, stack.server.clock()) == extended["end"]
+        await stop(stack, "cluster-ae", "long")
+        assert await held(stack, QUOTA_SLOT, "tenant:cluster-ae") == CLUSTER
+        await stop(stack, "cluster-ae", "short")
+        assert await held(stack, QUOTA_SLOT, "tenant:cluster-ae") == 0.0

@@ -186,4 +186,3 @@ class TrueUp:
     def _error(self, backend: str, what: str) -> None:
         self.metrics.backend_errors.labels(backend).inc()
         log.error("reconcile: %s", what)
-
