@@ -1,11 +1,14 @@
 """The ledger: hash chains, restarts, torn tails, group commit and "no audit, no action"."""
 
 import asyncio
+import hashlib
 import json
+import random
 import re
 from pathlib import Path
 
 from gateway.adapters.ledger.writer import LedgerWriter
+from gateway.core.ledger import SCHEMA_VERSION, canonical, line_of, record_hash, sealed_line
 from tests.harness import (
     JOB,
     SUBMIT,
@@ -109,3 +112,32 @@ async def test_full_disk_refuses_submissions(tmp_path: Path) -> None:
         errors = re.search(r"^exportgate_ledger_errors_total (\S+)$", text, re.M)
         assert errors is not None and float(errors.group(1)) >= 1  # the refused record, and any retried follow-ups
         assert 'exportgate_backend_errors_total{backend="ledger"} 1.0' in text
+
+
+def test_sealed_line_is_the_canonical_line_and_hash() -> None:
+    """One encoding of the fields gives exactly the canonical line and `record_hash`, for any body the ledger takes."""
+    rng = random.Random(7)
+    alphabet = ["a", "hash", "hasi", "has", "h", "é", "\ud800", "\u2028", "z", "", '"', "\\", "instance", "v", "seq"]
+
+    def value(depth: int) -> object:
+        kind = rng.randrange(6 if depth < 3 else 4)
+        if kind == 0:
+            return rng.choice([None, True, False, 0, -1, 2**70, 1.5, 1e-300])
+        if kind in (1, 2):
+            return "".join(rng.choice(alphabet) for _ in range(rng.randrange(4)))
+        if kind == 3:
+            return rng.random()
+        if kind == 4:
+            return [value(depth + 1) for _ in range(rng.randrange(3))]
+        return {"".join(rng.choice(alphabet) for _ in range(2)): value(depth + 1) for _ in range(rng.randrange(3))}
+
+    for i in range(500):
+        keys = ("".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 3))) for _ in range(rng.randrange(6)))
+        body = {key: value(0) for key in keys}
+        record, line = sealed_line(body, instance="i-1", seq=i + 1, prev_hash="0" * 64)
+        # The definition: the hash over the canonical record without `hash`, the line the canonical record.
+        expected = {**body, "v": SCHEMA_VERSION, "instance": "i-1", "seq": i + 1, "prev_hash": "0" * 64}
+        expected["hash"] = hashlib.sha256(canonical({k: v for k, v in expected.items() if k != "hash"})).hexdigest()
+        assert record == expected
+        assert line == canonical(expected) + b"\n" == line_of(record)
+        assert record["hash"] == record_hash(record)

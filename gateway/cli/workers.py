@@ -10,6 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from gateway.cli import loop
 from gateway.config.settings import Settings, listener_clash
 from gateway.http.app import serve_forever
 
@@ -56,7 +57,7 @@ def run_worker(settings: Settings, index: int) -> int:
                 await served
         served.result()
 
-    asyncio.run(main())
+    loop.run(main())
     return 0
 
 
@@ -126,9 +127,9 @@ def serve(settings: Settings, config: Path | None, worker_index: int | None) -> 
     if worker_index is not None:
         return run_worker(settings, worker_index)
     if settings.workers <= 1:
-        asyncio.run(serve_forever(settings))
+        loop.run(serve_forever(settings))
         return 0
     log.info("supervising %d workers on %s:%d", settings.workers, settings.listen_host, settings.listen_port)
     grace = settings.shutdown.drain_s + settings.shutdown.grace_s + STOP_MARGIN_S
-    asyncio.run(Supervisor(settings.workers, config, grace).run())
+    loop.run(Supervisor(settings.workers, config, grace).run())
     return 0

@@ -23,9 +23,24 @@ def record_hash(record: Mapping[str, Any]) -> str:
 
 def seal(body: Mapping[str, Any], *, instance: str, seq: int, prev_hash: str) -> dict[str, Any]:
     """Chain `body` after `prev_hash` as record `seq` of `instance`."""
-    record = {**body, "v": SCHEMA_VERSION, "instance": instance, "seq": seq, "prev_hash": prev_hash}
-    record["hash"] = record_hash(record)
-    return record
+    return sealed_line(body, instance=instance, seq=seq, prev_hash=prev_hash)[0]
+
+
+def sealed_line(body: Mapping[str, Any], *, instance: str, seq: int, prev_hash: str) -> tuple[dict[str, Any], bytes]:
+    """`seal`, and the record's ledger line, from one encoding of its fields.
+
+    Canonical JSON lists keys in sorted order, so the fields sorting before `hash` and those after
+    it encode as two halves: joined they are the bytes the hash covers; with `"hash":"..."` between
+    them, the line. Equal to `record_hash` and `line_of` (tests/test_ledger.py checks it).
+    """
+    record = {k: v for k, v in body.items() if k != "hash"}
+    record |= {"v": SCHEMA_VERSION, "instance": instance, "seq": seq, "prev_hash": prev_hash}
+    lower = canonical({k: v for k, v in record.items() if k < "hash"})[1:-1]
+    upper = canonical({k: v for k, v in record.items() if k > "hash"})[1:-1]
+    digest = hashlib.sha256(b"{" + b",".join(part for part in (lower, upper) if part) + b"}").hexdigest()
+    record["hash"] = digest
+    line = b"{" + b",".join(part for part in (lower, b'"hash":"' + digest.encode() + b'"', upper) if part) + b"}\n"
+    return record, line
 
 
 def line_of(record: Mapping[str, Any]) -> bytes:

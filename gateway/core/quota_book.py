@@ -1,5 +1,6 @@
 """QuotaBook: the counter and lease arithmetic of the quota Lua scripts, pure and synchronous."""
 
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,10 @@ class QuotaBook:
     values: dict[Slot, float] = field(default_factory=dict)
     held: dict[Slot, dict[str, tuple[float, float]]] = field(default_factory=dict)  # lease id -> (end, amount)
     leases: dict[LeaseKey, BookLease] = field(default_factory=dict)
+    # Per held counter, a heap of (end, lease id) as Redis keeps a sorted set: ending leases costs
+    # O(log n) each, not a scan of every live lease. Entries of shares since given back or moved
+    # are stale and dropped when they reach the top (an entry is live while `held` agrees with it).
+    ends: dict[Slot, list[tuple[float, str]]] = field(default_factory=dict)
 
     def reserve(self, plan: Plan, now: float) -> ReserveResult:
         """Check every counter of `plan` and debit all of them, or none (as quota_reserve.lua)."""
@@ -64,8 +69,7 @@ class QuotaBook:
             states = tuple(CounterState(c.key, b, t, b) for c, b, t in zip(plan.counters, befores, takes, strict=True))
             earliest = None
             if failing.kind is CounterKind.HELD:
-                ends = [end for end, _ in self.held.get((tag, failing.key), {}).values()]
-                earliest = min(ends) if ends else None
+                earliest = self._earliest((tag, failing.key))
             retry = None if earliest is None else max(0.0, earliest - now)
             return ReserveResult(ReserveStatus.DENIED, states, failing.key, tuple(shadow), earliest, retry)
         debits: dict[tuple[str, CounterKind], float] = {}
@@ -75,7 +79,7 @@ class QuotaBook:
             self.values[(tag, counter.key)] = before + take
             debits[(counter.key, counter.kind)] = take
             if counter.kind is CounterKind.HELD:
-                self.held.setdefault((tag, counter.key), {})[plan.decision_id] = (plan.lease_end, take)
+                self._hold((tag, counter.key), plan.decision_id, plan.lease_end, take)
         self.leases[(tag, plan.decision_id)] = BookLease(plan.lease_end, debits)
         states = tuple(CounterState(c.key, b, t, b + t) for c, b, t in zip(plan.counters, befores, takes, strict=True))
         return ReserveResult(ReserveStatus.ADMITTED, states, None, tuple(shadow))
@@ -142,11 +146,11 @@ class QuotaBook:
                 continue
             slot = (tag, key)
             self._expire(slot, now)
-            shares = self.held.setdefault(slot, {})
-            if lease_id in shares:
-                shares[lease_id] = (max(shares[lease_id][0], new_end), shares[lease_id][1])
+            share = self.held.get(slot, {}).get(lease_id)
+            if share is not None:
+                self._hold(slot, lease_id, max(share[0], new_end), share[1])
             else:
-                shares[lease_id] = (new_end, amount)
+                self._hold(slot, lease_id, new_end, amount)
                 self._set(slot, self.values.get(slot, 0.0) + amount)
         stored.end = new_end
         return new_end
@@ -163,7 +167,7 @@ class QuotaBook:
             self._set((tag, key), self.values.get((tag, key), 0.0) + amount)
             taken[(key, kind)] = amount
             if kind is CounterKind.HELD:
-                self.held.setdefault((tag, key), {})[lease_id] = (end, amount)
+                self._hold((tag, key), lease_id, end, amount)
         self.leases[lease] = BookLease(end, taken)
 
     def held_amounts(self, lease: LeaseKey) -> dict[str, float] | None:
@@ -192,28 +196,50 @@ class QuotaBook:
         for counter in counters:
             slot = (counter.hash_tag, counter.key)
             self.held.pop(slot, None)
+            self.ends.pop(slot, None)
             self._set(slot, counter.value)
             if counter.held:
                 self.held[slot] = {s.lease_id: (s.end, s.amount) for s in counter.held}
+                self.ends[slot] = [(s.end, s.lease_id) for s in counter.held]
+                heapq.heapify(self.ends[slot])
         for lease in leases:
             debits = {(d.key, d.kind): d.amount for d in lease.debits}
             self.leases[(lease.hash_tag, lease.lease_id)] = BookLease(lease.end, debits, lease.released, lease.refunded)
 
     def _expire(self, slot: Slot, now: float) -> None:
         """End the leases on one held counter whose end has passed (as the Lua scripts do)."""
-        leases = self.held.get(slot)
-        if not leases:
+        leases, heap = self.held.get(slot), self.ends.get(slot)
+        if not leases or not heap:
             return
-        # Same order as ZRANGEBYSCORE (score, then member), so float sums match Redis.
-        ended = sorted((end, lease_id) for lease_id, (end, _) in leases.items() if end <= now)
-        if not ended:
-            return
-        value = self.values.get(slot, 0.0)
-        for _, lease_id in ended:
-            value -= leases.pop(lease_id)[1]
-        self._set(slot, value)
+        # Popped in (end, lease id) order, as ZRANGEBYSCORE returns them, so float sums match Redis.
+        value, ended = self.values.get(slot, 0.0), False
+        while heap and heap[0][0] <= now:
+            end, lease_id = heapq.heappop(heap)
+            share = leases.get(lease_id)
+            if share is not None and share[0] == end:
+                value -= leases.pop(lease_id)[1]
+                ended = True
+        if ended:
+            self._set(slot, value)
         if not leases:
             del self.held[slot]
+            self.ends.pop(slot, None)
+
+    def _earliest(self, slot: Slot) -> float | None:
+        """The earliest end among a held counter's live shares (stale heap entries are dropped on the way)."""
+        leases, heap = self.held.get(slot, {}), self.ends.get(slot, [])
+        while heap and leases.get(heap[0][1], (None,))[0] != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _hold(self, slot: Slot, lease_id: str, end: float, amount: float) -> None:
+        """Set a lease's share of a held counter, indexed by its end."""
+        self.held.setdefault(slot, {})[lease_id] = (end, amount)
+        heap = self.ends.setdefault(slot, [])
+        heapq.heappush(heap, (end, lease_id))
+        if len(heap) > 64 and len(heap) > 2 * len(self.held[slot]):  # mostly stale: rebuild it from the live shares
+            self.ends[slot] = [(e, i) for i, (e, _) in self.held[slot].items()]
+            heapq.heapify(self.ends[slot])
 
     def _give_back_held(self, slot: Slot, lease_id: str) -> bool:
         leases = self.held.get(slot, {})
@@ -223,6 +249,7 @@ class QuotaBook:
         self._subtract(slot, entry[1])
         if not leases:
             self.held.pop(slot, None)
+            self.ends.pop(slot, None)
         return True
 
     def _subtract(self, slot: Slot, amount: float) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from gateway.adapters.ledger.pending import Item, LedgerUnavailable, Mark
 from gateway.adapters.ledger.signing import Signer
-from gateway.core.ledger import GENESIS, checkpoint_body, checkpoint_payload, seal
+from gateway.core.ledger import GENESIS, checkpoint_body, checkpoint_payload, line_of, seal, sealed_line
 
 # json.dumps raises these for a body it cannot write (an object, NaN, a cycle, absurd nesting).
 UNENCODABLE = (TypeError, ValueError, RecursionError)
@@ -37,6 +37,7 @@ class Sealed:
     """One batch sealed in memory; the writer's state moves to it only once it is on disk."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)  # each record's ledger line, encoded once
     results: list[dict[str, Any] | None] = field(default_factory=list)
     rejected: set[int] = field(default_factory=set)  # batch positions whose body could not be encoded
     seq: int = 0
@@ -57,8 +58,9 @@ def seal_batch(
     """Chain the batch onto `out` (the chain so far), inserting a checkpoint after every N records and when the
     interval is up; a body that cannot be encoded is refused alone, its caller answered `unencodable(...)`."""
 
-    def add(record: dict[str, Any]) -> None:
+    def add(record: dict[str, Any], line: bytes | None = None) -> None:
         out.records.append(record)
+        out.lines.append(line_of(record) if line is None else line)
         out.seq, out.head = record["seq"], record["hash"]
 
     def checkpoint(reason: str) -> None:
@@ -73,7 +75,7 @@ def seal_batch(
             out.results.append(None)
             continue
         try:
-            record = seal(body, instance=checkpoints.instance, seq=out.seq + 1, prev_hash=out.head)
+            record, line = sealed_line(body, instance=checkpoints.instance, seq=out.seq + 1, prev_hash=out.head)
         except UNENCODABLE as exc:  # this body's fault, not the writer's: refuse it alone
             out.rejected.add(position)
             out.results.append(None)
@@ -81,7 +83,7 @@ def seal_batch(
             if future is not None and not future.done():
                 future.set_exception(error)
             continue
-        add(record)
+        add(record, line)
         out.results.append(record)
         out.since += 1
         if out.since >= checkpoints.every_records:

@@ -19,7 +19,7 @@ from gateway.adapters.ledger.sealing import UNENCODABLE, Checkpoints, Sealed, se
 from gateway.adapters.ledger.segments import Segments, instance_dir
 from gateway.adapters.ledger.signing import Signer
 from gateway.adapters.ledger.supervision import Supervisor
-from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, canonical, line_of
+from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, canonical
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class LedgerWriter:
             if self._files.rotation_due(now):
                 await self._rotate(now)
             sealed = self._seal(batch, now)
-            data = b"".join(line_of(r) for r in sealed.records)
+            data = b"".join(sealed.lines)
             if data:
                 await asyncio.to_thread(self._files.write, data)
         except OSError as exc:
@@ -301,7 +301,7 @@ class LedgerWriter:
         """Close the segment with a checkpoint, then continue the chain in a new one."""
         sealed = self._seal([], now, trailing="rotation")
         if sealed.records:
-            data = b"".join(line_of(r) for r in sealed.records)
+            data = b"".join(sealed.lines)
             started = time.perf_counter()
             await asyncio.to_thread(self._files.write, data)
             self._apply(sealed, len(data))
