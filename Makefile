@@ -57,6 +57,7 @@ bench: $(STAMP) redis
 	$(BIN)/python -m bench.quota_bench
 	$(BIN)/python -m bench.ledger_bench
 	$(BIN)/python -m bench.slowloris_bench
+	$(BIN)/python -m bench.lease_scale_bench
 	$(BIN)/python -m bench.peers_bench
 
 clean:
