@@ -174,13 +174,16 @@ class RedisQuotaStore:
         tag = lease.hash_tag
         async with self._io():
             if job_id is not None:
-                # Ownership first: once the response can be replayed, the job must be owned.
+                # Ownership first: once the response can be replayed, the job must be owned. One round
+                # trip (the keys are in other slots than the lease's, so not in the script).
                 ttl = max(1, int(self._ownership_ttl))
-                await self._client.set(self._keys.owner(upstream, job_id), owner_json(lease), ex=ttl)
                 owned = self._keys.owned(upstream, lease.tenant_id)
-                await self._client.zadd(owned, {job_id: now})
-                await self._client.zremrangebyscore(owned, "-inf", num(now - self._ownership_ttl))
-                await self._client.expire(owned, ttl)
+                pipe = self._client.pipeline(transaction=False)  # queued commands return the pipe
+                _ = pipe.set(self._keys.owner(upstream, job_id), owner_json(lease), ex=ttl)
+                _ = pipe.zadd(owned, {job_id: now})
+                _ = pipe.zremrangebyscore(owned, "-inf", num(now - self._ownership_ttl))
+                _ = pipe.expire(owned, ttl)
+                await pipe.execute()
             keys = [
                 self._keys.lease(tag, lease.lease_id),
                 self._keys.idem(tag, lease.tenant_id, lease.idempotency_key),
