@@ -8,7 +8,7 @@ import pytest
 
 from gateway.core.leases import QUOTA_SLOT
 from gateway.demo.standin_k8s import k8s_app
-from tests.harness import E2E_TENANTS, Stack, call, running_stack, wait_for_record
+from tests.harness import E2E_TENANTS, Clock, Stack, call, running_stack, wait_for_record
 
 H100 = 15832.0
 RAYJOBS = "/apis/ray.io/v1/namespaces/{ns}/rayjobs"
@@ -139,3 +139,34 @@ async def test_unpriceable_objects_are_refused_before_the_api_server(stack: Stac
                                 payload={"kind": "RayService"})  # fmt: skip
     assert (status, cause(doc)) == (404, "route_not_allowed")
     assert len(stack.standin.requests) == seen
+
+
+async def test_reconciliation_holds_them_while_they_live_and_releases_them_after(tmp_path: Path) -> None:
+    """Past its deadline a running PyTorchJob stays held; Succeeded, it is released; a RayCluster deleted around the
+    gateway (kubectl) is released once the API server says NotFound."""
+    headers = f"""
+    headers:
+      Authorization: {{file: {tmp_path / "slurm.token"}, prefix: "Bearer "}}
+"""
+    clock = Clock()
+    async with running_stack(
+        tmp_path, clock=clock, registry=E2E_TENANTS, standin=k8s_app, scheduler="kubernetes", headers=headers,
+        upstream_extra="    scheduler_options: {default_walltime_s: 3600}",
+    ) as stack:  # fmt: skip
+        assert stack.server.reconciler is not None
+        status, _, _ = await call(stack, "POST", PYTORCHJOBS.format(ns="us-one"), "us-one", payload=pytorch_job())
+        assert status == 201
+        cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "dev"}, "spec": {
+            "headGroupSpec": {"rayStartParams": {}, "template": pod(1)}, "workerGroupSpecs": []}}  # fmt: skip
+        status, _, _ = await call(stack, "POST", RAYCLUSTERS.format(ns="us-one"), "us-one", payload=cluster)
+        assert status == 201
+        assert await held(stack, "tenant:us-one") == 3 * H100
+        clock.advance(7200 - 60)  # a round just before the PyTorchJob's deadline ends its lease
+        assert await stack.server.reconciler.run_once() == {"running": 2}
+        clock.advance(600)
+        assert await held(stack, "tenant:us-one") == 3 * H100  # both still exist: both held
+        job = stack.standin.jobs["pytorchjobs.kubeflow.org/us-one/ddp"]
+        job["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}]}
+        del stack.standin.jobs["rayclusters.ray.io/us-one/dev"]  # kubectl delete raycluster dev
+        assert await stack.server.reconciler.run_once() == {"released": 2}
+        assert await held(stack, "tenant:us-one") == 0.0

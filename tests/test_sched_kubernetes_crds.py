@@ -329,7 +329,33 @@ def test_ids_name_the_resource() -> None:
     assert ADAPTER.job_id_of(route("GET", "/apis/batch/v1/namespaces/team-a/jobs/train")) == "team-a/train"
     created = json.dumps({"metadata": {"name": "rayjob-x1", "namespace": "team-a"}}).encode()
     assert ADAPTER.job_id_from_response(route("POST", RJ), 201, created) == "team-a/rayjobs.ray.io/rayjob-x1"
-    assert ADAPTER.status_path("team-a/rayjobs.ray.io/rayjob-x1") is None  # held until deleted
+    path = "/apis/ray.io/v1/namespaces/team-a/rayjobs/rayjob-x1"
+    assert ADAPTER.status_path("team-a/rayjobs.ray.io/rayjob-x1") == path
+    assert ADAPTER.status_path("team-a/widgets.example.com/x") is None  # not a resource the gateway prices
+    assert ADAPTER.status_path("team-a/rayjobs.ray.io/a/b") is None
+
+
+def _not_found(group: str, plural: str) -> bytes:
+    """The API server's answer for an object that is gone (as its Status carries it)."""
+    return json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "NotFound",
+                       "message": f'{plural}.{group} "x" not found', "details": {"name": "x", "group": group,
+                       "kind": plural}, "code": 404}).encode()  # fmt: skip
+
+
+def test_custom_resources_are_held_while_they_exist() -> None:
+    """Reconciliation holds a RayCluster or RayJob until it is deleted, a PyTorchJob until it has ended."""
+    cluster = {"kind": "RayCluster", "apiVersion": "ray.io/v1", "status": {"state": "ready"}}
+    done_job = {"kind": "RayJob", "apiVersion": "ray.io/v1", "status": {"jobDeploymentStatus": "Complete"}}
+    running = {"kind": "PyTorchJob", "status": {"conditions": [{"type": "Running", "status": "True"}]}}
+    ended = [{"type": "Running", "status": "False"}, {"type": "Succeeded", "status": "True"}]
+    succeeded = {"kind": "PyTorchJob", "status": {"conditions": ended}}
+    assert ADAPTER.job_view(200, json.dumps(cluster).encode()).over is False
+    assert ADAPTER.job_view(200, json.dumps(done_job).encode()).over is False  # its cluster may outlive it
+    assert ADAPTER.job_view(200, json.dumps(running).encode()).over is False
+    assert ADAPTER.job_view(200, json.dumps(succeeded).encode()).over is True
+    assert ADAPTER.job_view(404, _not_found("ray.io", "rayclusters")).over is True
+    assert ADAPTER.job_view(404, _not_found("kubeflow.org", "pytorchjobs")).over is True
+    assert ADAPTER.job_view(404, _not_found("batch", "jobs")).over is None  # a Pod may share a Job's id
 
 
 def test_listing_keeps_owned_objects() -> None:

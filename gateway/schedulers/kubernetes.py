@@ -17,7 +17,15 @@ from gateway.schedulers.base import (
     status_ok,
     try_json,
 )
-from gateway.schedulers.kubernetes_crds import CRD_ROUTES, crd_merge_touches, crd_of, crd_op_touches, object_id
+from gateway.schedulers.kubernetes_crds import (
+    CRD_ROUTES,
+    crd_merge_touches,
+    crd_of,
+    crd_op_touches,
+    crd_over,
+    crd_status_path,
+    object_id,
+)
 from gateway.schedulers.kubernetes_pods import job_spec
 from gateway.schedulers.kubernetes_training import training_spec
 from gateway.schedulers.status import JobView, kubernetes_finished
@@ -211,10 +219,12 @@ class KubernetesAdapter:
     def status_path(self, job_id: str) -> str | None:
         """The Job's path; a Pod's id (same `{ns}/{name}` form) finds no Job there and stays held.
 
-        A custom resource's id (`{ns}/{plural}.{group}/{name}`) has no path here: it is held until deleted.
+        A custom resource's id (`{ns}/{plural}.{group}/{name}`) is read at its own path.
         """
         ns, _, name = job_id.partition("/")
-        if not ns or not name or "/" in name:
+        if "/" in name:
+            return crd_status_path(job_id)
+        if not ns or not name:
             return None
         return _JOBS.replace("{ns}", quote(ns, safe="")) + "/" + quote(name, safe="")
 
@@ -222,7 +232,8 @@ class KubernetesAdapter:
         return kubernetes_finished(status, body)
 
     def job_view(self, status: int, body: bytes) -> JobView:
-        return JobView(kubernetes_finished(status, body))
+        over = crd_over(status, try_json(body))
+        return JobView(kubernetes_finished(status, body) if over is None else over)
 
     def cancel_request(self, job_id: str) -> tuple[str, str] | None:
         return None  # reconciliation reads no Pod allocations, so it never needs to cancel

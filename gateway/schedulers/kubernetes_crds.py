@@ -7,6 +7,7 @@ is read in kubernetes_training.py. Any other custom resource matches no route.
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from gateway.core.jobs import JobSpecInvalid
 from gateway.core.routes import Route, RouteKind, RouteMatch
@@ -129,3 +130,42 @@ def crd_op_touches(crd: Crd, op: Any) -> str | None:
             continue
         return "spec." + ".".join(tokens[1:3])
     return None
+
+
+_BY_RESOURCE = {crd.resource: crd for crd in CRDS}
+# Terminal conditions of a Kubeflow training job: its pods have stopped (and hold no GPU).
+_TRAINING_OVER = ("Succeeded", "Failed")
+
+
+def crd_status_path(job_id: str) -> str | None:
+    """Where a custom resource's id (`<ns>/<plural>.<group>/<name>`) is read, at its first served version."""
+    parts = job_id.split("/")
+    crd = _BY_RESOURCE.get(parts[1]) if len(parts) == 3 else None
+    if crd is None or not parts[0] or not parts[2]:
+        return None
+    return crd.collection(crd.versions[0]).replace("{ns}", quote(parts[0], safe="")) + "/" + quote(parts[2], safe="")
+
+
+def crd_over(status: int, doc: Any) -> bool | None:
+    """Whether a custom resource's answer says it holds nothing any more; None when it is not one's answer.
+
+    Deleted (the API server's NotFound `Status` naming one of these resources): over. A PyTorchJob
+    with a `Succeeded` or `Failed` condition `"True"`: over. A RayCluster lives until deleted, and a
+    RayJob's cluster may outlive the job (`shutdownAfterJobFinishes` false, or its TTL not yet
+    passed): both are held while the object exists.
+    """
+    if not isinstance(doc, Mapping):
+        return None
+    if doc.get("kind") == "Status" and status == 404 and doc.get("reason") == "NotFound":
+        details = doc.get("details")
+        if isinstance(details, Mapping) and f"{details.get('kind')}.{details.get('group')}" in _BY_RESOURCE:
+            return True
+        return None
+    if status != 200 or doc.get("kind") not in {crd.kind for crd in CRDS}:
+        return None
+    if doc["kind"] != PYTORCHJOB.kind:
+        return False
+    state = doc.get("status")
+    conditions = state.get("conditions") if isinstance(state, Mapping) else None
+    over = [c for c in conditions if isinstance(c, Mapping)] if isinstance(conditions, list) else []
+    return any(c.get("type") in _TRAINING_OVER and c.get("status") == "True" for c in over)
