@@ -6,6 +6,7 @@ from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.adapters.slurm_jobs import parent_job
 from gateway.core.codes import Code
 from gateway.core.decide import refuse
+from gateway.core.jobs import JobSpecInvalid
 from gateway.core.leases import Owner
 from gateway.http.call import JobCall
 from gateway.http.reads import Reads
@@ -52,7 +53,11 @@ class OwnedJobs:
             return owner
         a = job.admitted
         job_id = job.adapter.job_id_of(a.match)
-        result = await self.reads.fetch_recorded(a, a.admission, None)
+        try:
+            target = job.adapter.cancel_target(a.request.raw_path)
+        except JobSpecInvalid as exc:  # it would leave the job running while its capacity came back
+            return await self.responder.refuse(a.call, refuse(Code.JOB_SPEC_INVALID, str(exc), a.admission.tier))
+        result = await self.reads.fetch_recorded(a, a.admission, None, target=target)
         if isinstance(result, web.StreamResponse):
             return result
         if 200 <= result.status < 300 and job_id is not None:

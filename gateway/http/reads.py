@@ -29,14 +29,21 @@ class Reads:
             return self.responder.reply(a.call, exc.code, exc.detail)
 
     async def fetch_recorded(
-        self, a: Admitted, decision: Decision, body: bytes | None, *, wait: bool = True, limit: int = LISTING_LIMIT
+        self,
+        a: Admitted,
+        decision: Decision,
+        body: bytes | None,
+        *,
+        wait: bool = True,
+        limit: int = LISTING_LIMIT,
+        target: str | None = None,
     ) -> forward.Buffered | web.Response:
         """Record (waiting for job-changing routes), then fetch; a refusal response on failure."""
         refused = await self.responder.commit(a.call, decision, wait=wait)
         if refused is not None:
             return refused
         try:
-            return await self.relay.fetch(a, decision, body, limit)
+            return await self.relay.fetch(a, decision, body, limit, target)
         except forward.UpstreamFailure as exc:
             return self.responder.reply(a.call, exc.code, exc.detail)
 

@@ -65,12 +65,15 @@ class Relay:
         return await forward.stream(request, session, url, headers, a.call.body, observe, extra, self.write_timeout_s)
 
     async def fetch(
-        self, a: Admitted, decision: Decision, body: bytes | None, limit: int = LISTING_LIMIT
+        self, a: Admitted, decision: Decision, body: bytes | None, limit: int = LISTING_LIMIT, target: str | None = None
     ) -> forward.Buffered:
-        """Forward and read the whole (bounded) answer, for answers the gateway must look at."""
+        """Forward and read the whole (bounded) answer, for answers the gateway must look at.
+
+        `target` replaces the request's path and query (a cancel the adapter made sure ends the job).
+        """
         session = a.upstream.session
         assert session is not None  # started with the server
         observe = self.observe(a)
-        url = a.upstream.url_for(a.upstream.local_path(a.request.raw_path))
+        url = a.upstream.url_for(a.upstream.local_path(target or a.request.raw_path))
         body = a.call.body if body is None else body  # a non-job route's body, already read within the limits
         return await forward.fetch(a.request, session, url, self.headers(a, decision), body, observe, limit)

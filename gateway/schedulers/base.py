@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid
 from gateway.core.jsontext import json_utf8
@@ -107,6 +108,14 @@ class SchedulerAdapter(Protocol):
 
     def job_view(self, status: int, body: bytes) -> JobView:
         """`finished`, with what the answer says of the job's walltime, start and whether it still waits."""
+        ...
+
+    def cancel_target(self, raw_path: str) -> str:
+        """The path and query a tenant's cancel is forwarded with, so that it ends the job's work.
+
+        Raises JobSpecInvalid for a cancel that would leave work running while the gateway gives its
+        capacity back (a Slurm signal that does not kill, Kubernetes pods orphaned, a dry run).
+        """
         ...
 
     def cancel_request(self, job_id: str) -> tuple[str, str] | None:
@@ -322,3 +331,9 @@ def mapping(value: Any, field: str) -> Mapping[str, Any]:
 
 def status_ok(status: int) -> bool:
     return 200 <= status < 300
+
+
+def query_pairs(raw_path: str) -> tuple[str, list[tuple[str, str]]]:
+    """A raw path and its query's (name, value) pairs, percent-decoded, blanks kept."""
+    path, _, query = raw_path.partition("?")
+    return path, parse_qsl(query, keep_blank_values=True)

@@ -202,6 +202,9 @@ class GenericAdapter:
     def job_view(self, status: int, body: bytes) -> JobView:
         return JobView(self.finished(status, body))
 
+    def cancel_target(self, raw_path: str) -> str:
+        return raw_path
+
     def cancel_request(self, job_id: str) -> tuple[str, str] | None:
         return None  # a generic API's allocations are not read back
 

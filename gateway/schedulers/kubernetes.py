@@ -11,9 +11,11 @@ from gateway.schedulers.base import (
     LiveJob,
     decode_content,
     dump_json,
+    key_name,
     load_json,
     load_object,
     media_type,
+    query_pairs,
     status_ok,
     try_json,
 )
@@ -234,6 +236,28 @@ class KubernetesAdapter:
     def job_view(self, status: int, body: bytes) -> JobView:
         over = crd_over(status, try_json(body))
         return JobView(kubernetes_finished(status, body) if over is None else over)
+
+    def cancel_target(self, raw_path: str) -> str:
+        """Deletes take the workload's pods with them, and really delete.
+
+        A batch/v1 Job deleted through the API without `propagationPolicy` orphans its pods (kubectl
+        asks for Background itself): the gateway asks for Background then. `Orphan`,
+        `orphanDependents=true` and `dryRun` would leave the pods running, or the object in place,
+        while the gateway gave the capacity back: refused.
+        """
+        _, pairs = query_pairs(raw_path)
+        names = [name for name, _ in pairs]
+        for name, value in pairs:
+            if (
+                (name == "propagationPolicy" and value not in ("Background", "Foreground"))
+                or (name == "orphanDependents" and value != "false")
+                or name == "dryRun"
+            ):
+                why = "a delete through the gateway must delete the workload and its pods: propagationPolicy "
+                raise JobSpecInvalid(f"query.{key_name(name)}", why + "Background or Foreground, no dryRun")
+        if "propagationPolicy" in names:
+            return raw_path
+        return raw_path + ("&" if "?" in raw_path else "?") + "propagationPolicy=Background"
 
     def cancel_request(self, job_id: str) -> tuple[str, str] | None:
         return None  # reconciliation reads no Pod allocations, so it never needs to cancel

@@ -220,6 +220,9 @@ class RayAdapter:
     def job_view(self, status: int, body: bytes) -> JobView:
         return ray_view(status, body, self.options.walltime_metadata_key)
 
+    def cancel_target(self, raw_path: str) -> str:
+        return raw_path  # stop and delete take no options
+
     def cancel_request(self, job_id: str) -> tuple[str, str] | None:
         return "POST", f"/api/jobs/{quote(job_id, safe='')}/stop"
 

@@ -8,7 +8,18 @@ from typing import Any, ClassVar
 
 from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.routes import Route, RouteKind, RouteMatch
-from gateway.schedulers.base import LiveJob, bounded, dump_json, load_object, media_type, status_ok, text, try_json
+from gateway.schedulers.base import (
+    LiveJob,
+    bounded,
+    dump_json,
+    key_name,
+    load_object,
+    media_type,
+    query_pairs,
+    status_ok,
+    text,
+    try_json,
+)
 from gateway.schedulers.live import slurm_live_gpu_jobs
 from gateway.schedulers.slurm_facts import EMPTY, SlurmFacts
 from gateway.schedulers.slurm_fields import array_concurrency, comment_tags, environment, time_limit_s
@@ -257,6 +268,17 @@ class SlurmAdapter:
 
     def job_view(self, status: int, body: bytes) -> JobView:
         return slurm_view(status, body)
+
+    def cancel_target(self, raw_path: str) -> str:
+        """A cancel kills the job: `signal` only as KILL (any other signal leaves it running), no `flags`."""
+        _, pairs = query_pairs(raw_path)
+        for name, value in pairs:
+            if name == "signal" and value.upper().removeprefix("SIG") in ("KILL", "9"):
+                continue
+            raise JobSpecInvalid(
+                f"query.{key_name(name)}", "a cancel through the gateway must end the job: send no signal or flags"
+            )
+        return raw_path
 
     def cancel_request(self, job_id: str) -> tuple[str, str] | None:
         path = self.status_path(job_id)
