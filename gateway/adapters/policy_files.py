@@ -1,11 +1,11 @@
 """The live policy pack and tenant registry, reloaded on change; the last good pair stays."""
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.adapters.background import cancel_and_wait
 from gateway.config.located import ConfigError, Problem
 from gateway.config.pack import load_pack
 from gateway.config.registry import load_registry
@@ -74,8 +74,5 @@ class PolicyFiles:
                 self.reload()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

@@ -8,14 +8,12 @@ retried every few seconds; a failed refresh keeps the last snapshot, whose per-m
 shrink.
 """
 
-import asyncio
-import contextlib
-import json
 import logging
 
 import aiohttp
 
-from gateway.adapters.upstream import Upstream
+from gateway.adapters.background import RefreshedSource
+from gateway.adapters.upstream import Upstream, UpstreamUnreadable
 from gateway.schedulers.ray import RayOptions
 from gateway.schedulers.ray_capacity import (
     EMPTY,
@@ -36,42 +34,24 @@ def reads_capacity(options: RayOptions) -> bool:
     return options.pricing == "cluster" and not options.cluster_gpus
 
 
-class RayCapacitySource:
+class RayCapacitySource(RefreshedSource):
     """The newest capacity snapshot of one Ray upstream; `snapshot` never waits."""
 
     def __init__(self, upstream: Upstream, options: RayOptions, first_wait_s: float = 5.0) -> None:
-        self.upstream = upstream
+        super().__init__(upstream, first_wait_s, f"ray-capacity-{upstream.name}")
         self.options = options
-        self.first_wait_s = first_wait_s
         self._capacity = EMPTY
-        self._task: asyncio.Task[None] | None = None
-        self._failing = False
 
     def snapshot(self) -> RayCapacity:
         return self._capacity
 
-    async def _get(self) -> object:
-        session = self.upstream.session
-        assert session is not None
-        headers = dict(self.upstream.static_headers)
-        async with session.get(self.upstream.url_for(NODES_PATH), headers=headers) as response:
-            body = await response.read()
-            if response.status != 200:
-                raise CapacityUnreadable(f"GET /api/v0/nodes answered {response.status}")
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise CapacityUnreadable(f"GET /api/v0/nodes: not JSON: {exc}") from None
-
     async def refresh(self) -> bool:
         """Read the live nodes once; the snapshot changes only when the whole list was read."""
         try:
-            capacity = widened(self._capacity, await self._get())
-        except (TimeoutError, aiohttp.ClientError, CapacityUnreadable) as exc:
-            if not self._failing:
-                log.warning("ray capacity of upstream %s: %s; the last capacity stays in use", self.upstream.name, exc)
-            self._failing = True
-            return False
+            nodes = await self.upstream.get_json(NODES_PATH, dict(self.upstream.static_headers))
+            capacity = widened(self._capacity, nodes)
+        except (TimeoutError, aiohttp.ClientError, UpstreamUnreadable, CapacityUnreadable) as exc:
+            return self._failed(log, "ray capacity of upstream %s: %s; the last capacity stays in use", exc)
         if self._failing or not self._capacity.loaded or capacity.peak != self._capacity.peak:
             log.info(
                 "ray capacity of upstream %s: %d live nodes, GPUs now %s, priced at %s",
@@ -80,30 +60,20 @@ class RayCapacitySource:
         self._capacity, self._failing = capacity, False
         return True
 
-    async def _forever(self) -> None:
-        while True:  # until a first answer, retried sooner
-            every = self.options.capacity_refresh_s
-            await asyncio.sleep(every if self._capacity.loaded else min(every, UNLOADED_RETRY_S))
-            await self.refresh()
+    def _wait_s(self) -> float:
+        """Every `capacity_refresh_s`; until a first answer, retried sooner."""
+        every = self.options.capacity_refresh_s
+        return every if self._capacity.loaded else min(every, UNLOADED_RETRY_S)
 
     async def start(self) -> None:
         """One read now (bounded by `first_wait_s`), then one every `capacity_refresh_s`."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.refresh(), self.first_wait_s)
+        await self._start_refreshing()
         if not self._capacity.loaded:
             log.warning(
                 "ray capacity of upstream %s: not read yet; its jobs are refused until it is "
                 "(or set scheduler_options.cluster_gpus)",
                 self.upstream.name,
             )
-        self._task = asyncio.create_task(self._forever(), name=f"ray-capacity-{self.upstream.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
 
 def _shown(gpus: GpuCounts) -> str:

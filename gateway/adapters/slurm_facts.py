@@ -8,30 +8,25 @@ unprivileged service account fits. Without `facts_user` nothing is fetched: jobs
 the facts are refused `job_spec_invalid` unless `partition_node_gpus` / `partition_nodes` say them.
 """
 
-import asyncio
-import contextlib
-import json
 import logging
 
 import aiohttp
 
-from gateway.adapters.upstream import Upstream
+from gateway.adapters.background import RefreshedSource
+from gateway.adapters.upstream import Upstream, UpstreamUnreadable
 from gateway.schedulers.slurm import SlurmAdapter
 from gateway.schedulers.slurm_facts import EMPTY, FactsUnreadable, SlurmFacts, parse_facts
 
 log = logging.getLogger(__name__)
 
 
-class SlurmFactsSource:
+class SlurmFactsSource(RefreshedSource):
     """The newest facts snapshot of one Slurm upstream; `snapshot` never waits."""
 
     def __init__(self, upstream: Upstream, adapter: SlurmAdapter, first_wait_s: float = 5.0) -> None:
-        self.upstream = upstream
+        super().__init__(upstream, first_wait_s, f"slurm-facts-{upstream.name}")
         self.options = adapter.options
-        self.first_wait_s = first_wait_s
         self._facts = EMPTY
-        self._task: asyncio.Task[None] | None = None
-        self._failing = False
 
     def snapshot(self) -> SlurmFacts:
         return self._facts
@@ -40,18 +35,6 @@ class SlurmFactsSource:
         user = self.options.facts_user
         return None if user is None else self.upstream.service_headers(user)
 
-    async def _get(self, path: str, headers: dict[str, str]) -> object:
-        session = self.upstream.session
-        assert session is not None
-        async with session.get(self.upstream.url_for(path), headers=headers) as response:
-            body = await response.read()
-            if response.status != 200:
-                raise FactsUnreadable(f"GET {path} answered {response.status}")
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise FactsUnreadable(f"GET {path}: not JSON: {exc}") from None
-
     async def refresh(self) -> bool:
         """Fetch `/nodes` and `/partitions` once; the snapshot changes only when both are read."""
         headers = self._headers()
@@ -59,14 +42,11 @@ class SlurmFactsSource:
             return False
         version = self.options.facts_version or self.options.status_version
         try:
-            nodes = await self._get(f"/slurm/{version}/nodes", headers)
-            partitions = await self._get(f"/slurm/{version}/partitions", headers)
+            nodes = await self.upstream.get_json(f"/slurm/{version}/nodes", headers)
+            partitions = await self.upstream.get_json(f"/slurm/{version}/partitions", headers)
             facts = parse_facts(nodes, partitions)
-        except (TimeoutError, aiohttp.ClientError, FactsUnreadable) as exc:
-            if not self._failing:
-                log.warning("slurm facts of upstream %s: %s; the last facts stay in use", self.upstream.name, exc)
-            self._failing = True
-            return False
+        except (TimeoutError, aiohttp.ClientError, UpstreamUnreadable, FactsUnreadable) as exc:
+            return self._failed(log, "slurm facts of upstream %s: %s; the last facts stay in use", exc)
         if self._failing or not self._facts.loaded:
             log.info(
                 "slurm facts of upstream %s: %d nodes, %d partitions",
@@ -75,10 +55,8 @@ class SlurmFactsSource:
         self._facts, self._failing = facts, False
         return True
 
-    async def _forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.facts_refresh_s)
-            await self.refresh()
+    def _wait_s(self) -> float:
+        return self.options.facts_refresh_s
 
     async def start(self) -> None:
         """One fetch now (bounded by `first_wait_s`), then one every `facts_refresh_s`."""
@@ -89,13 +67,4 @@ class SlurmFactsSource:
                 self.upstream.name,
             )
             return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.refresh(), self.first_wait_s)
-        self._task = asyncio.create_task(self._forever(), name=f"slurm-facts-{self.upstream.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._start_refreshing()

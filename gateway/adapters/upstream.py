@@ -1,5 +1,6 @@
 """Upstream schedulers: one aiohttp ClientSession each, route table and credential headers."""
 
+import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +18,10 @@ from gateway.schedulers import SchedulerAdapter
 
 class CredentialError(Exception):
     """A configured credential could not be read; the upstream cannot be called safely."""
+
+
+class UpstreamUnreadable(Exception):
+    """An upstream's answer to the gateway's own GET was not a 200 with a JSON body."""
 
 
 def read_static(name: str, source: HeaderSource, env: Mapping[str, str]) -> str | None:
@@ -138,6 +143,24 @@ class Upstream:
                 minter = self._minters.get(name)
                 out[name] = source.prefix + (minter.token(user, self.clock()) if minter else user)
         return out
+
+    async def get_json(self, path: str, headers: dict[str, str]) -> object:
+        """The JSON body of the gateway's own `GET path` (not a tenant's request), sent with `headers`.
+
+        Raises UpstreamUnreadable on any status but 200 or a body that is not JSON, naming the
+        path without its query; aiohttp's ClientError and TimeoutError pass through.
+        """
+        session = self.session
+        assert session is not None
+        shown = path.partition("?")[0]
+        async with session.get(self.url_for(path), headers=headers) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise UpstreamUnreadable(f"GET {shown} answered {response.status}")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise UpstreamUnreadable(f"GET {shown}: not JSON: {exc}") from None
 
     def url_for(self, raw_path_and_query: str) -> str:
         """The upstream URL of a path the scheduler knows (see `local_path`)."""

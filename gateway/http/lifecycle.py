@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.adapters.auth import Authenticator
+from gateway.adapters.background import cancel_and_wait
 from gateway.adapters.ledger.signing import KeyFileError, Signer, load_signer
 from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.adapters.metrics import Metrics
@@ -88,9 +89,7 @@ class StoreProbe:
         try:
             yield
         finally:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
 
 BASE = web.AppKey("base", Base)

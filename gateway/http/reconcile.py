@@ -9,7 +9,6 @@ scheduler's API, recorded first; its lease ends when the scheduler reports it st
 """
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections import Counter, deque
@@ -18,6 +17,7 @@ from collections.abc import Callable
 import aiohttp
 from yarl import URL
 
+from gateway.adapters.background import cancel_and_wait
 from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
@@ -28,6 +28,7 @@ from gateway.core.records import followup_body
 from gateway.core.shared_lease import REASON as SHARED
 from gateway.core.tenants import Tenant
 from gateway.http.cluster_lease import detach, siblings
+from gateway.http.reconcile_parts import ReconcileParts
 from gateway.http.trueup import TrueUp
 from gateway.http.unadmitted import UnadmittedSweep
 from gateway.schedulers.status import JobView
@@ -71,8 +72,10 @@ class Reconciler:
         self._stopping: dict[tuple[str, str], float] = {}  # (upstream, job id) -> when a walltime stop was sent
         self._pass_s = 0.0  # how long one pass over every owned job takes at `batch` jobs a round
         self._task: asyncio.Task[None] | None = None
-        self.trueup = TrueUp(store, ledger, policy, metrics, clock, self._send)
-        self.unadmitted = UnadmittedSweep(upstreams, store, ledger, policy, metrics, clock, self._send)
+        self.parts = ReconcileParts(store, ledger, policy, metrics, clock, self._send)
+        self._error = self.parts.backend_error
+        self.trueup = TrueUp(self.parts)
+        self.unadmitted = UnadmittedSweep(upstreams, self.parts)
 
     def start(self) -> None:
         """Run rounds every `interval_s` in the background (nothing when it is 0)."""
@@ -81,11 +84,8 @@ class Reconciler:
             self._task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         last: str | None = None  # the cause last logged with its traceback
@@ -300,9 +300,6 @@ class Reconciler:
             log.warning("reconcile: %s on %s could not be asked: %s", path, upstream.name, type(exc).__name__)
             return None
 
-    def _error(self, backend: str, what: str) -> None:
-        self.metrics.backend_errors.labels(backend).inc()
-        log.error("reconcile: %s", what)
 
 
 def _report_crash(task: "asyncio.Task[None]") -> None:

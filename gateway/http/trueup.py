@@ -14,14 +14,11 @@ cancel as the job's owner) or `alert` (the record and a metric; the job runs on)
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
-from gateway.adapters.metrics import Metrics
-from gateway.adapters.policy_files import PolicyFiles
-from gateway.adapters.quota import BackendUnavailable, QuotaStore
+from gateway.adapters.ledger.writer import LedgerUnavailable
+from gateway.adapters.quota import BackendUnavailable
 from gateway.adapters.upstream import Upstream
 from gateway.core.decide import Decision, Facts, decide
 from gateway.core.jobs import JobPart, JobSpec
@@ -32,30 +29,18 @@ from gateway.core.routes import RouteKind
 from gateway.core.submission import Job, Priced, judge, price_and_plan
 from gateway.core.tenants import Tenant
 from gateway.core.trueup import direction, forced, held_only, leased_tpp
+from gateway.http.reconcile_parts import ReconcileParts
 from gateway.schedulers.base import JobView
 
 log = logging.getLogger(__name__)
-Send = Callable[[Upstream, Tenant, str, str], Awaitable[tuple[int, bytes] | None]]
 
 
 class TrueUp:
     """Trues leases to what schedulers allocated; a job's allocation seen before and unchanged costs nothing."""
 
-    def __init__(
-        self,
-        store: QuotaStore,
-        ledger: LedgerWriter,
-        policy: PolicyFiles,
-        metrics: Metrics,
-        clock: Callable[[], float],
-        send: Send,
-    ) -> None:
-        self.store = store
-        self.ledger = ledger
-        self.policy = policy
-        self.metrics = metrics
-        self.clock = clock
-        self.send = send
+    def __init__(self, parts: ReconcileParts) -> None:
+        self.store, self.ledger, self.policy, self.metrics = parts.store, parts.ledger, parts.policy, parts.metrics
+        self.clock, self.send, self._error = parts.clock, parts.send, parts.backend_error
         self._seen: dict[tuple[str, str], tuple[tuple[JobPart, ...], bool]] = {}
 
     def forget(self, keep: set[tuple[str, str]]) -> None:
@@ -183,6 +168,3 @@ class TrueUp:
             await self.store.refund(plan, self.clock())
         self._error("ledger", f"true-up not recorded ({why}); its reservation is given back")
 
-    def _error(self, backend: str, what: str) -> None:
-        self.metrics.backend_errors.labels(backend).inc()
-        log.error("reconcile: %s", what)

@@ -28,6 +28,7 @@ from gateway.schedulers.kubernetes_crds import (
     crd_status_path,
     object_id,
 )
+from gateway.schedulers.kubernetes_patch import merge_touches, op_touches
 from gateway.schedulers.kubernetes_pods import job_spec
 from gateway.schedulers.kubernetes_training import training_spec
 from gateway.schedulers.status import JobView, kubernetes_finished
@@ -80,6 +81,7 @@ _JSON_PATCH = "application/json-patch+json"
 # Job spec fields whose change alters what the Job holds: pods at once, pod shape, deadline,
 # and resuming a suspended Job (its deadline timer restarts).
 _RESOURCE_FIELDS = ("parallelism", "template", "activeDeadlineSeconds", "suspend")
+_SUSPEND = ("suspend",)  # the spec path whose `true` suspends a Job
 _REASONS = {
     400: "BadRequest",
     401: "Unauthorized",
@@ -304,42 +306,9 @@ def _require(content_type: str | None, accepted: tuple[str, ...]) -> str:
 
 def _merge_touches(patch: Mapping[str, Any]) -> str | None:
     """What resource field a merge or apply patch sets, or None if it sets none."""
-    if any(k.startswith("$") for k in patch):
-        return "the whole object (a $patch directive)"
-    if "spec" not in patch:
-        return None
-    spec = patch["spec"]
-    if not isinstance(spec, dict):
-        return "spec"
-    for key, value in spec.items():
-        if key.startswith("$"):
-            return "spec (a $patch directive)"
-        if key == "suspend" and value is True:
-            continue  # suspending holds fewer resources
-        if key in _RESOURCE_FIELDS:
-            return f"spec.{key}"
-    return None
+    return merge_touches(patch, _SUSPEND, lambda key: key in _RESOURCE_FIELDS)
 
 
 def _op_touches(op: Any) -> str | None:
     """What resource field a JSON-patch operation changes, or None if it changes none."""
-    if not isinstance(op, dict) or not isinstance(op.get("op"), str):
-        raise JobSpecInvalid("body", "each JSON patch operation needs an op")
-    if op["op"] == "test":
-        return None
-    for key in ("path", "from"):
-        pointer = op.get(key)
-        if pointer is None and key == "from":
-            continue
-        if not isinstance(pointer, str):
-            raise JobSpecInvalid("body", f"JSON patch {key} must be a string")
-        tokens = [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
-        if not tokens or tokens == ["spec"]:
-            return pointer or "the whole object"
-        if tokens[0] != "spec" or tokens[1] not in _RESOURCE_FIELDS:
-            continue
-        suspends = op["op"] in ("add", "replace") and op.get("value") is True
-        if tokens == ["spec", "suspend"] and key == "path" and suspends:
-            continue
-        return f"spec.{tokens[1]}"
-    return None
+    return op_touches(op, _SUSPEND, lambda tokens: f"spec.{tokens[1]}" if tokens[1] in _RESOURCE_FIELDS else None)

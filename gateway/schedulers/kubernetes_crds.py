@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from gateway.core.jobs import JobSpecInvalid
 from gateway.core.routes import Route, RouteKind, RouteMatch
+from gateway.schedulers.kubernetes_patch import merge_touches, op_touches
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,55 +81,18 @@ def object_id(match: RouteMatch, namespace: str, name: str) -> str:
     return f"{namespace}/{found[0].resource}/{name}" if found else f"{namespace}/{name}"
 
 
-def _suspends(crd: Crd, tokens: list[str], value: Any) -> bool:
-    return tokens == ["spec", *crd.suspend] and value is True
-
-
 def crd_merge_touches(crd: Crd, patch: Mapping[str, Any]) -> str | None:
     """What a merge or apply patch changes that may change what the object holds, or None.
 
     Every spec field of these kinds feeds its pods (groups, replicas, templates, autoscaling,
     deadlines, deletion), so any spec change counts, except suspending it.
     """
-    if any(k.startswith("$") for k in patch):
-        return "the whole object (a $patch directive)"
-    if "spec" not in patch:
-        return None
-    spec = patch["spec"]
-    if not isinstance(spec, dict):
-        return "spec"
-    for key, value in spec.items():
-        if key.startswith("$"):
-            return "spec (a $patch directive)"
-        if len(crd.suspend) == 1 and key == crd.suspend[0] and value is True:
-            continue
-        if len(crd.suspend) == 2 and key == crd.suspend[0] and value == {crd.suspend[1]: True}:
-            continue
-        return f"spec.{key}"
-    return None
+    return merge_touches(patch, crd.suspend, lambda key: True)
 
 
 def crd_op_touches(crd: Crd, op: Any) -> str | None:
     """What a JSON-patch operation changes under spec (but suspending), or None."""
-    if not isinstance(op, dict) or not isinstance(op.get("op"), str):
-        raise JobSpecInvalid("body", "each JSON patch operation needs an op")
-    if op["op"] == "test":
-        return None
-    for key in ("path", "from"):
-        pointer = op.get(key)
-        if pointer is None and key == "from":
-            continue
-        if not isinstance(pointer, str):
-            raise JobSpecInvalid("body", f"JSON patch {key} must be a string")
-        tokens = [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
-        if not tokens or tokens == ["spec"]:
-            return pointer or "the whole object"
-        if tokens[0] != "spec":
-            continue
-        if key == "path" and op["op"] in ("add", "replace") and _suspends(crd, tokens, op.get("value")):
-            continue
-        return "spec." + ".".join(tokens[1:3])
-    return None
+    return op_touches(op, crd.suspend, lambda tokens: "spec." + ".".join(tokens[1:3]))
 
 
 _BY_RESOURCE = {crd.resource: crd for crd in CRDS}

@@ -20,7 +20,7 @@ from gateway.schedulers.base import (
     text,
     try_json,
 )
-from gateway.schedulers.live import slurm_live_gpu_jobs
+from gateway.schedulers.live import slurm_id, slurm_live_gpu_jobs
 from gateway.schedulers.slurm_facts import EMPTY, SlurmFacts
 from gateway.schedulers.slurm_fields import array_concurrency, comment_tags, environment, time_limit_s
 from gateway.schedulers.slurm_gpus import GPU_FIELDS, RESOURCE_KEYS, Cluster, job_gpus, normalise
@@ -216,7 +216,7 @@ class SlurmAdapter:
             return None
         result = doc.get("result")
         for value in (doc.get("job_id"), result.get("job_id") if isinstance(result, dict) else None):
-            job_id = _id_text(value)
+            job_id = slurm_id(value)
             if job_id is not None:
                 return job_id
         return None
@@ -234,10 +234,10 @@ class SlurmAdapter:
         doc = try_json(body)
         jobs = doc.get("jobs") if status_ok(status) and isinstance(doc, dict) else None
         for record in jobs if isinstance(jobs, list) else []:
-            if not isinstance(record, dict) or _id_text(record.get("job_id")) != job_id:
+            if not isinstance(record, dict) or slurm_id(record.get("job_id")) != job_id:
                 continue
             for key in ("array_job_id", "het_job_id"):
-                parent = _id_text(record.get(key))
+                parent = slurm_id(record.get(key))
                 if parent is not None and parent != job_id:
                     return parent
             return None
@@ -315,20 +315,8 @@ def _slurm_error(error: Any) -> bool:
     return any(isinstance(c, int) and not isinstance(c, bool) for c in codes)
 
 
-def _id_text(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("number") if value.get("set", True) else None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and value > 0:
-        return str(value)
-    if isinstance(value, str) and re.fullmatch(r"[1-9][0-9]{0,19}", value):
-        return value
-    return None
-
-
 def _owned_job(job: Any, owned: Callable[[str], bool]) -> bool:
     if not isinstance(job, dict):
         return False
-    ids = (_id_text(job.get(k)) for k in ("job_id", "array_job_id", "het_job_id"))
+    ids = (slurm_id(job.get(k)) for k in ("job_id", "array_job_id", "het_job_id"))
     return any(i is not None and owned(i) for i in ids)
