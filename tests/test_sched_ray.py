@@ -617,3 +617,13 @@ async def test_capacity_source_reads_ray_with_the_upstream_credentials() -> None
         await source.stop()
         await upstream.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("submission_id", "x" * 129), ("submission_id", "a\nforged"), ("job_id", "a b"), ("submission_id", 7)],
+)
+def test_a_job_id_the_client_chooses_is_held_to_the_key_alphabet(key: str, value: object) -> None:
+    """Ray echoes the submission id back as the job id: it becomes the ownership key, so it must be a plain short id."""
+    with pytest.raises(JobSpecInvalid, match="1 to 128"):
+        submission(ADAPTER, **{key: value})

@@ -268,3 +268,10 @@ def test_ray_job_view_reads_the_declared_walltime_and_the_driver_start() -> None
     assert RAY.job_view(200, json.dumps(running | {"status": "STOPPED"}).encode()) == JobView(True)
     assert RAY.walltime_stop("raysubmit_1/x") == ("POST", "/api/jobs/raysubmit_1%2Fx/stop")
     assert SLURM.walltime_stop("12") is None and K8S.walltime_stop("ns/j") is None
+
+
+def test_a_state_list_holding_an_object_is_unknown_not_an_error() -> None:
+    """A v0.0.40-shaped state list with an object in it (a misbehaving server) reads as unknown: held, not a crash."""
+    body = json.dumps({"jobs": [{"job_state": [{"a": 1}]}]}).encode()
+    assert SLURM.finished(200, body) is None
+    assert SLURM.job_view(200, body).over is None

@@ -1,5 +1,6 @@
 """Jobs the gateway never admitted, end to end against the Slurm/Ray stand-in: recorded, counted, cancelled."""
 
+import hashlib
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -191,3 +192,22 @@ async def test_unreachable_scheduler_is_counted_and_the_round_goes_on(tmp_path: 
             "exportgate_unadmitted_sweep_errors_total", {"stage": "list"}
         )
         assert errors == 4.0  # two identities, two sweeps
+
+
+async def test_an_id_chosen_around_the_gateway_reaches_the_ledger_bounded(tmp_path: Path, clock: Clock) -> None:
+    """A Ray job submitted around the gateway with a long, multi-line id is recorded quoted and cut, with its digest."""
+    headers = f"""
+    headers:
+      Authorization: {{file: {tmp_path / "slurm.token"}, prefix: "Bearer "}}
+"""
+    async with running_stack(
+        tmp_path, clock=clock, registry=REGISTRY, scheduler="ray", headers=headers, upstream_extra=RAY_ENTRYPOINT
+    ) as stack:
+        assert (await call(stack, "POST", "/api/jobs/", "gamma", payload=ray_job("mine")))[0] == 200
+        odd = "x" * 5000 + '\n{"kind": "forged"}'
+        stack.standin.ray_jobs[odd] = {**stack.standin.ray_jobs["mine"], "submission_id": odd, "status": "RUNNING"}
+        counts = await two_sweeps(stack, clock)
+        assert counts["unadmitted"] == 1
+        [record] = unadmitted(stack)
+        assert len(record["job_id"]) <= 64 and "\n" not in record["job_id"]
+        assert record["job_id_sha256"] == hashlib.sha256(odd.encode()).hexdigest()

@@ -1,6 +1,11 @@
 """What a job submission asks for (JobSpec) and what it costs once priced (Cost)."""
 
+import re
 from dataclasses import dataclass
+
+# An idempotency key, and a client-chosen job id (Ray's submission_id): it becomes the ownership key and
+# reaches the ledger and logs, so it is held to a short, plain alphabet.
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +33,8 @@ class JobSpec:
     lineage: str | None = None
     name: str | None = None
     idempotency_key: str | None = None
+    # Code packages uploaded through the scheduler that the job runs (Ray's `gcs://` runtime_env URIs).
+    packages: tuple[str, ...] = ()
 
     @property
     def total_gpus(self) -> int:

@@ -1,6 +1,5 @@
 """The body stage: read a job route's body within the limits and parse it with the scheduler adapter."""
 
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -11,13 +10,12 @@ from gateway.adapters.metrics import Metrics
 from gateway.config.limits import Limits
 from gateway.core.codes import Code
 from gateway.core.decide import refuse
-from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
+from gateway.core.jobs import IDEMPOTENCY_KEY, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.routes import RouteMatch
 from gateway.core.tiers import Tier
 from gateway.http.body import BodyTooLarge, BodyTooSlow, Pace, read_limited
 from gateway.http.call import JobCall, Refused
 
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 Parser = Callable[[RouteMatch, str | None, str | None, bytes], JobSpec | None]
 
 

@@ -29,7 +29,7 @@ from gateway.adapters.quota import BackendUnavailable, LeaseRef, QuotaStore, Sto
 from gateway.config.limits import Limits
 from gateway.core.codes import Code
 from gateway.core.decide import refuse
-from gateway.core.jobs import JobSpecInvalid
+from gateway.core.jobs import JobSpec
 from gateway.core.leases import QUOTA_SLOT
 from gateway.http import forward
 from gateway.http.call import Admitted, JobCall, Refused
@@ -37,7 +37,7 @@ from gateway.http.job_body import BodyReader
 from gateway.http.reads import Reads
 from gateway.http.relay import Relay, answer
 from gateway.http.responder import Responder
-from gateway.schedulers.ray import PACKAGE_READ, PACKAGE_ROUTES, RayAdapter, package_uri, package_uris
+from gateway.schedulers.ray import PACKAGE_READ, PACKAGE_ROUTES, RayAdapter, package_uri
 
 _STORED = StoredResponse(200, (), b"")
 
@@ -176,16 +176,10 @@ class Packages:
             failure = forward.classify(exc)
             return self.responder.reply(a.call, failure.code, failure.detail)
 
-    async def check_submission(self, job: JobCall, raw: bytes, content_encoding: str | None) -> web.Response | None:
-        """The refusal for a Ray submission whose runtime_env names a package the tenant may not use."""
+    async def check_submission(self, job: JobCall, spec: JobSpec) -> web.Response | None:
+        """The refusal for a submission that runs a package the tenant may not use."""
         a = job.admitted
-        if not isinstance(job.adapter, RayAdapter):
-            return None
-        try:
-            uris = package_uris(content_encoding, raw)
-        except JobSpecInvalid as exc:
-            return await self.responder.refuse(a.call, refuse(Code.JOB_SPEC_INVALID, str(exc), a.admission.tier))
-        for uri in uris:
+        for uri in spec.packages:
             try:
                 usable = await self.usable(a.upstream.name, a.tenant.id, uri)
             except BackendUnavailable as exc:

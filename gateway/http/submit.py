@@ -50,10 +50,10 @@ class Submissions:
         body = await self.reader.submission(job)
         if isinstance(body, Refused):
             return await self.responder.refused(job.admitted.call, body)
-        encoding = ", ".join(job.admitted.request.headers.getall("Content-Encoding", [])) or None
-        refused = await self.packages.check_submission(job, body.raw, encoding)  # code it may run
-        if refused is not None:
-            return refused
+        if body.spec is not None:
+            refused = await self.packages.check_submission(job, body.spec)  # code it may run
+            if refused is not None:
+                return refused
         return await self._reserve_and_forward(job, body)
 
     async def update(self, job: JobCall) -> web.StreamResponse:
@@ -71,7 +71,8 @@ class Submissions:
         job_id = job.adapter.job_id_of(a.match)
         if not a.whole_job(job_id):
             # Its new total would replace the whole job's lease while pricing only the part.
-            detail = f"the update changes the resources of part of job {job_id}; update the whole job"
+            shown = (job_id or "")[:64]
+            detail = f"the update changes the resources of part of job {shown}; update the whole job"
             refused = refuse(Code.JOB_UPDATE_NOT_ALLOWED, detail, a.admission.tier)
             return await self.responder.refuse(a.call, refused)
         return await self._reserve_and_forward(job, body, replaces=job_id, replaced=owner.lease)

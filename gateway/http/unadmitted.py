@@ -12,25 +12,23 @@ warning and, when the pack's `enforcement.unadmitted` says `cancel`, cancelled t
 scheduler as that identity. Every failure is logged and counted and the sweep goes on.
 """
 
+import hashlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
-from gateway.adapters.metrics import Metrics
-from gateway.adapters.policy_files import PolicyFiles
-from gateway.adapters.quota import BackendUnavailable, QuotaStore
+from gateway.adapters.ledger.writer import LedgerUnavailable
+from gateway.adapters.quota import BackendUnavailable
 from gateway.adapters.upstream import Upstream
+from gateway.core.jobs import IDEMPOTENCY_KEY
 from gateway.core.policy import Action
 from gateway.core.records import followup_body
 from gateway.core.tenants import Tenant
-from gateway.schedulers.base import LiveJob, status_ok
+from gateway.http.reconcile_parts import ReconcileParts
+from gateway.schedulers.base import LiveJob, shown, status_ok
 
 log = logging.getLogger(__name__)
 
-# (upstream, tenant, method, path) -> (status, body), or None when the scheduler could not be asked.
-Send = Callable[[Upstream, Tenant, str, str], Awaitable[tuple[int, bytes] | None]]
 KIND = "unadmitted_job"
 DECISION_ID = "unadmitted"
 # Headers whose per-tenant value is the Slurm user the tenant runs as (a minted JWT's `sun` is too).
@@ -72,23 +70,10 @@ def identities(upstream: Upstream, tenants: list[Tenant]) -> list[Identity]:
 class UnadmittedSweep:
     """Finds, records, counts and (per the pack) cancels live GPU jobs no lease covers; see the module."""
 
-    def __init__(
-        self,
-        upstreams: list[Upstream],
-        store: QuotaStore,
-        ledger: LedgerWriter,
-        policy: PolicyFiles,
-        metrics: Metrics,
-        clock: Callable[[], float],
-        send: Send,
-    ) -> None:
+    def __init__(self, upstreams: list[Upstream], parts: ReconcileParts) -> None:
         self.upstreams = upstreams
-        self.store = store
-        self.ledger = ledger
-        self.policy = policy
-        self.metrics = metrics
-        self.clock = clock
-        self.send = send
+        self.store, self.ledger, self.policy, self.metrics = parts.store, parts.ledger, parts.policy, parts.metrics
+        self.clock, self.send = parts.clock, parts.send
         self._first_seen: dict[tuple[str, str], float] = {}  # (upstream, job id) -> first seen unowned
         self._flagged: set[tuple[str, str]] = set()  # recorded: never again by this process
         self._cancel_failed: set[tuple[str, str]] = set()  # recorded for cancelling, the cancel not yet accepted
@@ -153,7 +138,7 @@ class UnadmittedSweep:
             try:
                 owner = await self.store.owner_of(upstream.name, job.job_id)
             except BackendUnavailable as exc:
-                self._error("quota", f"owner of {job.job_id} on {upstream.name}: {exc}")
+                self._error("quota", f"owner of {shown(job.job_id)} on {upstream.name}: {exc}")
                 complete = False
                 continue
             if owner is not None:
@@ -175,19 +160,23 @@ class UnadmittedSweep:
         fields: dict[str, object] = {}
         if policy is Action.CANCEL and cancel is None:
             fields["reason"] = "cannot_cancel"  # the scheduler's API cannot cancel it (a Ray driver)
+        if not IDEMPOTENCY_KEY.match(job.job_id):  # chosen by whoever submitted around the gateway: bound it
+            fields["job_id_sha256"] = hashlib.sha256(job.job_id.encode("utf-8", "backslashreplace")).hexdigest()
+        records = [_shown_id(r) for r in job.records]
         body = followup_body(KIND, DECISION_ID, self.clock(), tenants=tenant_ids, upstream=upstream.name,
-                             job_id=job.job_id, records=list(job.records), action=action.value, **fields)  # fmt: skip
+                             job_id=_shown_id(job.job_id), records=records, action=action.value, **fields)  # fmt: skip
         try:
             await self.ledger.append(body, wait=True)
         except LedgerUnavailable as exc:
-            self._error("ledger", f"unadmitted_job record of {job.job_id} on {upstream.name}: {exc}; nothing done")
+            what = f"unadmitted_job record of {shown(job.job_id)} on {upstream.name}: {exc}; nothing done"
+            self._error("ledger", what)
             return
         self._flagged.add((upstream.name, job.job_id))
         counts["unadmitted"] += 1
         if cancel is None:
             self.metrics.unadmitted_jobs.labels("alert").inc()
             log.warning("unadmitted: GPU job %s on %s (tenants %s) holds no lease: submitted around the gateway%s",
-                        job.job_id, upstream.name, ", ".join(tenant_ids),
+                        shown(job.job_id), upstream.name, ", ".join(tenant_ids),
                         "; it cannot be cancelled through the scheduler's API" if fields else "")  # fmt: skip
             return
         await self._cancel(upstream, identity, job, counts)
@@ -208,10 +197,15 @@ class UnadmittedSweep:
         if not done:
             self.metrics.unadmitted_errors.labels("cancel").inc()
         log.warning("unadmitted: GPU job %s on %s (tenants %s) holds no lease: submitted around the gateway; "
-                    "cancelling it: %s %s answered %s", job.job_id, upstream.name,
-                    ", ".join(t.id for t in identity.tenants), method, path,
+                    "cancelling it: %s %s answered %s", shown(job.job_id), upstream.name,
+                    ", ".join(t.id for t in identity.tenants), method, shown(path),
                     "nothing" if answered is None else answered[0])  # fmt: skip
 
     def _error(self, stage: str, what: str) -> None:
         self.metrics.unadmitted_errors.labels(stage).inc()
         log.error("unadmitted: %s", what)
+
+
+def _shown_id(job_id: str) -> str:
+    """A listed job's id as the ledger keeps it: as is when it is a plain short id, else quoted and cut short."""
+    return job_id if IDEMPOTENCY_KEY.match(job_id) else shown(job_id)

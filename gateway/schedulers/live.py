@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.schedulers.base import LiveJob, text, try_json
-from gateway.schedulers.status import RAY_ACTIVE, SLURM_FINISHED, SLURM_PENDING
+from gateway.schedulers.status import RAY_ACTIVE, SLURM_FINISHED, SLURM_PENDING, slurm_states
 
 # Base states of a Slurm record that holds (or waits for) resources and is not on its way out.
 SLURM_LIVE = SLURM_PENDING | {"RUNNING", "SUSPENDED", "CONFIGURING", "RESIZING", "SIGNALING", "STOPPED"}
@@ -28,7 +28,7 @@ SLURM_GPU_FIELDS = (
 GPU_GRES = frozenset({"gpu", "shard", "mps"})
 
 
-def _slurm_id(value: Any) -> str | None:
+def slurm_id(value: Any) -> str | None:
     """A positive job id: a number, a digit string or a v0.0.40+ {set, number} struct; 0 and unset are None."""
     if isinstance(value, dict):
         value = value.get("number") if value.get("set", True) else None
@@ -39,12 +39,6 @@ def _slurm_id(value: Any) -> str | None:
     if isinstance(value, str) and re.fullmatch(r"[1-9][0-9]{0,19}", value):
         return value
     return None
-
-
-def _states(record: dict[str, Any]) -> set[str]:
-    state = record.get("job_state")  # v0.0.36..v0.0.39: one string; v0.0.40+: the base state and flags
-    states = [state] if isinstance(state, str) else state if isinstance(state, list) else []
-    return {s.upper() for s in states if isinstance(s, str)}
 
 
 def names_gpus(value: Any) -> bool:
@@ -83,13 +77,13 @@ def slurm_live_gpu_jobs(
     for record in jobs:
         if not isinstance(record, dict) or record.get("user_name") != user:
             continue
-        states = _states(record)
+        states = slurm_states(record)
         if not states & SLURM_LIVE or states & SLURM_ENDING:
             continue
         if not any(names_gpus(record.get(key)) for key in SLURM_GPU_FIELDS):
             continue
-        own = _slurm_id(record.get("job_id"))
-        parent = _slurm_id(record.get("het_job_id")) or _slurm_id(record.get("array_job_id")) or own
+        own = slurm_id(record.get("job_id"))
+        parent = slurm_id(record.get("het_job_id")) or slurm_id(record.get("array_job_id")) or own
         if parent is None:
             continue
         ids = found.setdefault(parent, [])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
+from gateway.core.jobs import IDEMPOTENCY_KEY, JobPart, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.pricing import CANDIDATE_SEPARATOR
 from gateway.core.routes import Route, RouteKind, RouteMatch
 from gateway.schedulers.base import (
@@ -148,6 +148,10 @@ class RayAdapter:
             walltime = self.options.default_walltime_s
         else:
             raise JobSpecInvalid(f"metadata.{key}", "no walltime: set it in the job's metadata (minutes)")
+        for key in ("submission_id", "job_id"):  # the job id Ray echoes back: the ownership key
+            value = doc.get(key)
+            if value is not None and not (isinstance(value, str) and IDEMPOTENCY_KEY.match(value)):
+                raise JobSpecInvalid(key, "must be 1 to 128 of A-Z a-z 0-9 . _ : -")
         label = CANDIDATE_SEPARATOR.join(sorted(models)) if models else None
         parts: tuple[JobPart, ...] = (JobPart(gpus, label, 1),) if gpus else ()
         if self.options.pricing == "cluster":
@@ -159,6 +163,7 @@ class RayAdapter:
             lineage=text(metadata.get(self.options.lineage_key)),
             name=text(doc.get("submission_id")) or text(doc.get("job_id")),
             idempotency_key=text(doc.get("submission_id")),
+            packages=runtime_packages(doc),
         )
 
     def cluster_gpus(self) -> dict[str, int]:
@@ -263,7 +268,11 @@ def package_uris(content_encoding: str | None, body: bytes) -> tuple[str, ...]:
     Raises JobSpecInvalid for a URI that says `gcs:` in another spelling (case, spaces, no `//`,
     a name Ray does not make): Ray may read it as a package, so it is refused rather than let by.
     """
-    doc = load_object(content_encoding, body)
+    return runtime_packages(load_object(content_encoding, body))
+
+
+def runtime_packages(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    """`package_uris` of a submission already read."""
     runtime_env = mapping(doc.get("runtime_env"), "runtime_env")
     found: list[str] = []
     for key in PACKAGE_FIELDS:

@@ -39,9 +39,13 @@ def _slurm_number(value: Any) -> float | None:
     return float(value)
 
 
-def _slurm_names(job: Any) -> set[str]:
+def slurm_states(job: Any) -> set[str]:
+    """A record's state names, upper case: v0.0.36..v0.0.39 give one string, v0.0.40+ the base state and flags.
+
+    Anything else in the list (an object from a misbehaving server) is skipped, never hashed.
+    """
     state = job.get("job_state") if isinstance(job, dict) else None
-    states = {state} if isinstance(state, str) else set(state) if isinstance(state, list) else set()
+    states = [state] if isinstance(state, str) else state if isinstance(state, list) else []
     return {s.upper() for s in states if isinstance(s, str)}
 
 
@@ -55,7 +59,7 @@ def combine(verdicts: Iterable[bool | None]) -> bool | None:
 
 def _slurm_record(job: Any) -> bool | None:
     # v0.0.36..v0.0.39 give one string; v0.0.40 and later a list of the base state and flags.
-    names = _slurm_names(job)
+    names = slurm_states(job)
     if names & SLURM_ACTIVE:
         return False
     return True if names & SLURM_FINISHED else None
@@ -92,7 +96,7 @@ def slurm_view(status: int, body: bytes) -> JobView:
     if over is not False or not isinstance(jobs, list):
         return JobView(over)
     records = [j for j in jobs if isinstance(j, dict)]
-    names = [_slurm_names(j) for j in records]
+    names = [slurm_states(j) for j in records]
     pending = bool(names) and all(n & SLURM_PENDING for n in names)
     limits = [_slurm_number(j.get("time_limit")) for j in records]
     walltime = None if not limits or None in limits else max(m for m in limits if m is not None) * 60.0
