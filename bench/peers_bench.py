@@ -97,7 +97,7 @@ class Processes:
         self.logs = logs
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, cpu: int, cmd: list[str], env: dict[str, str] | None = None) -> None:
+    def start(self, name: str, cpu: int | str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.logs / f"{name}.log").open("wb")
         proc = subprocess.Popen(
             ["taskset", "-c", str(cpu), *cmd], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -150,7 +150,7 @@ def _wait_redis(port: int, procs: Processes) -> None:
     raise SystemExit(f"redis-server on port {port} did not start")
 
 
-def _nginx(procs: Processes, name: str, cpu: int, prefix: Path, conf: str) -> None:
+def _nginx(procs: Processes, name: str, cpu: int | str, prefix: Path, conf: str) -> None:
     prefix.mkdir()
     (prefix / "nginx.conf").write_text(conf)
     procs.start(name, cpu, ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")])

@@ -92,7 +92,7 @@ end
     )
 
 
-def run_wrk(base: str, req: Request, script_dir: Path, *, seconds: float, connections: int, cpu: int) -> Result:
+def run_wrk(base: str, req: Request, script_dir: Path, *, seconds: float, connections: int, cpu: int | str) -> Result:
     """`wrk -t1 -c N -d S` pinned to `cpu`, with the script written under `script_dir`."""
     script = script_dir / f"wrk-{abs(hash((req, base)))}.lua"
     script.write_text(wrk_script(req))
