@@ -12,6 +12,7 @@ COPY policies /etc/exportgate/policies
 ENV EXPORTGATE_POLICY_DIR=/etc/exportgate/policies \
     EXPORTGATE_LEDGER_DIR=/var/lib/exportgate/ledger \
     EXPORTGATE_ADMIN_HOST=0.0.0.0 \
+    EXPORTGATE_LOG_FORMAT=json \
     PYTHONUNBUFFERED=1
 USER exportgate
 WORKDIR /var/lib/exportgate

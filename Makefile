@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 $(FLOORS)/.installed: pyproject.toml constraints/floors.txt
 	$(PYTHON) -m venv $(FLOORS)
 	$(FLOORS)/bin/pip install -q --upgrade pip
-	$(FLOORS)/bin/pip install -q -c constraints/floors.txt -e . pytest pytest-asyncio
+	$(FLOORS)/bin/pip install -q -c constraints/floors.txt -e . pytest pytest-asyncio openapi-spec-validator
 	touch $@
 
 serve: $(STAMP)
@@ -58,6 +58,7 @@ bench: $(STAMP) redis
 	$(BIN)/python -m bench.ledger_bench
 	$(BIN)/python -m bench.slowloris_bench
 	$(BIN)/python -m bench.lease_scale_bench
+	$(BIN)/python -m bench.startup_bench
 	$(BIN)/python -m bench.peers_bench
 
 clean:

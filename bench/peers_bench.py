@@ -1,5 +1,6 @@
 """exportgate against its peers, one run, one upstream: nginx direct, a bare aiohttp+uvloop proxy,
-nginx + auth_request to a small JWT service, exportgate (memory store) and exportgate (Redis).
+nginx + auth_request to a small JWT service, nginx + auth_request to exportgate's decision listener
+(the configuration `exportgate nginx-config` writes), exportgate (memory store) and exportgate (Redis).
 
 The upstream is nginx answering Slurm-shaped bodies (`return 200`, a new job id per submission).
 Each peer is loaded with wrk (32 connections, Lua scripts carrying real tokens and real Slurm
@@ -34,8 +35,10 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.peers_load import Request, Result, paced, run_wrk
-from bench.peers_nginx import auth_request_conf, upstream_conf
+from bench.peers_nginx import auth_request_conf, exportgate_conf, upstream_conf
 from bench.stack import ISSUER, POLICIES, ROOT, free_port
+from gateway.cli.nginx_config import default_targets, render
+from gateway.config.settings import load_settings
 
 SUT_CPU, LOAD_CPU = 0, 1
 SLURM = "/slurm/v0.0.38"
@@ -51,8 +54,8 @@ JOB = {
     },
     "script": "#!/bin/bash\ntrue",
 }
-PEERS = ("nginx-direct", "bare-proxy", "nginx-auth", "exportgate-mem", "exportgate-redis")
-BARE, AUTH = "bare-proxy", "nginx-auth"
+PEERS = ("nginx-direct", "bare-proxy", "nginx-auth", "nginx-exportgate", "exportgate-mem", "exportgate-redis")
+BARE, AUTH, NGINX_EG = "bare-proxy", "nginx-auth", "nginx-exportgate"
 SCENARIOS = ("read", "job", "submit", "refuse", "paced-read", "paced-submit")
 RESULTS = ROOT / "bench" / "results"
 
@@ -156,11 +159,14 @@ def _nginx(procs: Processes, name: str, cpu: int | str, prefix: Path, conf: str)
     procs.start(name, cpu, ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
 
 
-def _gateway_yaml(workdir: Path, name: str, port: int, admin: int, upstream: str, quota: str) -> Path:
+def _gateway_yaml(
+    workdir: Path, name: str, port: int, admin: int, upstream: str, quota: str, decision: int | None = None
+) -> Path:
     path = workdir / f"{name}.yaml"
     path.write_text(f"""
 listen: {{host: 127.0.0.1, port: {port}}}
 admin: {{host: 127.0.0.1, port: {admin}}}
+{f"decision: {{host: 127.0.0.1, port: {decision}}}" if decision else ""}
 instance_id: {name}
 policy: {{pack: {POLICIES / "ai-diffusion-2025"}, registry: {POLICIES / "tenants.example.yaml"}}}
 ledger: {{dir: {workdir / name / "ledger"}}}
@@ -175,6 +181,12 @@ upstreams:
     headers: {{X-SLURM-USER-NAME: {{from_tenant: slurm_user}}}}
 """)
     return path
+
+
+def _nginx_exportgate_conf(gateway_yaml: Path, port: int) -> str:
+    """`exportgate nginx-config` for that gateway.yaml, listening on `port`."""
+    settings = load_settings(gateway_yaml, env={})
+    return render(settings, default_targets(settings, f"127.0.0.1:{port} backlog=4096"))
 
 
 def _keys(workdir: Path) -> dict[str, str]:
@@ -217,13 +229,18 @@ def peers(workdir: Path) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
         procs.start("redis", LOAD_CPU, [*redis, "--dir", str(workdir)])
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTGATE_")}
         admins = {}
+        decision = free_port()  # exportgate-mem's decision listener, which nginx-exportgate asks
         for name, quota in (
             ("exportgate-mem", "store: memory"),
             ("exportgate-redis", f"store: redis, redis_url: 'redis://127.0.0.1:{redis_port}/0'"),
         ):
             admins[name] = free_port()
-            config = _gateway_yaml(workdir, name, ports[name], admins[name], upstream, quota)
+            asked = decision if name == "exportgate-mem" else None
+            config = _gateway_yaml(workdir, name, ports[name], admins[name], upstream, quota, asked)
             procs.start(name, SUT_CPU, [sys.executable, "-m", "gateway", "serve", "--config", str(config)], env=env)
+            if asked is not None:  # jobs go to this gateway's proxy, everything else through auth_request to it
+                site = _nginx_exportgate_conf(config, ports[NGINX_EG])
+                _nginx(procs, NGINX_EG, SUT_CPU, workdir / "nginx-eg", exportgate_conf(workdir / "nginx-eg", site))
         _wait_http(upstream + f"{SLURM}/ping", procs)
         _wait_redis(redis_port, procs)
         _wait_http(f"http://127.0.0.1:{auth_port}/verify", procs)
@@ -305,12 +322,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[Row]:
     uvloop = importlib.import_module("uvloop")
     rows: list[Row] = []
     with peers(workdir) as (bases, tokens):
-        jobs = {peer: _submit_once(base, tokens[TENANT]) for peer, base in bases.items()}
-        plan = {peer: requests_for(peer, bases[peer], tokens, jobs[peer]) for peer in PEERS}
+        jobs = {peer: _submit_once(bases[peer], tokens[TENANT]) for peer in args.peers}
+        plan = {peer: requests_for(peer, bases[peer], tokens, jobs[peer]) for peer in args.peers}
         for scenario in args.scenarios:
             info = SCENARIO_INFO[scenario]
             print(f"{scenario}: {info.what}", flush=True)
-            for peer in PEERS:
+            for peer in args.peers:
                 req, expected = plan[peer][scenario]
                 if info.paced:
                     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -393,6 +410,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s of the paced scenarios")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS), help="measure only these (all start)")
     parser.add_argument(
         "--out", type=Path, default=None, help="JSON result file (default bench/results/peers-<time>.json)"
     )

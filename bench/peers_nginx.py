@@ -102,3 +102,8 @@ def auth_request_conf(workdir: Path, port: int, upstream_port: int, auth_port: i
   }}
 """,
     )
+
+
+def exportgate_conf(workdir: Path, site: str) -> str:
+    """nginx in front of the upstream as `exportgate nginx-config` writes it (`site`), in this benchmark's frame."""
+    return _main(workdir, site)

@@ -9,7 +9,7 @@ import pytest
 from gateway.core.leases import QUOTA_SLOT
 from tests.harness import JOB, SUBMIT, Stack, call, held, ledger_records, running_stack
 
-READ_TOKEN, WRITE_TOKEN = "read-token-for-tests-0123456789", "write-token-for-tests-0123456789"
+READ_TOKEN, OPERATE_TOKEN = "read-token-for-tests-0123456789", "operate-token-for-tests-0123456789"
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     tokens.write_text(
         "tokens:\n"
         f"  - {{name: auditor, role: read, sha256: {hashlib.sha256(READ_TOKEN.encode()).hexdigest()}}}\n"
-        f"  - {{name: oncall, role: write, sha256: {hashlib.sha256(WRITE_TOKEN.encode()).hexdigest()}}}\n"
+        f"  - {{name: oncall, role: operate, sha256: {hashlib.sha256(OPERATE_TOKEN.encode()).hexdigest()}}}\n"
     )
     async with running_stack(tmp_path, admin_tokens_file=tokens) as s:
         yield s
@@ -36,7 +36,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 async def test_admin_tokens_are_checked(
     stack: Stack, method: str, suffix: str, token: str | None, status: int, code: str
 ) -> None:
-    """The operator API answers only tokens in the tokens file, and changes only for the write role."""
+    """The operator API answers only tokens in the tokens file, and changes only for the operate role (or above)."""
     got, body, _ = await call(stack, method, f"/admin/v1/jobs/slurm/1{suffix}", admin_token=token, admin=True)
     assert (got, body["code"]) == (status, code)
 
@@ -47,7 +47,7 @@ async def test_operator_release_frees_capacity_and_is_recorded(stack: Stack) -> 
     assert await held(stack, QUOTA_SLOT, "tenant:acme-us") == 15832
     status, body, _ = await call(stack, "GET", "/admin/v1/jobs/slurm/1", admin_token=READ_TOKEN, admin=True)
     assert status == 200 and body["tenant"] == "acme-us"
-    status, body, _ = await call(stack, "POST", "/admin/v1/jobs/slurm/1/release", admin_token=WRITE_TOKEN, admin=True)
+    status, body, _ = await call(stack, "POST", "/admin/v1/jobs/slurm/1/release", admin_token=OPERATE_TOKEN, admin=True)
     assert (status, body["released"]) == (200, True)
     assert await held(stack, QUOTA_SLOT, "tenant:acme-us") == 0
     status, body, _ = await call(stack, "GET", "/admin/v1/jobs/slurm/999", admin_token=READ_TOKEN, admin=True)

@@ -57,7 +57,8 @@ def test_wrk_script_carries_the_request() -> None:
 
 def test_refusal_expectations() -> None:
     tokens = {TENANT: "a", REFUSED_TENANT: "b"}
-    for peer, status in (("nginx-direct", 200), ("bare-proxy", 200), ("nginx-auth", 451), ("exportgate-mem", 451)):
+    peers = (("nginx-direct", 200), ("bare-proxy", 200), ("nginx-auth", 451), ("nginx-exportgate", 451))
+    for peer, status in (*peers, ("exportgate-mem", 451)):
         req, expected = requests_for(peer, "http://x", tokens, "7")["refuse"]
         assert (req.token, expected) == ("b", status)
     assert requests_for("exportgate-mem", "http://x", tokens, "7")["job"][0].path == "/slurm/v0.0.38/job/7"

@@ -125,8 +125,8 @@ def check_and_serve(args: list[str], cwd: Path, env: Mapping[str, str]) -> tuple
 
 
 def assert_both_refuse(check: Outcome, serve: Outcome, expected: str) -> None:
-    """check prints the line and exits 1; serve prints the same line on stderr, no traceback, and exits 1."""
-    assert check[0] == 1 and expected in check[1].splitlines(), check
+    """check and serve print the same line on stderr, nothing on stdout, no traceback, and exit 1."""
+    assert check[0] == 1 and expected in check[2].splitlines() and check[1] == "", check
     assert serve[0] == 1 and expected in serve[2].splitlines(), serve
     assert "Traceback" not in serve[2]
 
@@ -140,7 +140,7 @@ def test_check_passes_a_complete_config(tmp_path: Path) -> None:
     assert (
         f"note: {config}:23: auth.issuers[2].jwks_url: not fetched offline; "
         "serve fetches it at start and retries, not ready until it answers"
-    ) in out.splitlines()
+    ) in err.splitlines()
 
 
 def _unlink(name: str) -> Callable[[Path, dict[str, str]], None]:
@@ -354,7 +354,7 @@ def test_missing_country_is_a_warning_naming_the_field(tmp_path: Path) -> None:
     code, out, err = finish(exportgate(["check", "--config", str(config)], tmp_path, user_env()))
     assert code == 0, out + err
     refused = "missing: tenant 'orbit' is refused tenant_country_unknown until it is recorded"
-    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert warnings == [
         f"warning: {registry}:5: tenants[0].headquarters: {refused}",
         f"warning: {registry}:2: tenants[0].parent_headquarters: {refused}",

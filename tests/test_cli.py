@@ -133,7 +133,7 @@ def test_check_reports_file_line_field(
     config = tmp_path / "gateway.yaml"
     config.write_text(text)
     assert main(["check", "--config", str(config)]) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # problems go to standard error
     assert f"{tmp_path}/{expected}" in out, out
 
 
@@ -172,7 +172,7 @@ def test_check_reports_pack_problems(
     target.write_text(target.read_text().replace(old, new, 1))
     config = write_config(tmp_path, "http://127.0.0.1:1", pack=pack)
     assert main(["check", "--config", str(config)]) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # problems go to standard error
     assert f"{target}:" in out and expected in out, out
 
 
@@ -187,7 +187,7 @@ def test_check_reports_registry_problems(tmp_path: Path, capsys: pytest.CaptureF
         "     parent_headquarters: US, kyc: {status: maybe}}\n"
     )
     assert main(["check", "--config", str(config)]) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # problems go to standard error
     assert f"{tmp_path}/tenants.yaml:4: tenants[1].identities: (i, s) already maps to 'a'" in out
     assert f"{tmp_path}/tenants.yaml:5: tenants[1].kyc.status: 'maybe' is not one of" in out
 
@@ -195,10 +195,11 @@ def test_check_reports_registry_problems(tmp_path: Path, capsys: pytest.CaptureF
 def test_check_passes_on_bundled_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     """The embedded defaults validate, with a warning naming the example tenant's missing headquarters field."""
     assert main(["check"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.err  # warnings go to standard error, the ok line to standard output
     example = POLICIES / "tenants.example.yaml"
     line = example.read_text().splitlines().index("    headquarters: null") + 1
-    assert "ok:" in out
+    assert captured.out.startswith("ok:")
     assert (
         f"warning: {example}:{line}: tenants[9].headquarters: missing: "
         "tenant 'unplaced' is refused tenant_country_unknown until it is recorded"

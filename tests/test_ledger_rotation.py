@@ -243,9 +243,9 @@ async def test_a_forged_prune_anchor_fails_verification(tmp_path: Path, capsys: 
     anchor = json.loads(anchor_file.read_text())
     anchor["seq"] += 1
     anchor_file.write_text(json.dumps(anchor))
-    code, out, _ = run_cli(capsys, "ledger", "verify", ledger, "--public-key", keys.public)
+    code, _, err = run_cli(capsys, "ledger", "verify", ledger, "--public-key", keys.public)
     assert code == 1
-    assert f"{ledger / 'gw' / 'prune-anchor.json'}:1: bad_prune_anchor:" in out
+    assert f"{ledger / 'gw' / 'prune-anchor.json'}:1: bad_prune_anchor:" in err  # a finding goes to stderr
 
 
 BAD_LEDGER_CONFIG = [

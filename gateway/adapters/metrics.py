@@ -1,6 +1,21 @@
-"""Every Prometheus metric the gateway exports, in one registry per process."""
+"""Every Prometheus metric the gateway exports, in one registry per process.
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+No label is named `instance`: Prometheus gives every scraped series its own `instance` (the
+target), and a metric's own would be renamed `exported_instance` on the way in. A ledger chain's
+label is `ledger_instance`. No label value changes with every event either (a ledger head's seq or
+hash would start a new series at each checkpoint): such values are a gauge's value or a log line.
+"""
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -11,6 +26,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The default collectors of prometheus_client's global registry, on this one: process_* (CPU, memory,
+        # open files, start time), python_info, python_gc_*.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.requests = Counter(
             "exportgate_requests_total",
             "Proxied requests; status_class 2xx to 5xx, or client_closed when the client left before its answer.",
@@ -57,16 +77,16 @@ class Metrics:
             "How long the oldest ledger record not yet durable has waited (0 when none is); computed at each scrape.",
             registry=r,
         )
-        self.ledger_head = Info(
-            "exportgate_ledger_head",
-            "The latest signed checkpoint of each ledger chain (compare with `ledger verify --expect-head`).",
-            ["instance"],
+        self.ledger_head_seq = Gauge(
+            "exportgate_ledger_head_seq",
+            "The seq of each ledger chain's latest signed checkpoint (its hash is in the checkpoint's log event).",
+            ["ledger_instance"],
             registry=r,
         )
         self.ledger_checkpoint_time = Gauge(
             "exportgate_ledger_checkpoint_timestamp_seconds",
             "When each ledger chain's latest signed checkpoint was written.",
-            ["instance"],
+            ["ledger_instance"],
             registry=r,
         )
         self.backend_errors = Counter(

@@ -9,9 +9,12 @@ from gateway.adapters.background import cancel_and_wait
 from gateway.config.located import ConfigError, Problem
 from gateway.config.pack import load_pack
 from gateway.config.registry import load_registry
+from gateway.core.policy import Pack
+from gateway.core.registry_changes import registry_changes
 from gateway.core.tenants import Registry
 
 log = logging.getLogger(__name__)
+LISTED_MAX = 50  # tenant ids named per list in a reload's log event; the rest are counted
 
 
 def _fingerprint(pack_dir: Path, registry_file: Path) -> tuple[tuple[str, int, int], ...]:
@@ -35,6 +38,33 @@ def _load_registry(path: Path) -> Registry:
     return registry
 
 
+def _listed(ids: tuple[str, ...]) -> list[str]:
+    return list(ids[:LISTED_MAX]) + ([f"... {len(ids) - LISTED_MAX} more"] if len(ids) > LISTED_MAX else [])
+
+
+def _log_reload(old_pack: Pack, old_registry: Registry, pack: Pack, registry: Registry) -> None:
+    """One event naming what the reload changed: tenants added, removed and changed, and the pack's version."""
+    changes = registry_changes(old_registry, registry)
+    fields = {
+        "pack": pack.name,
+        "pack_version": pack.version,
+        "pack_hash": pack.content_hash,
+        "pack_changed": pack.content_hash != old_pack.content_hash,
+        "previous_pack_version": old_pack.version,
+        "registry_version": registry.version,
+        "tenants": len(registry.tenants),
+        "tenants_added": _listed(changes.added),
+        "tenants_removed": _listed(changes.removed),
+        "tenants_changed": _listed(changes.changed),
+    }
+    log.info(
+        "reloaded pack %s %s (was %s) and registry %s: %d tenants added, %d removed, %d changed",
+        pack.name, pack.version, old_pack.version, registry.version,
+        len(changes.added), len(changes.removed), len(changes.changed),
+        extra=fields,
+    )  # fmt: skip
+
+
 class PolicyFiles:
     """Holds the current (pack, registry); `reload()` swaps both or neither."""
 
@@ -56,8 +86,9 @@ class PolicyFiles:
                 log.warning("reload refused, keeping the last good pack and registry: %s", problem)
             self._on_reload("error")
             return False
+        old_pack, old_registry = self.pack, self.registry
         self.pack, self.registry = pack, registry
-        log.info("reloaded pack %s %s and registry %s", pack.name, pack.version, registry.version)
+        _log_reload(old_pack, old_registry, pack, registry)
         self._on_reload("ok")
         return True
 

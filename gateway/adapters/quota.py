@@ -95,6 +95,12 @@ class QuotaStore(Protocol):
         """A counter's stored value after lazily ending its expired leases (without base)."""
         ...
 
+    async def holdings(self, now: float) -> QuotaState:
+        """What the store holds now, for usage reports (read only, but for ending expired leases as reads do):
+        every counter with its live held shares, every lease it still keeps (released and refunded ones
+        until they are collected), and job owners. Idempotency records are not listed."""
+        ...
+
     async def restore(self, state: QuotaState, now: float) -> None:
         """Replace what the store holds under every key `state` names (a rebuild from the ledger).
 

@@ -4,7 +4,21 @@ import heapq
 from dataclasses import dataclass, field
 
 from gateway.adapters.quota import DEFAULT_IDEMPOTENCY_WINDOW_S, DEFAULT_OWNERSHIP_TTL_S, lease_ref
-from gateway.core.leases import LeaseRef, Owner, Plan, QuotaState, ReserveResult, ReserveStatus, StoredResponse
+from gateway.core.leases import (
+    CounterKind,
+    CounterValue,
+    Debit,
+    HeldShare,
+    LeaseRef,
+    LeaseState,
+    Owner,
+    OwnerState,
+    Plan,
+    QuotaState,
+    ReserveResult,
+    ReserveStatus,
+    StoredResponse,
+)
 from gateway.core.quota_book import QuotaBook
 
 
@@ -54,6 +68,8 @@ class MemoryQuotaStore:
         self._owners: dict[tuple[str, str], tuple[Owner, float]] = {}
         self._owned: dict[tuple[str, str], dict[str, float]] = {}
         self._expiries = _Expiries()
+        # (tag, lease id) -> (tenant, idempotency key): the book keeps debits only; usage reports name the tenant.
+        self._lease_owners: dict[tuple[str, str], tuple[str, str | None]] = {}
 
     async def reserve(self, plan: Plan, now: float) -> ReserveResult:
         self._collect(now)
@@ -68,6 +84,7 @@ class MemoryQuotaStore:
         if result.status is not ReserveStatus.ADMITTED:
             return result
         self._expiries.add(plan.lease_end + self._window, "lease", (tag, plan.decision_id))
+        self._lease_owners[(tag, plan.decision_id)] = (plan.tenant_id, plan.idempotency_key)
         if plan.idempotency_key is not None:
             self._idem[(tag, plan.tenant_id, plan.idempotency_key)] = _Idem(plan.decision_id, now + self._window)
             self._expiries.add(now + self._window, "idem", (tag, plan.tenant_id, plan.idempotency_key))
@@ -145,6 +162,7 @@ class MemoryQuotaStore:
         self._book.load(state.counters, state.leases)
         for lease in state.leases:
             self._expiries.add(lease.end + self._window, "lease", (lease.hash_tag, lease.lease_id))
+            self._lease_owners[(lease.hash_tag, lease.lease_id)] = (lease.tenant_id, lease.idempotency_key)
         for idem in state.idempotency:
             key = (idem.hash_tag, idem.tenant_id, idem.key)
             self._idem[key] = _Idem(idem.lease_id, idem.expires, idem.response)
@@ -158,6 +176,44 @@ class MemoryQuotaStore:
                 self._owned[(owned.upstream, owned.tenant_id)] = dict(owned.jobs)
             else:
                 self._owned.pop((owned.upstream, owned.tenant_id), None)
+
+    async def holdings(self, now: float) -> QuotaState:
+        """Everything held now, for usage reports: counters (expired leases ended first), leases, job owners."""
+        self._collect(now)
+        book = self._book
+        for tag, key in list(book.held):
+            book.value(tag, key, now)
+        counters = tuple(
+            CounterValue(
+                tag, key, CounterKind.HELD if (tag, key) in book.held else CounterKind.CUMULATIVE, value,
+                tuple(HeldShare(i, end, amount) for i, (end, amount) in book.held.get((tag, key), {}).items()),
+            )
+            for (tag, key), value in book.values.items()
+        )  # fmt: skip
+        owners = tuple(
+            OwnerState(upstream, job_id, owner, due - self._ownership_ttl)
+            for (upstream, job_id), (owner, due) in self._owners.items()
+        )
+        jobs = {(o.owner.lease.hash_tag, o.owner.lease.lease_id): (o.upstream, o.job_id) for o in owners}
+        leases = []
+        for (tag, lease_id), lease in book.leases.items():
+            tenant, idem = self._lease_owners.get((tag, lease_id), ("", None))
+            debits = tuple(Debit(key, kind, amount) for (key, kind), amount in lease.debits.items())
+            leases.append(
+                LeaseState(
+                    tag,
+                    lease_id,
+                    tenant,
+                    lease.end,
+                    idem,
+                    debits,
+                    tuple((d.key, d.kind) for d in debits),
+                    lease.released,
+                    lease.refunded,
+                    jobs.get((tag, lease_id)),
+                )
+            )
+        return QuotaState(now, counters, tuple(leases), owners=owners)
 
     async def ping(self) -> None:
         """Memory is always there."""
@@ -173,6 +229,7 @@ class MemoryQuotaStore:
                 lease = self._book.leases.get((tag, lease_id))
                 if lease is not None and lease.end + self._window <= now:
                     self._book.forget((tag, lease_id), now)
+                    self._lease_owners.pop((tag, lease_id), None)
             elif kind == "idem":
                 tag, tenant_id, idem_key = key
                 record = self._idem.get((tag, tenant_id, idem_key))

@@ -2,9 +2,12 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
+from urllib.parse import unquote
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -31,8 +34,13 @@ from gateway.adapters.quota_redis_layout import (
 )
 from gateway.core.leases import (
     CounterKind,
+    CounterValue,
+    Debit,
+    HeldShare,
     LeaseRef,
+    LeaseState,
     Owner,
+    OwnerState,
     Plan,
     QuotaState,
     ReserveResult,
@@ -40,6 +48,8 @@ from gateway.core.leases import (
 )
 
 Client = Redis | RedisCluster
+LISTING_DEADLINE_S = 30.0  # a usage listing scans the store: bounded as a whole, not per call
+LISTING_BATCH = 500  # commands per pipelined round trip of a listing
 
 
 def _script(name: str) -> str:
@@ -290,6 +300,80 @@ class RedisQuotaStore:
                     _ = pipe.expire(key, max(1, int(last + self._ownership_ttl - now)))
             await pipe.execute()
 
+    async def holdings(self, now: float) -> QuotaState:
+        """Counters, leases and owners by SCAN under the prefix, pipelined; bounded by LISTING_DEADLINE_S."""
+        try:
+            async with asyncio.timeout(LISTING_DEADLINE_S):
+                counters = await self._listed_counters(now)
+                leases = await self._listed_leases()
+                owners = await self._listed_owners()
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"quota store: {type(exc).__name__}: {exc}") from exc
+        return QuotaState(now, counters, leases, owners=owners)
+
+    async def _scan(self, suffix: str) -> list[str]:
+        """Every key `<prefix><suffix>`, `suffix` a glob (the prefix is matched literally)."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._keys.prefix) + suffix
+        return sorted({text(k) async for k in self._client.scan_iter(match=pattern, count=1000)})
+
+    def _tagged(self, raw_key: str, kind: str) -> tuple[str, str] | None:
+        """(hash tag, rest) of `<prefix>{tag}:<kind>:<rest>`, or None for another key."""
+        head = self._keys.prefix + "{"
+        if not raw_key.startswith(head):
+            return None
+        tag, sep, rest = raw_key[len(head) :].partition("}:" + kind + ":")
+        return (tag, rest) if sep and "}" not in tag else None
+
+    async def _batched(self, keys: list[str], queue: Callable[[Any, str], object]) -> list[Any]:
+        out: list[Any] = []
+        for start in range(0, len(keys), LISTING_BATCH):
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys[start : start + LISTING_BATCH]:
+                _ = queue(pipe, key)
+            out.extend(await pipe.execute())
+        return out
+
+    async def _listed_counters(self, now: float) -> tuple[CounterValue, ...]:
+        found = [(k, t) for k in await self._scan("{*}:v:*") if (t := self._tagged(k, "v"))]
+        out = []
+        for _, (tag, key) in found:  # each read ends the counter's expired leases, as a reservation would
+            raw = await self._value(keys=self._keys.counter(tag, key), args=[num(now)])
+            _, z, a = self._keys.counter(tag, key)
+            pipe = self._client.pipeline(transaction=False)
+            _ = pipe.zrange(z, 0, -1, withscores=True)
+            _ = pipe.hgetall(a)
+            ends, amounts = await pipe.execute()
+            by_id = {text(i): float(text(v)) for i, v in amounts.items()}
+            shares = tuple(HeldShare(text(i), float(e), by_id.get(text(i), 0.0)) for i, e in ends)
+            kind = CounterKind.HELD if shares else CounterKind.CUMULATIVE
+            out.append(CounterValue(tag, key, kind, float(text(raw)), shares))
+        return tuple(out)
+
+    async def _listed_leases(self) -> tuple[LeaseState, ...]:
+        keys = [k for k in await self._scan("{*}:lease:*") if self._tagged(k, "lease")]
+        hashes = await self._batched(keys, lambda p, k: p.hgetall(k))
+        out = []
+        for key, raw in zip(keys, hashes, strict=True):
+            tagged = self._tagged(key, "lease")
+            fields = {text(k): text(v) for k, v in raw.items()}
+            if tagged is None or not fields:
+                continue
+            out.append(_lease_state(tagged[0], tagged[1], fields))
+        return tuple(out)
+
+    async def _listed_owners(self) -> tuple[OwnerState, ...]:
+        head = self._keys.prefix + "own:"
+        keys = [k for k in await self._scan("own:*") if k.count(":", len(head)) == 1]
+        values = await self._batched(keys, lambda p, k: p.get(k))
+        out = []
+        for key, raw in zip(keys, values, strict=True):
+            if raw is None:
+                continue
+            upstream, _, job_id = key[len(head) :].partition(":")
+            names = (unquote(upstream, errors=ENCODING_ERRORS), unquote(job_id, errors=ENCODING_ERRORS))
+            out.append(OwnerState(*names, owner_from_json(raw), 0.0))
+        return tuple(out)
+
     async def ping(self) -> None:
         """Raise BackendUnavailable unless the store answers within its deadline (for readiness)."""
         async with self._io():
@@ -297,3 +381,19 @@ class RedisQuotaStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _lease_state(tag: str, lease_id: str, fields: dict[str, str]) -> LeaseState:
+    """A lease hash as quota_reserve.lua writes it (debits as `<kind>:<counter>`) and later scripts mark it."""
+    debits = []
+    for name, value in fields.items():
+        kind, sep, counter = name.partition(":")
+        if sep and kind in (CounterKind.HELD.value, CounterKind.CUMULATIVE.value):
+            debits.append(Debit(counter, CounterKind(kind), float(value)))
+    job = (fields["upstream"], fields["job"]) if fields.get("job") else None
+    counters = tuple((d.key, d.kind) for d in debits)
+    end, idem = float(fields.get("end", "0")), fields.get("idem") or None
+    released, refunded = "released" in fields, "refunded" in fields
+    return LeaseState(
+        tag, lease_id, fields.get("tenant", ""), end, idem, tuple(debits), counters, released, refunded, job
+    )

@@ -13,7 +13,9 @@ from typing import Any
 from gateway.adapters.ledger import files
 from gateway.adapters.ledger.prune import PruneError, prune_instance
 from gateway.adapters.ledger.reader import instance_dirs, live_segments, read_instance
-from gateway.adapters.ledger.signing import KeyFileError, PublicKey, generate, load_public_key, load_signer
+from gateway.adapters.ledger.signing import KeyFileError, PublicKey, Signer, generate, load_public_key, load_signer
+from gateway.adapters.quota import DEFAULT_IDEMPOTENCY_WINDOW_S, DEFAULT_OWNERSHIP_TTL_S
+from gateway.adapters.quota_snapshot import SETTLE_S, CannotSnapshot, Taken, take
 from gateway.core.verify import ChainCheck, Expected, Finding, Kind, TrustedKey, Where
 
 _HEAD = re.compile(r"^(?P<instance>[^=]+)=(?:(?P<seq>\d+):)?(?P<hash>[0-9a-f]{64})$")
@@ -93,7 +95,8 @@ def _summary(name: str, check: ChainCheck, segments: int) -> str:
 
 
 def verify(root: Path, key: PublicKey, expected: dict[str, list[Expected]]) -> int:
-    """Print each chain's counts and head, or its first problem as `file:line: kind: detail`; 1 on any problem."""
+    """Print each chain's counts and head, or its first problem as `file:line: kind: detail` (on standard
+    error, with warnings); 1 on any problem."""
     trusted = TrustedKey(key.key_id, key.verify)
     dirs = {d.name: d for d in instance_dirs(root)}
     failed = 0
@@ -101,20 +104,20 @@ def verify(root: Path, key: PublicKey, expected: dict[str, list[Expected]]) -> i
     for name in sorted(set(dirs) | set(expected)):
         if name not in dirs:
             finding = Finding(Where("-", 0), Kind.MISSING_CHAIN, f"{expected[name][0].source} names a chain not here")
-            print(f"{root / name}: {finding.kind}: {finding.detail}")
+            print(f"{root / name}: {finding.kind}: {finding.detail}", file=sys.stderr)
             failed += 1
             continue
         check, warnings = check_instance(dirs[name], trusted, expected.get(name, []))
         for warning in warnings:
-            print(f"warning: {warning}")
+            print(f"warning: {warning}", file=sys.stderr)
         if check.finding is not None:
-            print(f"{_where(root, name, check.finding)}: {check.finding.kind}: {check.finding.detail}")
+            print(f"{_where(root, name, check.finding)}: {check.finding.kind}: {check.finding.detail}", file=sys.stderr)
             failed += 1
             continue
         records += check.records
         print(_summary(name, check, len(live_segments(dirs[name]))))
     if failed:
-        print(f"FAILED: {failed} of {len(set(dirs) | set(expected))} chains")
+        print(f"FAILED: {failed} of {len(set(dirs) | set(expected))} chains", file=sys.stderr)
         return 1
     print(f"ok: {len(dirs)} chains, {records} records verified with key {key.key_id}")
     return 0
@@ -152,18 +155,32 @@ def _prune(args: argparse.Namespace) -> int:
         return 2
     now = time.time()
     cutoff = now - args.older_than * DAY_S
+    # The quota snapshot keeps what the pruned records counted (budgets, training operations): write
+    # one first, and prune only what it covers.
+    try:
+        taken = snapshot_for_prune(root, args.snapshot_dir or root, signer, now, args.snapshot_keep, args.dry_run)
+    except (CannotSnapshot, OSError) as exc:
+        print(f"error: quota snapshot: {exc}; nothing pruned", file=sys.stderr)
+        return 1
+    print(_snapshot_line(taken, args.dry_run))
     status = 0
     for instance_dir in instance_dirs(root):
+        covered = taken.chains.get(instance_dir.name)
+        held: list[str] = []
         try:
             pruned = prune_instance(
-                instance_dir, args.archive_dir, signer, cutoff=cutoff, now=now, dry_run=args.dry_run
-            )
+                instance_dir, args.archive_dir, signer, cutoff=cutoff, now=now, dry_run=args.dry_run,
+                covered_through=covered.seq if covered is not None else 0, held_back=held,
+            )  # fmt: skip
         except (PruneError, OSError) as exc:
             print(f"{instance_dir}: {exc}", file=sys.stderr)
             status = 1
             continue
+        if held:
+            print(f"{instance_dir.name}: {held[0]} and later segments stay: no quota snapshot covers them yet")
         if pruned is None:
-            print(f"{instance_dir.name}: no closed segment older than {args.older_than:g} days")
+            if not held:
+                print(f"{instance_dir.name}: no closed segment older than {args.older_than:g} days")
             continue
         verb = "would archive" if args.dry_run else "archived"
         print(
@@ -172,6 +189,25 @@ def _prune(args: argparse.Namespace) -> int:
             f"{pruned.last_seq} hash {pruned.last_hash} ({files.ANCHOR})"
         )
     return status
+
+
+def snapshot_for_prune(root: Path, directory: Path, signer: Signer, now: float, keep: int, dry_run: bool) -> Taken:
+    """A quota snapshot of the ledger as it stands (less the last SETTLE_S seconds); computed only, on a dry run."""
+    return take(
+        root, directory, signer, now=now, until=now - SETTLE_S, keep=keep,
+        window_s=DEFAULT_IDEMPOTENCY_WINDOW_S, ownership_ttl_s=DEFAULT_OWNERSHIP_TTL_S, write=not dry_run,
+    )  # fmt: skip
+
+
+def _snapshot_line(taken: Taken, dry_run: bool) -> str:
+    if taken.path is None and not taken.added:
+        return "quota snapshot: the ledger holds no record to cover"
+    chains = ", ".join(f"{name}@{pos.seq}" for name, pos in sorted(taken.chains.items()))
+    if dry_run:
+        return f"quota snapshot (not written on a dry run) would cover {taken.records} records ({chains})"
+    if not taken.written:
+        return f"quota snapshot {taken.path} still covers the ledger: {taken.records} records ({chains})"
+    return f"quota snapshot {taken.path}: {taken.records} records ({chains})"
 
 
 def _keys_generate(args: argparse.Namespace) -> int:
@@ -204,6 +240,13 @@ def _keys_admin_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def register(sub: Any) -> None:
     """Add the `ledger` and `keys` command groups to the `exportgate` parser."""
     ledger = sub.add_parser("ledger", help="verify or prune a ledger directory")
@@ -224,6 +267,10 @@ def register(sub: Any) -> None:
     prune.add_argument("--archive-dir", type=Path, required=True, metavar="ARCHIVE")
     prune.add_argument("--signing-key", type=Path, required=True, metavar="FILE", help="the ledger's private key")
     prune.add_argument("--dry-run", action="store_true", help="say what would move; move nothing")
+    prune.add_argument("--snapshot-dir", type=Path, metavar="DIR",
+                       help="quota snapshots' directory (default: the ledger directory)")  # fmt: skip
+    prune.add_argument("--snapshot-keep", type=_at_least_one, default=3, metavar="N",
+                       help="quota snapshots kept (ledger.snapshot_keep; default 3)")  # fmt: skip
     prune.set_defaults(func=_prune)
     keys = sub.add_parser("keys", help="ledger signing keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -236,5 +283,6 @@ def register(sub: Any) -> None:
         "admin-token", help="mint an admin API token; print it once and its tokens_file entry"
     )
     admin.add_argument("--name", required=True, help="who holds the token (recorded in the ledger on every change)")
-    admin.add_argument("--role", choices=("read", "write"), default="read")
+    admin.add_argument("--role", choices=("read", "operate", "admin"), default="read",
+                       help="read: look up, explain, usage; operate: also release; admin: also reload")  # fmt: skip
     admin.set_defaults(func=_keys_admin_token)

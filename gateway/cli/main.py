@@ -4,12 +4,18 @@ import argparse
 import logging
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
+from gateway.adapters import logs
+from gateway.cli import explain as explain_commands
 from gateway.cli import ledger as ledger_commands
+from gateway.cli import nginx_config
 from gateway.cli import quota as quota_commands
+from gateway.cli import usage as usage_commands
 from gateway.cli.preflight import preflight
 from gateway.config.located import ConfigError, Problem
+from gateway.config.logs import log_settings_from_env
 from gateway.config.settings import describe, load_settings
 
 
@@ -19,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except ConfigError as exc:
         return _refuse(exc.problems)
-    from gateway.cli.workers import serve, with_workers
+    from gateway.cli.workers import serve, with_workers, worker_settings
 
     settings, refusal = with_workers(settings, args.workers)
     if refusal is not None:
@@ -28,6 +34,13 @@ def _serve(args: argparse.Namespace) -> int:
     problems = preflight(settings, os.environ).problems
     if problems:
         return _refuse(problems)
+    if not logs.others_own_logging():  # each worker's lines name the worker
+        instance = (
+            settings.instance_id
+            if args.worker_index is None
+            else worker_settings(settings, args.worker_index).instance_id
+        )
+        logs.install(settings.log, instance)
     if args.worker_index is None:
         logging.getLogger(__name__).info("starting: %s", describe(settings))
     try:
@@ -43,20 +56,20 @@ def _refuse(problems: list[Problem]) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Everything `serve` would read at start; exit 1 on any problem `serve` would refuse to start with."""
+    """Everything `serve` would read at start; exit 1 on any problem `serve` would refuse to start with.
+
+    Problems, warnings and notes go to standard error; standard output has only the final `ok` line."""
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem)
-        return 1
+        return _refuse(exc.problems)
     report = preflight(settings, os.environ)
     for problem in report.problems:
-        print(problem)
+        print(problem, file=sys.stderr)
     for warning in report.warnings:
-        print(f"warning: {warning}")
+        print(f"warning: {warning}", file=sys.stderr)
     for note in report.notes:
-        print(f"note: {note}")
+        print(f"note: {note}", file=sys.stderr)
     if report.problems:
         return 1
     print(f"ok: {settings.source}, pack {settings.pack_dir}, registry {settings.registry_file}")
@@ -71,6 +84,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="exportgate", description="Export-control gateway for GPU job schedulers.")
+    root.add_argument("--version", action="version", version=f"exportgate {_version()}")
     sub = root.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, help="gateway.yaml (default: embedded defaults)")
@@ -84,11 +98,23 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     ledger_commands.register(sub)
     quota_commands.register(sub)
+    nginx_config.register(sub)
+    explain_commands.register(sub)
+    usage_commands.register(sub)
     return root
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml's, through its metadata)."""
+    try:
+        return metadata.version("exportgate")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not logs.others_own_logging():  # `serve` installs the configured logging once it has read gateway.yaml
+        logs.install(log_settings_from_env(os.environ))
     args = parser().parse_args(argv)
     code: int = args.func(args)
     return code

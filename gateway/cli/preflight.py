@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from gateway.adapters.jwks import JwksError, read_hs256_secret, read_jwks_file
 from gateway.adapters.ledger.signing import KeyFileError, load_signer
+from gateway.adapters.tls_files import TlsFilesError, check_pair
 from gateway.adapters.upstream import CredentialError, SlurmTokens, read_key, read_static
 from gateway.config.admin import load_admin_tokens
 from gateway.config.located import ConfigError, Problem
@@ -36,6 +37,7 @@ def preflight(settings: Settings, env: Mapping[str, str]) -> Preflight:
     _issuers(settings, out)
     _ledger(settings, out)
     _upstreams(settings, env, out)
+    _webhook(settings, out)
     return out
 
 
@@ -115,3 +117,13 @@ def _upstreams(s: Settings, env: Mapping[str, str], out: Preflight) -> None:
                     read_static(name, source, env)
             except CredentialError as exc:
                 out.problems.append(s.where(where).problem(str(exc).removeprefix(f"header {name}: ")))
+
+
+def _webhook(s: Settings, out: Preflight) -> None:
+    """The admission webhook's certificate and key load as one pair (cert-manager's `tls.crt`, `tls.key`)."""
+    if s.admission_webhook is None:
+        return
+    try:
+        check_pair(s.admission_webhook.cert_file, s.admission_webhook.key_file)
+    except TlsFilesError as exc:
+        out.problems.append(s.where("admission_webhook.cert_file").problem(str(exc)))

@@ -1,4 +1,4 @@
-"""`exportgate quota rebuild` and `exportgate replay`: quota state and policy what-ifs from the ledger."""
+"""`exportgate quota rebuild|snapshot` and `exportgate replay`: quota state, its snapshots, and policy what-ifs."""
 
 import argparse
 import asyncio
@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.adapters.ledger.reader import records_in_time_order
-from gateway.adapters.quota import BackendUnavailable
+from gateway.adapters.ledger.signing import KeyFileError, load_public_key, load_signer
+from gateway.adapters.quota import DEFAULT_IDEMPOTENCY_WINDOW_S, DEFAULT_OWNERSHIP_TTL_S, BackendUnavailable
 from gateway.adapters.quota_redis import RedisQuotaStore
-from gateway.adapters.rebuild import state_from_ledger
+from gateway.adapters.quota_snapshot import SETTLE_S, CannotSnapshot, Rebuilt, Trust, take
+from gateway.adapters.rebuild import rebuild
 from gateway.config.located import ConfigError
 from gateway.config.pack import load_pack
 from gateway.config.registry import load_registry
@@ -41,7 +43,28 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     rebuild.add_argument("--prefix", default="eg:", help="key prefix, as quota.prefix in gateway.yaml")
     rebuild.add_argument("--now", type=float, help="epoch seconds at which leases are judged (default: now)")
     rebuild.add_argument("--timeout", type=float, default=10.0, help="seconds per Redis call")
+    rebuild.add_argument("--public-key", type=Path, action="append", default=[], metavar="FILE",
+                         help="continue from the newest quota snapshot signed with this ledger key (repeatable); "
+                         "without one, every chain is read from its start")  # fmt: skip
+    rebuild.add_argument("--snapshot-dir", type=Path, metavar="DIR",
+                         help="where quota snapshots are (ledger.snapshot_dir; default: --ledger)")  # fmt: skip
     rebuild.set_defaults(func=rebuild_command)
+    snap = quota_sub.add_parser(
+        "snapshot",
+        help="write a signed quota snapshot, so that start-up and rebuilds read only the records after it",
+        description="Continues the newest snapshot that checks out (or the ledger's start) with the records "
+        "written since, signs it with the ledger key and writes it atomically; safe while gateways run.",
+    )
+    snap.add_argument("--ledger", type=Path, required=True, help="ledger root (one directory per instance)")
+    snap.add_argument("--signing-key", type=Path, required=True, metavar="FILE", help="the ledger's private key")
+    snap.add_argument("--snapshot-dir", type=Path, metavar="DIR", help="ledger.snapshot_dir (default: --ledger)")
+    snap.add_argument("--keep", type=int, default=3, help="snapshot files kept (ledger.snapshot_keep; default 3)")
+    snap.add_argument("--public-key", type=Path, action="append", default=[], metavar="FILE",
+                      help="also continue from snapshots signed with this (an earlier) key; repeatable")  # fmt: skip
+    snap.add_argument("--now", type=float, help="epoch seconds recorded as the snapshot's time (default: now)")
+    snap.add_argument("--until", type=float, metavar="TS",
+                      help=f"fold records with ts before TS (default: now - {SETTLE_S:g} s)")  # fmt: skip
+    snap.set_defaults(func=snapshot_command)
     what_if = sub.add_parser("replay", help="re-decide recorded submissions under another pack and report changes")
     what_if.add_argument("--ledger", type=Path, required=True, help="ledger root (one directory per instance)")
     what_if.add_argument("--policy", type=Path, required=True, help="policy pack directory to replay under")
@@ -57,13 +80,20 @@ def rebuild_command(args: argparse.Namespace) -> int:
     """Compute the state, print it, and restore it into Redis when asked; exit 1 on failure."""
     if args.cluster and not args.redis:
         print("--cluster needs --redis", file=sys.stderr)
-        return 1
+        return 2  # usage
     if not args.ledger.is_dir():
         print(f"{args.ledger}: not a ledger directory", file=sys.stderr)
         return 1
     now = time.time() if args.now is None else args.now
-    state = state_from_ledger(args.ledger, now)
+    try:
+        keys = tuple(load_public_key(path) for path in args.public_key)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    trust = Trust(args.snapshot_dir or args.ledger, keys) if keys else None
+    state, how = rebuild(args.ledger, now, trust)
     print(_describe(state, args.ledger))
+    print(_how(how, trust is not None))
     if not args.redis:
         print("no --redis given: nothing written")
         return 0
@@ -73,6 +103,49 @@ def rebuild_command(args: argparse.Namespace) -> int:
         print(f"restore failed: {exc}", file=sys.stderr)
         return 1
     print(f"restored into {_redacted(args.redis)} under prefix {args.prefix!r}")
+    return 0
+
+
+def _how(how: Rebuilt, trusted: bool) -> str:
+    if how.snapshot is not None:
+        return f"read from quota snapshot {how.snapshot} ({how.from_snapshot} records) and {how.read} later records"
+    note = "" if trusted else " (no --public-key: quota snapshots are not used)"
+    return f"read {how.read} records from the start of every chain{note}"
+
+
+def snapshot_command(args: argparse.Namespace) -> int:
+    """Write the next quota snapshot (or say the newest still covers the ledger); exit 1 on failure."""
+    if not args.ledger.is_dir():
+        print(f"{args.ledger}: not a ledger directory", file=sys.stderr)
+        return 1
+    if args.keep < 1:
+        print("--keep: must be at least 1", file=sys.stderr)
+        return 2  # usage
+    try:
+        signer = load_signer(args.signing_key)
+        extra = tuple(load_public_key(path) for path in args.public_key)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    now = time.time() if args.now is None else args.now
+    until = now - SETTLE_S if args.until is None else args.until
+    started = time.perf_counter()
+    try:
+        taken = take(
+            args.ledger, args.snapshot_dir or args.ledger, signer, now=now, until=until, keep=args.keep,
+            window_s=DEFAULT_IDEMPOTENCY_WINDOW_S, ownership_ttl_s=DEFAULT_OWNERSHIP_TTL_S, extra_keys=extra,
+        )  # fmt: skip
+    except (CannotSnapshot, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    chains = ", ".join(f"{name}@{pos.seq}" for name, pos in sorted(taken.chains.items()))
+    took = time.perf_counter() - started
+    if taken.path is None:
+        print(f"no record before {until:.3f} to cover; nothing written")
+    elif taken.written:
+        print(f"wrote {taken.path}: {taken.records} records ({chains}), {taken.added} new, in {took:.2f} s")
+    else:
+        print(f"{taken.path} still covers the ledger: {taken.records} records ({chains}); nothing written")
     return 0
 
 

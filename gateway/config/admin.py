@@ -1,4 +1,10 @@
-"""Admin API tokens: a YAML file of named tokens, stored as SHA-256 hashes with a role."""
+"""Admin API tokens: a YAML file of named tokens, stored as SHA-256 hashes with a role.
+
+Roles are ranked: `read` < `operate` < `admin`, and a token may do what its role and every role
+below it may. `write`, the earlier name of `operate`, is still read as `operate`, so a tokens
+file written before roles were split keeps its meaning. A token without a role is refused: an
+operator names what each credential may do.
+"""
 
 import re
 from dataclasses import dataclass
@@ -12,8 +18,21 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Role(StrEnum):
-    READ = "read"
-    WRITE = "write"
+    READ = "read"  # look: jobs, explain, usage
+    OPERATE = "operate"  # act on leases: release
+    ADMIN = "admin"  # change the gateway: reload
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    def allows(self, needed: "Role") -> bool:
+        """Whether this role may do what `needed` may."""
+        return self.rank >= needed.rank
+
+
+_RANK = {Role.READ: 0, Role.OPERATE: 1, Role.ADMIN: 2}
+LEGACY_ROLES = {"write": Role.OPERATE}  # accepted in tokens files, written as `operate` by `keys admin-token`
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +45,7 @@ class AdminToken:
 
 
 def load_admin_tokens(path: Path) -> tuple[AdminToken, ...]:
-    """`tokens: [{name, role: read|write, sha256}]`; problems raise ConfigError with file and line."""
+    """`tokens: [{name, role: read|operate|admin, sha256}]`; problems raise ConfigError with file and line."""
     problems: list[Problem] = []
     root = load_file(path)
     fields = Fields(root, problems, ("tokens",))
@@ -38,11 +57,12 @@ def load_admin_tokens(path: Path) -> tuple[AdminToken, ...]:
         for item in node.elements():
             entry = Fields(item, problems, ("name", "role", "sha256"))
             name: str = entry.text("name", "", required=True)
-            role = entry.choice("role", [r.value for r in Role], "read", required=True)
+            choices = [r.value for r in Role] + list(LEGACY_ROLES)
+            role = entry.choice("role", choices, "read", required=True)
             digest: str = entry.text("sha256", "", required=True)
             if digest and not _HEX64.match(digest):
                 entry.problem("sha256", "must be 64 lower-case hex digits (the token's SHA-256)")
-            out.append(AdminToken(name, Role(role), digest))
+            out.append(AdminToken(name, LEGACY_ROLES.get(role) or Role(role), digest))
     if problems:
         raise ConfigError(problems)
     return tuple(out)

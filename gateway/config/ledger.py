@@ -1,4 +1,5 @@
-"""The `ledger:` section of gateway.yaml: directory, group commit, segments, checkpoints, signing key, anchors."""
+"""The `ledger:` section of gateway.yaml: directory, group commit, segments, checkpoints, signing key, anchors,
+quota snapshots."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,16 @@ class LedgerSettings:
     signing_key_file: Path | None = None
     anchor_dir: Path | None = None
     stall_after_s: float = 5.0
+    # Quota snapshots (memory store, with a signing key): where (None: the ledger directory itself),
+    # how often (0: only at shutdown), and how many files to keep.
+    snapshot_dir: Path | None = None
+    snapshot_every_s: float = 300.0
+    snapshot_keep: int = 3
+
+    @property
+    def snapshots(self) -> Path:
+        """The directory quota snapshots are written to and read from."""
+        return self.snapshot_dir if self.snapshot_dir is not None else self.dir
 
 
 LEDGER_KEYS = (
@@ -35,6 +46,9 @@ LEDGER_KEYS = (
     "signing_key_file",
     "anchor_dir",
     "stall_after_s",
+    "snapshot_dir",
+    "snapshot_every_s",
+    "snapshot_keep",
 )
 
 
@@ -68,6 +82,21 @@ def load_ledger_settings(node: Node, base: Path, env: Mapping[str, str], problem
     if anchor_dir is not None and anchor_dir.resolve().is_relative_to(ledger_dir.resolve()):
         child = lf.child("anchor_dir")
         problems.append((child or node).problem("must lie outside the ledger directory (it is the ledger's witness)"))
+    snapshot_dir = resolve_path(base, lf.text("snapshot_dir"))
+    if snapshot_dir is not None:
+        where = lf.child("snapshot_dir") or node
+        resolved = snapshot_dir.resolve()
+        if resolved != ledger_dir.resolve() and resolved.is_relative_to(ledger_dir.resolve()):
+            problems.append(where.problem("must be the ledger directory itself or lie outside it (a directory "
+                                          "inside it would be read as an instance's chain)"))  # fmt: skip
+        elif anchor_dir is not None and resolved == anchor_dir.resolve():
+            problems.append(where.problem("must differ from anchor_dir (it holds only checkpoint copies)"))
+    snapshot_every_s: float = lf.number("snapshot_every_s", 300.0)
+    if snapshot_every_s < 0:
+        problems.append((lf.child("snapshot_every_s") or node).problem("must be 0 (only at shutdown) or more"))
+    snapshot_keep: int = lf.integer("snapshot_keep", 3)
+    if snapshot_keep < 1:
+        problems.append((lf.child("snapshot_keep") or node).problem("must be at least 1"))
     window_ms: float = lf.number("batch_window_ms", 0.0)
     if not 0 <= window_ms <= 1000:
         problems.append((lf.child("batch_window_ms") or node).problem("must be 0..1000"))
@@ -83,4 +112,7 @@ def load_ledger_settings(node: Node, base: Path, env: Mapping[str, str], problem
         key_file,
         anchor_dir,
         positive["stall_after_s"],
+        snapshot_dir,
+        snapshot_every_s,
+        snapshot_keep,
     )

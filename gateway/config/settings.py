@@ -10,11 +10,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.config.admission_webhook import WebhookSettings, load_webhook, webhook_clash, webhook_mismatches
 from gateway.config.auth import IssuerConfig, load_issuers
-from gateway.config.fields import Fields, as_str, resolve_path
+from gateway.config.decision import DecisionSettings, decision_clash, load_decision
+from gateway.config.envoy_grpc import EnvoyGrpcSettings, grpc_clash, load_envoy_grpc
+from gateway.config.fields import Fields, as_str, field_where, resolve_path
 from gateway.config.ledger import LedgerSettings, load_ledger_settings
 from gateway.config.limits import Limits, Shutdown, load_limits, load_shutdown
 from gateway.config.located import ConfigError, Node, Problem, Where, load_file, load_text
+from gateway.config.logs import LogSettings, load_log_settings
 from gateway.config.reconcile import ReconcileSettings, load_reconcile_settings
 from gateway.config.upstreams import UpstreamSettings, load_upstreams
 
@@ -53,6 +57,10 @@ class Settings:
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     limits: Limits = field(default_factory=Limits)
     shutdown: Shutdown = field(default_factory=Shutdown)
+    log: LogSettings = field(default_factory=LogSettings)  # `log:` with EXPORTGATE_LOG_FORMAT/_LEVEL over it
+    envoy_grpc: EnvoyGrpcSettings | None = None  # Envoy ext_authz gRPC listener; None: off
+    decision: DecisionSettings | None = None  # the HTTP decision entries' listener (nginx, Envoy HTTP); None: off
+    admission_webhook: WebhookSettings | None = None  # the Kubernetes admission webhook's HTTPS listener; None: off
     # Where each value came from, by field path ("auth.issuers[0].jwks_file"): a file line or a variable.
     origins: Mapping[str, Where] = field(default_factory=dict, compare=False, repr=False)
 
@@ -74,6 +82,8 @@ ENV_FIELDS = {
     "admin.host": "EXPORTGATE_ADMIN_HOST",
     "admin.port": "EXPORTGATE_ADMIN_PORT",
     "instance_id": "EXPORTGATE_INSTANCE_ID",
+    "log.format": "EXPORTGATE_LOG_FORMAT",
+    "log.level": "EXPORTGATE_LOG_LEVEL",
 }
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
@@ -122,6 +132,57 @@ def _clash_where(origins: Mapping[str, Where], root: Node) -> Where:
     set_by_env = [origins[p] for p in ("admin.port", "listen.port") if p in origins and not origins[p].file]
     in_file = [origins[p] for p in ("admin.port", "listen.port") if p in origins]
     return (set_by_env or in_file or [Where(root.file, root.line, "admin.port")])[0]
+
+
+def _decision_clash(
+    decision: DecisionSettings | None,
+    listen: tuple[str, int],
+    admin: tuple[str, int],
+    workers: int,
+    grpc: tuple[str, int] | None,
+) -> str | None:
+    """Why the decision listener cannot bind beside the proxy, admin (one port per worker) and gRPC listeners."""
+    if decision is None:
+        return None
+    others = {
+        "proxy": (listen[0], listen[1], listen[1]),
+        "admin listener": (admin[0], admin[1], admin[1] + workers - 1),
+    }
+    if grpc is not None:
+        others["envoy_grpc listener"] = (grpc[0], grpc[1], grpc[1])
+    return decision_clash(decision, others)
+
+
+def _webhook(
+    fields: Fields,
+    base: Path,
+    upstreams: tuple[UpstreamSettings, ...],
+    issuers: tuple[IssuerConfig, ...],
+    listen: tuple[str, int],
+    admin: tuple[str, int],
+    workers: int,
+    entries: tuple[EnvoyGrpcSettings | None, DecisionSettings | None],
+) -> WebhookSettings | None:
+    """The `admission_webhook:` section, checked against the upstream and issuer it names and the other listeners."""
+    webhook = load_webhook(fields.child("admission_webhook"), base, fields.problems)
+    if webhook is None:
+        return None
+    section = fields.child("admission_webhook")
+    assert section is not None  # it loaded
+    known = {u.name: u.scheduler for u in upstreams}
+    for key, message in webhook_mismatches(webhook, known, tuple(i.issuer for i in issuers)):
+        fields.problems.append(field_where(section, key).problem(message))
+    others = {
+        "proxy": (listen[0], listen[1], listen[1]),
+        "admin listener": (admin[0], admin[1], admin[1] + workers - 1),
+    }
+    for name, entry in zip(("envoy_grpc listener", "decision listener"), entries, strict=True):
+        if entry is not None:
+            others[name] = (entry.host, entry.port, entry.port)
+    clash = webhook_clash(webhook, others)
+    if clash is not None:
+        fields.problems.append(field_where(section, "port").problem(clash))
+    return webhook
 
 
 def _proxies(fields: Fields) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -214,6 +275,10 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
             "workers",
             "reconcile",
             "shutdown",
+            "log",
+            "decision",
+            "envoy_grpc",
+            "admission_webhook",
         ),
     )
     # Where every value came from; a variable that overrides a field is its origin from here on.
@@ -269,6 +334,7 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         fields.missing("upstreams")
     limits = load_limits(fields.child("limits"), problems)
     shutdown = load_shutdown(fields.child("shutdown"), problems)
+    log_settings = load_log_settings(fields.child("log"), env, problems)
     reload = Fields(fields.child("reload") or Node({}, root.file, root.line, "reload"), problems, ("interval_s",))
     workers: int = fields.integer("workers", 1)
     if workers < 1:
@@ -280,6 +346,16 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     clash = listener_clash(listen, admin, workers)
     if clash is not None:
         problems.append(_clash_where(origins, root).problem(clash))
+    envoy_grpc = load_envoy_grpc(fields.child("envoy_grpc"), problems)
+    grpc_problem = grpc_clash(envoy_grpc, listen, admin, workers) if envoy_grpc is not None else None
+    if grpc_problem is not None:
+        problems.append((origins.get("envoy_grpc.port") or fields.where("envoy_grpc")).problem(grpc_problem))
+    decision = load_decision(fields.child("decision"), problems)
+    grpc = (envoy_grpc.host, envoy_grpc.port) if envoy_grpc is not None else None
+    decision_problem = _decision_clash(decision, listen, admin, workers, grpc)
+    if decision_problem is not None:
+        problems.append((origins.get("decision.port") or fields.where("decision")).problem(decision_problem))
+    webhook = _webhook(fields, base, upstreams, issuers, listen, admin, workers, (envoy_grpc, decision))
     proxies = _proxies(fields)
     reload_s: float = reload.number("interval_s", 2.0)
     if reload_s <= 0:
@@ -311,6 +387,10 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         reconcile=reconcile,
         limits=limits,
         shutdown=shutdown,
+        log=log_settings,
+        decision=decision,
+        envoy_grpc=envoy_grpc,
+        admission_webhook=webhook,
         origins=origins,
     )
 
@@ -320,6 +400,7 @@ def describe(settings: Settings) -> dict[str, Any]:
     return {
         "listen": f"{settings.listen_host}:{settings.listen_port}",
         "admin": f"{settings.admin_host}:{settings.admin_port}",
+        "decision": f"{settings.decision.host}:{settings.decision.port}" if settings.decision else None,
         "instance": settings.instance_id,
         "pack": str(settings.pack_dir),
         "registry": str(settings.registry_file),

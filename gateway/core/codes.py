@@ -33,6 +33,8 @@ class Code(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     PACKAGE_NOT_OWNED = "package_not_owned"
     PACKAGE_CONFLICT = "package_conflict"
+    ROUTE_NEEDS_PROXY = "route_needs_proxy"
+    REQUEST_MALFORMED = "request_malformed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,4 +72,8 @@ CODES: dict[Code, CodeInfo] = {
     Code.TOO_MANY_CONNECTIONS: CodeInfo(503, "Too many open connections"),
     Code.PACKAGE_NOT_OWNED: CodeInfo(404, "Package not found"),
     Code.PACKAGE_CONFLICT: CodeInfo(409, "Package name holds other content"),
+    # A decision entry (nginx auth_request, Envoy ext_authz) cannot serve a route whose body or answer the
+    # gateway must see (submit, update, cancel, listing, code package): send it through the full proxy.
+    Code.ROUTE_NEEDS_PROXY: CodeInfo(403, "Route served only through the full proxy"),
+    Code.REQUEST_MALFORMED: CodeInfo(400, "Request cannot be read"),
 }

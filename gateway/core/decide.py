@@ -11,7 +11,7 @@ from gateway.core.outcome import QuotaOutcome
 from gateway.core.policy import Pack, ReadAccess, RuleId
 from gateway.core.routes import RouteKind
 from gateway.core.tenants import KycStatus, Tenant
-from gateway.core.tiers import Tier, resolve_tier
+from gateway.core.tiers import Tier, deciding_detail, resolve_tier, tier_path
 
 
 class Outcome(StrEnum):
@@ -107,13 +107,11 @@ def decide(facts: Facts, pack: Pack) -> Decision:
     reasons: list[Reason] = []
     if tier is Tier.THREE:
         rule = pack.rule(RuleId.TIER3)
+        # Name the deciding country: "parent headquarters CN is Tier 3".
+        path = tier_path(tenant.countries(), pack.tiers, ISO_3166_ALPHA2, facts.now.date())
         reasons.append(
             Reason(
-                Code.TIER3_EMBARGOED,
-                RuleId.TIER3,
-                rule.enforced_on(facts.now),
-                "the tenant's location, headquarters or parent headquarters is in a Tier 3 country",
-                rule.citation,
+                Code.TIER3_EMBARGOED, RuleId.TIER3, rule.enforced_on(facts.now), deciding_detail(path), rule.citation
             )
         )
     reasons.extend(_kyc_reasons(facts, tenant, pack))

@@ -26,12 +26,19 @@ def decision_body(
     registry_version: str,
     job: Mapping[str, Any] | None = None,
     kind: str = "decision",
+    entry: str = "proxy",
 ) -> dict[str, Any]:
-    """One decision as the ledger keeps it (`kind` is `decision` or `access`)."""
+    """One decision as the ledger keeps it (`kind` is `decision` or `access`).
+
+    `entry` names who asked: the full proxy (`proxy`), a decision entry a front proxy or control plane
+    calls (`nginx`, `envoy_http`, `envoy_grpc`, `k8s_admission`), or the gateway itself (`reconcile`).
+    Records written before entries existed have no `entry`; readers take it as `proxy`.
+    """
     quota, cost = decision.quota, decision.cost
     uses = quota.counters if quota is not None else None
     return {
         "kind": kind,
+        "entry": entry,
         "decision_id": decision_id,
         "ts": ts,
         "tenant": tenant.id if tenant else None,

@@ -21,7 +21,15 @@ from gateway.core.tenants import Kyc, KycStatus, Registry, Tenant, Veu
 
 REDECIDED = ("submit", "update")
 # Refusals decided before pricing on facts no pack changes; kept when the new pack admits.
-STICKY = frozenset({Code.BODY_TOO_LARGE, Code.JOB_UPDATE_NOT_ALLOWED, Code.REQUEST_IN_PROGRESS, Code.JOB_NOT_OWNED})
+STICKY = frozenset(
+    {
+        Code.BODY_TOO_LARGE,
+        Code.JOB_UPDATE_NOT_ALLOWED,
+        Code.REQUEST_IN_PROGRESS,
+        Code.JOB_NOT_OWNED,
+        Code.ROUTE_NEEDS_PROXY,  # asked of a decision entry, which never prices: no pack admits it there
+    }
+)
 _YEAR = re.compile(r":[0-9]{4}$")
 
 

@@ -1,4 +1,4 @@
-"""A stand-in Kubernetes API server for batch/v1 Jobs and the training CRDs, following the API reference's shapes.
+"""A stand-in Kubernetes API server for batch/v1 Jobs, v1 Pods and the training CRDs, following the API reference.
 
 The custom resources (KubeRay RayCluster and RayJob, Kubeflow PyTorchJob) are served as the
 API server serves any CRD: namespaced create, list, get, delete, with the object's group,
@@ -19,6 +19,7 @@ _JSON = "application/json"
 # plural -> (group, kind, served versions), as the CRDs declare them.
 _KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "jobs": ("batch", "Job", ("v1",)),
+    "pods": ("", "Pod", ("v1",)),
     "rayclusters": ("ray.io", "RayCluster", ("v1", "v1alpha1")),
     "rayjobs": ("ray.io", "RayJob", ("v1", "v1alpha1")),
     "pytorchjobs": ("kubeflow.org", "PyTorchJob", ("v1",)),
@@ -45,9 +46,10 @@ def _status(
 
 
 def k8s_app(state: StandinState) -> web.Application:
-    """POST/GET/DELETE of namespaced Jobs and training CRDs, and their lists.
+    """POST/GET/DELETE of namespaced Jobs, Pods and training CRDs, and their lists.
 
-    Jobs are kept under "{ns}/{name}", custom resources under "{plural}.{group}/{ns}/{name}".
+    Jobs are kept under "{ns}/{name}", Pods under "pods/{ns}/{name}", custom resources under
+    "{plural}.{group}/{ns}/{name}".
     """
 
     remember = remembering(state)
@@ -56,12 +58,13 @@ def k8s_app(state: StandinState) -> web.Application:
         """(store key prefix, group, kind, plural) of the resource a path names."""
         plural = request.match_info["plural"]
         group, kind, _ = _KINDS[plural]
-        return ("" if plural == "jobs" else f"{plural}.{group}/"), group, kind, plural
+        prefix = "" if plural == "jobs" else f"{plural}/" if not group else f"{plural}.{group}/"
+        return prefix, group, kind, plural
 
     async def create(request: web.Request) -> web.Response:
         ns = request.match_info["ns"]
         prefix, group, kind, plural = kind_of(request)
-        what = f"{plural}.{group}"
+        what = f"{plural}.{group}" if group else plural
         if request.content_type != _JSON:
             return _status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: "
                            f"accepted media types include: {_JSON}")  # fmt: skip
@@ -86,7 +89,8 @@ def k8s_app(state: StandinState) -> web.Application:
             generation=1,
             creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
-        job.update(apiVersion=f"{group}/{request.match_info['version']}", kind=kind, status={})
+        version = request.match_info["version"]
+        job.update(apiVersion=f"{group}/{version}" if group else version, kind=kind, status={})
         state.jobs[f"{prefix}{ns}/{name}"] = job
         return web.json_response(job, status=201)
 
@@ -94,7 +98,7 @@ def k8s_app(state: StandinState) -> web.Application:
         ns = request.match_info["ns"]
         prefix, group, kind, _ = kind_of(request)
         items = [job for key, job in state.jobs.items() if key.startswith(f"{prefix}{ns}/")]
-        version = f"{group}/{request.match_info['version']}"
+        version = f"{group}/{request.match_info['version']}" if group else request.match_info["version"]
         body = {"kind": f"{kind}List", "apiVersion": version, "metadata": {"resourceVersion": "1"}, "items": items}
         return web.json_response(body)
 
@@ -103,7 +107,8 @@ def k8s_app(state: StandinState) -> web.Application:
         key = f"{prefix}{request.match_info['ns']}/{request.match_info['name']}"
         found = state.jobs.get(key)
         if found is None:
-            return _status(404, "NotFound", f'{plural}.{group} "{request.match_info["name"]}" not found',
+            what = f"{plural}.{group}" if group else plural
+            return _status(404, "NotFound", f'{what} "{request.match_info["name"]}" not found',
                            group, plural, name=request.match_info["name"])  # fmt: skip
         if request.method == "DELETE":
             del state.jobs[key]
@@ -113,7 +118,8 @@ def k8s_app(state: StandinState) -> web.Application:
     app = web.Application(middlewares=[remember])
     for plural, (group, _, versions) in _KINDS.items():
         for version in versions:
-            base = f"/apis/{group}/{{version:{version}}}/namespaces/{{ns}}/{{plural:{plural}}}"
+            root = f"/apis/{group}" if group else "/api"
+            base = f"{root}/{{version:{version}}}/namespaces/{{ns}}/{{plural:{plural}}}"
             app.router.add_post(base, create)
             app.router.add_get(base, listing)
             app.router.add_route("GET", base + "/{name}", item)

@@ -86,8 +86,8 @@ upstreams:
     return path
 
 
-async def run_demo() -> list[dict[str, Any]]:
-    """Send one submission per example tenant and return the decision rows."""
+async def run_demo() -> tuple[list[dict[str, Any]], int]:
+    """Send one submission per example tenant; the decision rows, and `ledger verify`'s exit status."""
     key = ec.generate_private_key(ec.SECP256R1())
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     jwk.update({"kid": "demo-1", "use": "sig", "alg": "ES256"})
@@ -138,8 +138,8 @@ async def run_demo() -> list[dict[str, Any]]:
         print(format_table(rows))
         # The ledger every decision above went to, checked as an auditor would: key kept outside it.
         print("\nexportgate ledger verify (signed checkpoints, key kept outside the ledger):", flush=True)
-        verify(workdir / "ledger", load_public_key(workdir / "keys" / "ledger.pub.pem"), {})
-        return rows
+        verified = verify(workdir / "ledger", load_public_key(workdir / "keys" / "ledger.pub.pem"), {})
+        return rows, verified
 
 
 def _tier_of(server: Server, tenant_id: str) -> str:
@@ -167,9 +167,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main() -> int:
     logging.getLogger("gateway").setLevel(logging.WARNING)
     try:
-        asyncio.run(run_demo())
+        _, verified = asyncio.run(run_demo())
     except ConfigError as exc:  # the bundled pack or registry, edited: say where, as `check` does
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    return 0
+    return verified  # 1 when the ledger the demo wrote does not verify

@@ -3,7 +3,7 @@
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from gateway.adapters.metrics import Metrics
 from gateway.core.codes import Code
@@ -33,8 +33,9 @@ def admin_app(metrics: Metrics, ready: Readiness, api: AdminApi | None = None) -
     """`ready` reports each part (config, keys, ledger, quota, serving) and whether they add up to ready."""
 
     async def metrics_handler(request: web.Request) -> web.Response:
-        data = generate_latest(metrics.registry)
-        return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        """Prometheus text, or OpenMetrics when the scraper's Accept asks for it (`application/openmetrics-text`)."""
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(metrics.registry), headers={"Content-Type": content_type, "Vary": "Accept"})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

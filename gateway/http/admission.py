@@ -1,7 +1,5 @@
 """The admission stages: authenticate, resolve the tenant, match the route, decide on tier and KYC."""
 
-from aiohttp import web
-
 from gateway.adapters.auth import Authenticator, AuthError
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.core.codes import Code
@@ -12,10 +10,10 @@ from gateway.core.tenants import Identity, Tenant
 from gateway.http.call import Admitted, Call, Refused
 
 
-async def authenticate(auth: Authenticator, request: web.Request) -> Identity | Refused:
+async def authenticate(auth: Authenticator, call: Call) -> Identity | Refused:
     """The caller's identity from its bearer token."""
     try:
-        return await auth.authenticate(request.headers.get("Authorization"))
+        return await auth.authenticate(call.headers.get("Authorization"))
     except AuthError as exc:
         return Refused(refuse(exc.code, exc.detail))
 
@@ -30,7 +28,7 @@ def resolve_tenant(policy: PolicyFiles, call: Call, identity: Identity) -> Tenan
 
 def match_request(call: Call) -> RouteMatch | Refused:
     """The upstream route the method and path name: 404 for an unknown path, 405 with `Allow` for another method."""
-    method, routes = call.request.method, call.upstream.routes
+    method, routes = call.method, call.upstream.routes
     if canonical_or_none(call.path) is None:
         detail = "the path is not in normal form (encoded, dot or double-slash segments)"
         return Refused(refuse(Code.ROUTE_NOT_ALLOWED, detail))

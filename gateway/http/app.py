@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable, Mapping
 
@@ -26,10 +27,26 @@ from gateway.http import client_faults
 from gateway.http.admin import admin_app
 from gateway.http.admin_api import AdminApi
 from gateway.http.connections import Guard, GuardedSite
+from gateway.http.decision_http import decision_app
+from gateway.http.explain import Explainer
 from gateway.http.headers import hide_server_software
-from gateway.http.lifecycle import AUTH, BASE, LEDGER, LEDGER_OPEN, PARTS, POLICY, PROBE, RECONCILER, STORE, Base
-from gateway.http.proxy import proxy_app
+from gateway.http.lifecycle import (
+    AUTH,
+    BASE,
+    ENVOY_GRPC,
+    LEDGER,
+    LEDGER_OPEN,
+    PARTS,
+    POLICY,
+    PROBE,
+    RECONCILER,
+    STORE,
+    UPSTREAMS,
+    Base,
+)
+from gateway.http.proxy import DECISIONS, proxy_app
 from gateway.http.reconcile import Reconciler
+from gateway.http.webhook_app import webhook_app
 
 log = logging.getLogger(__name__)
 LINGER_S = 2.0
@@ -111,17 +128,32 @@ class Server:
         try:
             # Several workers share the proxy port; the kernel spreads connections among them.
             await self._listen_guarded(self.app, s.listen_host, s.listen_port, reuse_port=s.workers > 1)
-            await self._listen(admin_app(self.metrics, self.readiness, self._admin_api()), s.admin_host, s.admin_port)
+            await self._listen(self.admin_application(), s.admin_host, s.admin_port)
+            if s.decision is not None:  # nginx auth_request and Envoy ext_authz HTTP ask here
+                entries = decision_app(self.app[DECISIONS], s.trusted_proxies)
+                await self._listen(entries, s.decision.host, s.decision.port, reuse_port=s.workers > 1)
+            if s.admission_webhook is not None:  # the Kubernetes API server asks here, over HTTPS
+                hook, tls = webhook_app(self.app)
+                w = s.admission_webhook
+                await self._listen(hook, w.host, w.port, reuse_port=s.workers > 1, ssl_context=tls)
         except BaseException:
             await self.stop()
             raise
+
+    def admin_application(self) -> web.Application:
+        """The admin listener's application: metrics, health, and the operator API when tokens are configured."""
+        return admin_app(self.metrics, self.readiness, self._admin_api())
 
     def _admin_api(self) -> AdminApi | None:
         s = self.settings
         if s.admin_tokens_file is None:
             return None
         tokens = load_admin_tokens(s.admin_tokens_file)
-        return AdminApi(tokens, self.store, self.ledger, [u.name for u in s.upstreams], self.clock)
+        explainer = Explainer(self.policy, self.app[UPSTREAMS], self.store, s.limits, auth=self.auth, clock=self.clock)
+        return AdminApi(
+            tokens, self.store, self.ledger, [u.name for u in s.upstreams], self.clock, policy=self.policy,
+            explainer=explainer, ledger_dir=s.ledger.dir, reload=self.reload,
+        )  # fmt: skip
 
     async def _close_when_draining(self, request: web.Request, response: web.StreamResponse) -> None:
         """While draining, every answer closes its connection so clients reconnect to a pod that stays."""
@@ -142,10 +174,14 @@ class Server:
         self._runners.append(runner)
         return runner
 
-    async def _listen(self, app: web.Application, host: str, port: int) -> None:
+    async def _listen(
+        self, app: web.Application, host: str, port: int, *, reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:  # fmt: skip
         runner = self._runner(app)
         await runner.setup()
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        reuse = reuse_port or None
+        await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse, ssl_context=ssl_context).start()
 
     async def _listen_guarded(self, app: web.Application, host: str, port: int, *, reuse_port: bool) -> None:
         """The proxy listener: connection cap, head deadline and idle keep-alive from `limits`."""
@@ -169,12 +205,16 @@ class Server:
         log.info("draining: unready, serving for %.1f s before closing the listeners", self.settings.shutdown.drain_s)
         await asyncio.sleep(self.settings.shutdown.drain_s)
 
-    async def reload(self) -> None:
-        """SIGHUP: reload registry, pack and key sets; invalid files keep the last good ones."""
+    async def reload(self) -> bool:
+        """SIGHUP (and the admin API's reload): registry, pack and key sets; invalid files keep the last good ones.
+
+        False when the registry or pack was refused."""
+        accepted = True
         if (policy := self.app.get(POLICY)) is not None:
-            policy.reload()
+            accepted = policy.reload()
         if (auth := self.app.get(AUTH)) is not None:
             await auth.reload()
+        return accepted
 
     async def stop(self) -> None:
         """Close the admin listener, then the proxy one (in-flight requests get `shutdown.grace_s`).
@@ -183,6 +223,8 @@ class Server:
         with its closing checkpoint after everything that could still record.
         """
         self.draining = True
+        if (grpc := self.app.get(ENVOY_GRPC)) is not None:  # its port closes now; its parts step awaits the rest
+            grpc.begin_stop(self.settings.shutdown.grace_s / 2)
         while self._runners:
             await self._runners.pop().cleanup()
 
@@ -203,7 +245,7 @@ async def serve_forever(settings: Settings) -> None:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    reloads: set[asyncio.Task[None]] = set()  # keep a reference until each reload finishes
+    reloads: set[asyncio.Task[bool]] = set()  # keep a reference until each reload finishes
 
     def on_sighup() -> None:
         task = loop.create_task(server.reload())

@@ -18,7 +18,9 @@ from gateway.schedulers import SchedulerAdapter
 class Call:
     """One request as the ledger and the metrics see it; each stage fills in what it learnt."""
 
-    request: web.Request
+    request: web.Request | None  # None: a decision entry asks about a request the gateway never receives
+    method: str
+    headers: Mapping[str, str]  # the client's request headers, case-insensitive (a CIMultiDictProxy or CIMultiDict)
     decision_id: str
     started: float
     now: float
@@ -30,6 +32,8 @@ class Call:
     match: RouteMatch | None = None
     job: Mapping[str, Any] | None = None  # the job as the ledger keeps it, once its body is parsed
     body: bytes | None = None  # a non-job route's body, read within the limits before it is forwarded
+    entry: str = "proxy"  # who asked: the proxy itself, or a decision entry (nginx, envoy_http, ...)
+    refusal: str | None = None  # the code of the refusal answered, for the request's log event
 
     @property
     def kind(self) -> RouteKind | None:
@@ -38,7 +42,7 @@ class Call:
     @property
     def shown(self) -> str:
         """Method and path as a log line may show them: client text, so quoted and cut short."""
-        return f"{self.request.method[:16]!r} {self.path[:256]!r}"
+        return f"{self.method[:16]!r} {self.path[:256]!r}"
 
     @property
     def when(self) -> datetime:
@@ -56,7 +60,10 @@ class Admitted:
 
     @property
     def request(self) -> web.Request:
-        return self.call.request
+        """The client's request; only the proxy's own flows read it, and only the proxy has one."""
+        request = self.call.request
+        assert request is not None, "a decision-only call reached a proxy flow"
+        return request
 
     @property
     def upstream(self) -> Upstream:

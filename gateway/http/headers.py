@@ -61,6 +61,18 @@ def upstream_request_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str
     return out
 
 
+def stripped_names(headers: Mapping[str, str], keep: frozenset[str] = frozenset()) -> set[str]:
+    """The lower-case names of the client's credential and identity headers (those the proxy strips), but `keep`.
+
+    A decision entry's front proxy forwards itself; it is told which of these to drop.
+    """
+    return {
+        lower
+        for lower in (name.lower() for name in headers)
+        if lower not in keep and (lower in STRIPPED_EXACT or lower.startswith(STRIPPED_PREFIXES))
+    }
+
+
 def downstream_response_headers(incoming: CIMultiDictProxy[str], *, keep_length: bool) -> CIMultiDict[str]:
     """The upstream's response headers minus hop-by-hop ones."""
     drop = HOP_BY_HOP | _connection_tokens(incoming)

@@ -35,10 +35,12 @@ from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.adapters.ray_capacity import RayCapacitySource, reads_capacity
 from gateway.adapters.rebuild import rebuild_store
 from gateway.adapters.slurm_facts import SlurmFactsSource
+from gateway.adapters.snapshot_task import SNAPSHOT_AT_STOP_S, gateway_snapshots
 from gateway.adapters.upstream import Upstream
 from gateway.config.settings import QuotaSettings, Settings
 from gateway.config.upstreams import UpstreamSettings
-from gateway.http.proxy import PIPELINE, Parts, build_pipeline
+from gateway.http.ext_authz_grpc import ExtAuthzServer
+from gateway.http.proxy import DECISIONS, PIPELINE, Parts, build_decisions, build_pipeline
 from gateway.http.reconcile import Reconciler
 from gateway.schedulers import RayAdapter, SchedulerAdapter, SlurmAdapter, build_adapter
 
@@ -101,6 +103,7 @@ UPSTREAMS: web.AppKey[list[Upstream]] = web.AppKey("upstreams")
 STORE: web.AppKey[QuotaStore] = web.AppKey("store")
 PROBE = web.AppKey("store_probe", StoreProbe)
 RECONCILER = web.AppKey("reconciler", Reconciler)
+ENVOY_GRPC = web.AppKey("envoy_grpc", ExtAuthzServer)
 SLURM_FACTS: web.AppKey[list[SlurmFactsSource]] = web.AppKey("slurm_facts")
 RAY_CAPACITY: web.AppKey[list[RayCapacitySource]] = web.AppKey("ray_capacity")
 
@@ -226,13 +229,20 @@ async def rebuilt_memory_store(app: web.Application) -> AsyncIterator[None]:
     on demand (`exportgate quota rebuild`), never at start-up.
     """
     base, store = app[BASE], app[STORE]
+    snapshots = None
     if isinstance(store, MemoryQuotaStore) and app[LEDGER_OPEN]:
-        state = await rebuild_store(store, base.settings.ledger.dir, base.clock())
+        # With a signing key: start from the newest quota snapshot, and write new ones while serving.
+        trust, snapshots = gateway_snapshots(base.settings.ledger, app[LEDGER], base.clock)
+        state, how = await rebuild_store(store, base.settings.ledger.dir, base.clock(), trust)
         log.info(
-            "quota: rebuilt %d counters, %d leases, %d owned jobs from the ledger",
-            len(state.counters), len(state.leases), len(state.owners),
+            "quota: rebuilt %d counters, %d leases, %d owned jobs from %s",
+            len(state.counters), len(state.leases), len(state.owners), how.describe(),
         )  # fmt: skip
+        if snapshots is not None:
+            snapshots.start()
     yield
+    if snapshots is not None:
+        await snapshots.stop(SNAPSHOT_AT_STOP_S)
 
 
 async def pipeline(app: web.Application) -> AsyncIterator[None]:
@@ -241,23 +251,47 @@ async def pipeline(app: web.Application) -> AsyncIterator[None]:
         base.settings, app[POLICY], app[AUTH], app[LEDGER], base.metrics, app[UPSTREAMS], app[STORE], base.clock
     )
     app[PIPELINE] = build_pipeline(parts)
+    app[DECISIONS] = build_decisions(parts)
     yield
 
 
 async def reconciler(app: web.Application) -> AsyncIterator[None]:
     base = app[BASE]
     app[RECONCILER] = reconciler = Reconciler(
-        base.settings.reconcile, app[UPSTREAMS], app[STORE], app[LEDGER], app[POLICY], base.metrics, base.clock
-    )
+        base.settings.reconcile, app[UPSTREAMS], app[STORE], app[LEDGER], app[POLICY], base.metrics, base.clock,
+        webhook=base.settings.admission_webhook,
+    )  # fmt: skip
     if app[LEDGER_OPEN]:  # no audit, no action: releases are recorded
         reconciler.start()
     yield
     await reconciler.stop()
 
 
+async def envoy_grpc(app: web.Application) -> AsyncIterator[None]:
+    """Envoy's ext_authz gRPC listener (`envoy_grpc:`), asking the decision core; the first part to close.
+
+    Server.stop closes its port with the proxy's (begin_stop), so its in-flight Checks finish while
+    the proxy's requests do, and the parts they record through close after both.
+    """
+    s = app[BASE].settings
+    if s.envoy_grpc is None:
+        yield
+        return
+    app[ENVOY_GRPC] = server = ExtAuthzServer(
+        app[DECISIONS], s.envoy_grpc.host, s.envoy_grpc.port, max_body_bytes=s.limits.max_body_bytes,
+        max_concurrent=s.limits.max_connections, reuse_port=s.workers > 1,
+    )  # fmt: skip
+    await server.start()
+    log.info("envoy ext_authz gRPC listening on %s", server.address)
+    try:
+        yield
+    finally:
+        await server.stop(s.shutdown.grace_s / 2)
+
+
 PARTS = (
     policy_files, authenticator, ledger, upstreams, slurm_facts, ray_capacity,
-    quota_store, rebuilt_memory_store, pipeline, reconciler,
+    quota_store, rebuilt_memory_store, pipeline, reconciler, envoy_grpc,
 )  # fmt: skip
 
 
@@ -290,9 +324,11 @@ def _ledger_writer(base: Base, signer: Signer | None) -> LedgerWriter:
     def on_checkpoint(record: dict[str, Any]) -> None:
         """Publish each checkpoint outside the ledger directory: a metric and a log line."""
         instance, seq, digest = str(record["instance"]), int(record["seq"]), str(record["hash"])
-        metrics.ledger_head.labels(instance).info({"hash": digest, "seq": str(seq)})
+        metrics.ledger_head_seq.labels(instance).set(seq)  # one series per chain: the seq is its value
         metrics.ledger_checkpoint_time.labels(instance).set(float(record["ts"]))
-        log.info("ledger checkpoint: instance=%s seq=%d hash=%s key=%s", instance, seq, digest, record["key_id"])
+        fields = {"ledger_instance": instance, "seq": seq, "hash": digest, "key_id": str(record["key_id"])}
+        log.info("ledger checkpoint: instance=%s seq=%d hash=%s key=%s", instance, seq, digest, record["key_id"],
+                 extra=fields)  # fmt: skip
 
     # LedgerWriter's own keyword list is being regrouped in adapters/ledger/writer.py; this call follows it.
     return LedgerWriter(

@@ -8,11 +8,30 @@ from gateway.core.codes import Code
 from gateway.core.decide import refuse
 from gateway.core.jobs import JobSpecInvalid
 from gateway.core.leases import Owner
-from gateway.http.call import JobCall
+from gateway.http.call import JobCall, Refused
 from gateway.http.reads import Reads
 from gateway.http.relay import answer
 from gateway.http.responder import Responder
 from gateway.http.settle import Settler
+
+
+async def find_owner(store: QuotaStore, job: JobCall) -> Owner | Refused | BackendUnavailable:
+    """The owner of the job the route names when it is this tenant; else the refusal, or the store's failure."""
+    a = job.admitted
+    job_id = job.adapter.job_id_of(a.match)
+    if job_id is None:
+        return Refused(refuse(Code.JOB_NOT_OWNED, "no job id", a.admission.tier))
+    try:
+        owner = await store.owner_of(a.upstream.name, job_id)
+        if owner is None:  # an array task or het component by its own id: its parent's owner
+            parent = await parent_job(a.upstream, a.tenant, job_id)
+            owner = await store.owner_of(a.upstream.name, parent) if parent is not None else None
+    except BackendUnavailable as exc:
+        return exc
+    if owner is None or owner.tenant_id != a.tenant.id:
+        detail = f"job {job_id[:64]} was not submitted by this tenant through the gateway"
+        return Refused(refuse(Code.JOB_NOT_OWNED, detail, a.admission.tier))
+    return owner
 
 
 class OwnedJobs:
@@ -27,20 +46,12 @@ class OwnedJobs:
     async def owner(self, job: JobCall) -> Owner | web.Response:
         """The owner (this tenant) of the job the route names; otherwise the refusal to send."""
         a = job.admitted
-        job_id = job.adapter.job_id_of(a.match)
-        if job_id is None:
-            return await self.responder.refuse(a.call, refuse(Code.JOB_NOT_OWNED, "no job id", a.admission.tier))
-        try:
-            owner = await self.store.owner_of(a.upstream.name, job_id)
-            if owner is None:  # an array task or het component by its own id: its parent's owner
-                parent = await parent_job(a.upstream, a.tenant, job_id)
-                owner = await self.store.owner_of(a.upstream.name, parent) if parent is not None else None
-        except BackendUnavailable as exc:
-            return self.responder.backend_down(a.call, a.admission, "quota", str(exc))
-        if owner is None or owner.tenant_id != a.tenant.id:
-            detail = f"job {job_id[:64]} was not submitted by this tenant through the gateway"
-            return await self.responder.refuse(a.call, refuse(Code.JOB_NOT_OWNED, detail, a.admission.tier))
-        return owner
+        found = await find_owner(self.store, job)
+        if isinstance(found, BackendUnavailable):
+            return self.responder.backend_down(a.call, a.admission, "quota", str(found))
+        if isinstance(found, Refused):
+            return await self.responder.refuse(a.call, found.decision)
+        return found
 
     async def read(self, job: JobCall) -> web.StreamResponse:
         owner = await self.owner(job)

@@ -63,6 +63,8 @@ class Pipeline:
         trusted = self.settings.trusted_proxies
         call = Call(
             request=request,
+            method=request.method,
+            headers=request.headers,
             decision_id=uuid.uuid4().hex,
             started=time.perf_counter(),
             now=self.clock(),
@@ -95,7 +97,7 @@ class Pipeline:
         return response
 
     async def _run(self, call: Call) -> web.StreamResponse:
-        identity = await authenticate(self.auth, call.request)
+        identity = await authenticate(self.auth, call)
         if isinstance(identity, Refused):
             return await self.responder.refused(call, identity)
         call.identity = identity

@@ -12,6 +12,7 @@ from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.quota import QuotaStore
 from gateway.adapters.upstream import Upstream
 from gateway.config.settings import Settings
+from gateway.http.decision import DecisionService
 from gateway.http.job_body import BodyReader
 from gateway.http.owned import OwnedJobs
 from gateway.http.packages import Packages
@@ -23,6 +24,7 @@ from gateway.http.settle import Settler
 from gateway.http.submit import Submissions
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
+DECISIONS = web.AppKey("decisions", DecisionService)  # the decision core every decision entry asks
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Parts:
 def build_pipeline(parts: Parts) -> Pipeline:
     """Wire the stages: each receives the responder and the parts it uses, never the pipeline."""
     settings, policy, store, metrics, clock = parts.settings, parts.policy, parts.store, parts.metrics, parts.clock
-    responder = Responder(parts.ledger, metrics, policy, clock)
+    responder = Responder(parts.ledger, metrics, policy, clock, access=settings.log.access)
     # A client that stops reading an answer gets the same pause allowance as a slow request body.
     relay = Relay(settings.trusted_proxies, metrics, settings.limits.body_timeout_s)
     settler = Settler(store, responder, clock)
@@ -56,6 +58,12 @@ def build_pipeline(parts: Parts) -> Pipeline:
     )  # fmt: skip
     flows = (reads, owned, submissions, reader, packages)
     return Pipeline(settings, parts.auth, policy, parts.upstreams, responder, flows, clock)
+
+
+def build_decisions(parts: Parts) -> DecisionService:
+    """The decision core the decision entries share: the pipeline's admission stages, its responder's records."""
+    responder = Responder(parts.ledger, parts.metrics, parts.policy, parts.clock)
+    return DecisionService(parts.auth, parts.policy, parts.upstreams, parts.store, responder, clock=parts.clock)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:

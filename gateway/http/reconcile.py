@@ -23,6 +23,7 @@ from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.adapters.upstream import Upstream
+from gateway.config.admission_webhook import WebhookSettings
 from gateway.config.reconcile import ReconcileSettings
 from gateway.core.records import followup_body
 from gateway.core.shared_lease import REASON as SHARED
@@ -31,6 +32,7 @@ from gateway.http.cluster_lease import detach, siblings
 from gateway.http.reconcile_parts import ReconcileParts
 from gateway.http.trueup import TrueUp
 from gateway.http.unadmitted import UnadmittedSweep
+from gateway.http.webhook_objects import AdmittedObjects
 from gateway.schedulers.status import JobView
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Reconciler:
         policy: PolicyFiles,
         metrics: Metrics,
         clock: Callable[[], float],
+        webhook: WebhookSettings | None = None,
     ) -> None:
         self.settings = settings
         self.upstreams = {u.name: u for u in upstreams}
@@ -76,6 +79,8 @@ class Reconciler:
         self._error = self.parts.backend_error
         self.trueup = TrueUp(self.parts)
         self.unadmitted = UnadmittedSweep(upstreams, self.parts)
+        # Objects the admission webhook allowed: owned apart, read at their own paths (see http/webhook_objects).
+        self.admitted = AdmittedObjects(webhook.upstream, webhook.unpersisted_grace_s) if webhook else None
 
     def start(self) -> None:
         """Run rounds every `interval_s` in the background (nothing when it is 0)."""
@@ -114,26 +119,38 @@ class Reconciler:
             self.metrics.reconcile.labels(result).inc()
         return dict(counts)
 
+    def _scopes(self) -> list[tuple[str, Upstream]]:
+        """(ownership scope, the upstream its jobs are asked about): each upstream, then the webhook's objects."""
+        scopes = [(u.name, u) for u in self.upstreams.values() if u.adapter is not None and u.session is not None]
+        real = self.upstreams.get(self.admitted.upstream) if self.admitted is not None else None
+        if self.admitted is not None and real is not None and real.session is not None:
+            scopes.append((self.admitted.owned, real))
+        return scopes
+
+    def _path(self, scope: str, upstream: Upstream, job_id: str) -> str | None:
+        if self.admitted is not None and scope == self.admitted.owned:
+            return self.admitted.path(job_id)
+        return upstream.adapter.status_path(job_id) if upstream.adapter is not None else None
+
     async def _refill(self) -> None:
         owned: set[tuple[str, str]] = set()
         tenants = self.policy.registry.tenants
-        for upstream in self.upstreams.values():
-            adapter = upstream.adapter
-            if adapter is None or upstream.session is None:
-                continue
+        for scope, upstream in self._scopes():
             for tenant_id in sorted(tenants):
                 if upstream.missing_identity(tenants[tenant_id]):
                     continue  # never ask with the gateway's own identity
                 try:
-                    jobs = await self.store.owned_jobs(upstream.name, tenant_id)
+                    jobs = await self.store.owned_jobs(scope, tenant_id)
                 except BackendUnavailable as exc:
-                    self._error("quota", f"owned jobs of {tenant_id} on {upstream.name}: {exc}")
+                    self._error("quota", f"owned jobs of {tenant_id} on {scope}: {exc}")
                     self.metrics.reconcile.labels("error").inc()
                     continue
                 for job_id in sorted(jobs, key=lambda j: (len(j), j)):  # Slurm's numeric ids oldest first
-                    owned.add((upstream.name, job_id))
-                    if (upstream.name, job_id) not in self._over and adapter.status_path(job_id) is not None:
-                        self._queue.append((upstream.name, tenant_id, job_id))
+                    owned.add((scope, job_id))
+                    if (scope, job_id) not in self._over and self._path(scope, upstream, job_id) is not None:
+                        self._queue.append((scope, tenant_id, job_id))
+        if self.admitted is not None:
+            self.admitted.forget(owned)
         self._over &= owned  # forget jobs whose ownership has lapsed
         self._held = {job: end for job, end in self._held.items() if job in owned}
         self._stopping = {job: at for job, at in self._stopping.items() if job in owned}
@@ -145,9 +162,10 @@ class Reconciler:
         return max(self.settings.hold_s, 3 * self._pass_s)
 
     async def _check(self, upstream_name: str, tenant_id: str, job_id: str) -> str:
-        upstream = self.upstreams[upstream_name]
+        admitted = self.admitted if self.admitted is not None and upstream_name == self.admitted.owned else None
+        upstream = self.upstreams[admitted.upstream if admitted is not None else upstream_name]
         tenant = self.policy.registry.tenants.get(tenant_id)
-        path = upstream.adapter.status_path(job_id) if upstream.adapter is not None else None
+        path = self._path(upstream_name, upstream, job_id)
         if tenant is None or path is None or upstream.missing_identity(tenant):
             return "unknown"  # the registry changed since the queue was filled
         assert upstream.adapter is not None
@@ -155,7 +173,11 @@ class Reconciler:
         if fetched is None:
             await self._hold(upstream_name, job_id, JobView(None), "unconfirmed")
             return "error"
-        view = upstream.adapter.job_view(*fetched)
+        gone = False  # a webhook-admitted object not there past its grace: never stored, or deleted
+        if admitted is not None:
+            view, gone = admitted.view(job_id, *fetched, self.clock())
+        else:
+            view = upstream.adapter.job_view(*fetched)
         if view.over is None:
             await self._hold(upstream_name, job_id, view, "unconfirmed")
             if fetched[0] >= 500:
@@ -164,8 +186,9 @@ class Reconciler:
             return "unknown"
         if not view.over:
             await self._hold(upstream_name, job_id, view, "pending" if view.pending else "running")
-            await self.trueup.check(upstream, tenant, job_id, view, self.hold_s())
-            await self._stop_if_overdue(upstream, tenant, job_id, view)
+            if admitted is None:  # the webhook's objects: Kubernetes reads back no allocation, enforces deadlines
+                await self.trueup.check(upstream, tenant, job_id, view, self.hold_s())
+                await self._stop_if_overdue(upstream, tenant, job_id, view)
             return "running"
         now = self.clock()
         try:
@@ -188,7 +211,8 @@ class Reconciler:
         if not released:
             return "finished"  # its lease had already ended, been cancelled or released
         body = followup_body("release", owner.lease.lease_id, now, tenant=tenant_id, upstream=upstream_name,
-                             job_id=job_id, released=True, whole_job=True, reason="reconciled")  # fmt: skip
+                             job_id=job_id, released=True, whole_job=True,
+                             reason="not_found" if gone else "reconciled")  # fmt: skip
         try:
             await self.ledger.append(body, wait=False)
         except LedgerUnavailable as exc:

@@ -23,6 +23,18 @@ def answer(result: forward.Buffered, decision_id: str) -> web.Response:
     return response
 
 
+def identity_headers(a: Admitted, decision: Decision) -> dict[str, str]:
+    """What the gateway adds toward the upstream: its credentials for the tenant, the tenant, tier and decision id.
+
+    The proxy sets them on what it forwards; a decision entry hands them to the front proxy that forwards.
+    """
+    headers = a.upstream.credential_headers(a.tenant)
+    headers["X-Exportgate-Tenant"] = a.tenant.id
+    headers["X-Exportgate-Tier"] = str(int(decision.tier)) if decision.tier is not None else ""
+    headers["X-Exportgate-Decision-Id"] = a.decision_id
+    return headers
+
+
 class Relay:
     """Carries admitted requests upstream; raises `forward.UpstreamFailure` when the upstream fails."""
 
@@ -46,10 +58,7 @@ class Relay:
                 request.host,
             )
         )
-        headers.update(a.upstream.credential_headers(a.tenant))
-        headers["X-Exportgate-Tenant"] = a.tenant.id
-        headers["X-Exportgate-Tier"] = str(int(decision.tier)) if decision.tier is not None else ""
-        headers["X-Exportgate-Decision-Id"] = a.decision_id
+        headers.update(identity_headers(a, decision))
         return headers
 
     async def stream(self, a: Admitted, decision: Decision) -> web.StreamResponse:

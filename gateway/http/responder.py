@@ -17,20 +17,33 @@ from gateway.core.records import decision_body, followup_body
 from gateway.http.body import close_after
 from gateway.http.call import Call, Refused
 from gateway.http.problems import refusal
+from gateway.http.quota_headers import set_quota_headers
 
 log = logging.getLogger(__name__)
+requests_log = logging.getLogger("gateway.request")  # one event per request, at its end (2xx/3xx: DEBUG)
+access_log = logging.getLogger("gateway.access")  # with `log.access: true`, one access line per request
 # The `status_class` of requests whose client went away before its answer (nginx logs these as 499).
 CLIENT_CLOSED = "client_closed"
+CLIENT_CLOSED_STATUS = 499  # as the request's log event shows it (nginx's code; never sent)
 
 
 class Responder:
     """Refuses, records, counts and replies for every stage; no stage writes to the ledger itself."""
 
-    def __init__(self, ledger: LedgerWriter, metrics: Metrics, policy: PolicyFiles, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        ledger: LedgerWriter,
+        metrics: Metrics,
+        policy: PolicyFiles,
+        clock: Callable[[], float],
+        *,
+        access: bool = False,
+    ) -> None:
         self.ledger = ledger
         self.metrics = metrics
         self.policy = policy
         self.clock = clock
+        self.access = access
 
     # -- answers --------------------------------------------------------------------------
 
@@ -39,6 +52,7 @@ class Responder:
     ) -> web.Response:
         """A refusal in the upstream scheduler's dialect when it has one, else problem+json."""
         adapter = call.upstream.adapter
+        call.refusal = code.value  # for the request's log event
         return refusal(
             code,
             detail,
@@ -73,6 +87,7 @@ class Responder:
         )
         if allow is not None:
             response.headers["Allow"] = allow
+        set_quota_headers(response.headers, decision)  # a priced job: its cost and the room left now
         return response
 
     def backend_down(self, call: Call, decision: Decision, backend: str, detail: str) -> web.Response:
@@ -115,7 +130,7 @@ class Responder:
             client_ip=call.client_ip,
             route=call.match.route.name if call.match else None,
             route_kind=call.kind.value if call.kind else None,
-            method=call.request.method,
+            method=call.method,
             path=call.path[:512],
             upstream=call.upstream.name,
             decision=decision,
@@ -123,6 +138,7 @@ class Responder:
             registry_version=self.policy.registry.version,
             job=call.job,
             kind=kind,
+            entry=call.entry,
         )
 
     # -- counting -------------------------------------------------------------------------
@@ -146,13 +162,48 @@ class Responder:
                     self.metrics.country_tpp_cap.labels(country).set(use.cap)
 
     def finished(self, call: Call, status: int) -> None:
+        """Count the request and log its event (and its access line)."""
         kind = call.kind.value if call.kind else "none"
+        seconds = time.perf_counter() - call.started
         self.metrics.requests.labels(kind, f"{status // 100}xx").inc()
-        self.metrics.request_seconds.labels(kind).observe(time.perf_counter() - call.started)
+        self.metrics.request_seconds.labels(kind).observe(seconds)
+        self._log_request("request", call, kind, status, seconds)
 
     def client_closed(self, call: Call, why: str) -> None:
         """Count and log a request its client abandoned: a status class of its own, never ERROR."""
         kind = call.kind.value if call.kind else "none"
+        seconds = time.perf_counter() - call.started
         self.metrics.requests.labels(kind, CLIENT_CLOSED).inc()
-        self.metrics.request_seconds.labels(kind).observe(time.perf_counter() - call.started)
-        log.info("client closed %s (decision %s): %r", call.shown, call.decision_id, why[:200])
+        self.metrics.request_seconds.labels(kind).observe(seconds)
+        self._log_request("client closed", call, kind, CLIENT_CLOSED_STATUS, seconds, why=why[:200])
+
+    def _log_request(self, message: str, call: Call, kind: str, status: int, seconds: float, **more: str) -> None:
+        """The request's one event: who, which route kind, what answer, how long; client text only in `why`
+        (bounded here, quoted or escaped by the log format). With `log.access`, its access line too."""
+        duration_ms = round(seconds * 1000, 3)
+        # Refusals, failures and abandoned requests are INFO; an answered request is DEBUG, so the hot path
+        # pays for no log line by default (a JSON line costs about 13 us; `log.access` gives one per request).
+        level = logging.INFO if status >= 400 else logging.DEBUG
+        if requests_log.isEnabledFor(level):
+            fields: dict[str, object] = {
+                "decision_id": call.decision_id,
+                "tenant": call.tenant.id if call.tenant else None,
+                "route_kind": kind,
+                "status": status,
+                "duration_ms": duration_ms,
+                "code": call.refusal,
+                "upstream": call.upstream.name,
+                "entry": call.entry,
+            }
+            requests_log.log(level, message, extra=fields | more)
+        if self.access and access_log.isEnabledFor(logging.INFO):
+            access = {
+                "decision_id": call.decision_id,
+                "client_ip": call.client_ip,
+                "method": call.method[:16],
+                "path": call.path[:256],
+                "status": status,
+                "duration_ms": duration_ms,
+                "user_agent": call.headers.get("User-Agent", "")[:128],
+            }
+            access_log.info("access", extra=access)

@@ -14,6 +14,7 @@ from gateway.http.cluster_lease import live_lease
 from gateway.http.job_body import BodyReader, JobBody, job_record
 from gateway.http.owned import OwnedJobs
 from gateway.http.packages import Packages
+from gateway.http.quota_headers import set_quota_headers
 from gateway.http.reads import Reads
 from gateway.http.relay import Relay, answer
 from gateway.http.responder import Responder
@@ -114,4 +115,7 @@ class Submissions:
             answered = await self.relay.fetch(a, decision, body.raw)
         except forward.UpstreamFailure as exc:
             return await self.settler.failed(call, priced.plan, exc)
-        return await self.settler.answered(job, priced, answered)
+        response = await self.settler.answered(job, priced, answered)
+        if 200 <= response.status < 300:  # the lease holds: the job's cost and the room its caps have left
+            set_quota_headers(response.headers, decision)
+        return response

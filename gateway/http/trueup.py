@@ -103,7 +103,7 @@ class TrueUp:
             decision_id=decision_id, ts=now, tenant=tenant, identity=None, client_ip="", route="reconcile.true_up",
             route_kind="true_up", method="RECONCILE", path=upstream.adapter.status_path(job_id) or "",
             upstream=upstream.name, decision=decision, pack=pack, registry_version=self.policy.registry.version,
-            job={"parts": [asdict(p) for p in spec.parts], "walltime_s": spec.walltime_s},
+            job={"parts": [asdict(p) for p in spec.parts], "walltime_s": spec.walltime_s}, entry="reconcile",
         )  # fmt: skip
         record |= {
             "job_id": job_id, "direction": way.value, "leased_tpp": leased, "replaced_lease": owner.lease.lease_id,

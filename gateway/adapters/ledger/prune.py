@@ -73,9 +73,21 @@ def _finish_interrupted(instance_dir: Path) -> None:
 
 
 def prune_instance(
-    instance_dir: Path, archive_root: Path, signer: Signer, *, cutoff: float, now: float, dry_run: bool = False
+    instance_dir: Path,
+    archive_root: Path,
+    signer: Signer,
+    *,
+    cutoff: float,
+    now: float,
+    dry_run: bool = False,
+    covered_through: int | None = None,
+    held_back: list[str] | None = None,
 ) -> Pruned | None:
-    """Archive the leading closed segments whose newest record is older than `cutoff`; None if there are none."""
+    """Archive the leading closed segments whose newest record is older than `cutoff`; None if there are none.
+
+    With `covered_through` (the last seq of this chain a quota snapshot folded in), a segment holding a
+    later record stays, and so do the ones after it; their names go to `held_back`.
+    """
     ledger_root = instance_dir.resolve().parent
     target = archive_root.resolve()
     if target == ledger_root or target.is_relative_to(ledger_root) or ledger_root.is_relative_to(target):
@@ -89,6 +101,12 @@ def prune_instance(
         for segment in found[:-1]:  # never the newest: the writer appends to it
             last = files.last_record(segment)
             if last is None or _segment_ts(segment, last) >= cutoff:
+                break
+            if covered_through is not None and not (
+                isinstance(last.get("seq"), int) and last["seq"] <= covered_through
+            ):
+                if held_back is not None:
+                    held_back.append(segment.name)
                 break
             chosen.append((segment, last))
         if not chosen:

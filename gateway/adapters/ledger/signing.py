@@ -34,6 +34,10 @@ class Signer:
         """The base64 Ed25519 signature over `payload`."""
         return base64.b64encode(self.key.sign(payload)).decode()
 
+    def public(self) -> "PublicKey":
+        """The public half of this key, to check what it signed."""
+        return PublicKey(self.key_id, self.key.public_key())
+
 
 @dataclass(frozen=True, slots=True)
 class PublicKey:
