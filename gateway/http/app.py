@@ -50,7 +50,7 @@ from gateway.http.webhook_app import webhook_app
 
 log = logging.getLogger(__name__)
 LINGER_S = 2.0
-GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
+GC_THRESHOLDS = (10_000, 5, 10)  # young allocations, young passes per middle, middle per full (default 700, 10, 10)
 PARTS_CLOSE_S = 10.0  # beyond shutdown.grace_s, for the parts to close (the ledger's closing checkpoint)
 
 
@@ -279,7 +279,34 @@ def settle_garbage_collector() -> None:
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    gc.set_threshold(*GC_THRESHOLDS)
+    if not any(isinstance(cb, FreezeSurvivors) for cb in gc.callbacks):
+        gc.callbacks.append(FreezeSurvivors())
+
+
+class FreezeSurvivors:
+    """After a full collection, freeze what survived it, so the next full pass scans only what came since.
+
+    The state a busy gateway holds grows with its live leases: a memory store with 35,000 took a
+    150-200 ms full pass, every few seconds at 1,000 submissions/s. Frozen objects are still
+    freed by reference counting when dropped (a lease that ends, an expired idempotency record);
+    a reference cycle among them is not, so every `thaw_every`-th full pass first thaws them all
+    and collects the whole heap once, bounding what such cycles can hold.
+    """
+
+    def __init__(self, thaw_every: int = 20) -> None:
+        self.thaw_every = thaw_every
+        self.passes = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self.passes += 1
+            if self.passes % self.thaw_every == 0:
+                gc.unfreeze()  # this pass scans everything: cycles among the frozen are collected
+        elif phase == "stop":
+            gc.freeze()
 
 
 def _give_up(deadline: float) -> None:
