@@ -209,6 +209,8 @@ def test_usage_cli_shows_what_the_api_showed(
     text = capsys.readouterr().out
     assert "capped-ae: tier 2, KYC verified" in text and text.count(" released ") == 1 and "live" in text
     assert "allow" in text.split("recent decisions:")[1]
+    assert main(["usage", "--config", config, "--tenant", "nobody-here"]) == 1
+    assert capsys.readouterr().err == "error: no tenant 'nobody-here' is registered or holds a lease\n"
     assert main(["usage", "--config", config, "--countries"]) == 0
     assert "SG (tier 2): 15,832 of 790,000,000 TPP" in capsys.readouterr().out
     assert main(["usage", "--config", config, "--upstream", "slurm"]) == 2

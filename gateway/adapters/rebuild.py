@@ -55,17 +55,9 @@ def state_from_ledger(
 
 
 async def rebuild_store(
-    store: QuotaStore,
-    root: Path,
-    now: float,
-    trust: Trust | None = None,
-    *,
-    idempotency_window_s: float = DEFAULT_IDEMPOTENCY_WINDOW_S,
-    ownership_ttl_s: float = DEFAULT_OWNERSHIP_TTL_S,
+    store: QuotaStore, root: Path, now: float, trust: Trust | None = None
 ) -> tuple[QuotaState, Rebuilt]:
     """Read the ledger (from the newest trusted snapshot) off the event loop, then write the state into `store`."""
-    state, how = await asyncio.to_thread(
-        rebuild, root, now, trust, idempotency_window_s=idempotency_window_s, ownership_ttl_s=ownership_ttl_s
-    )
+    state, how = await asyncio.to_thread(rebuild, root, now, trust)
     await store.restore(state, now)
     return state, how

@@ -1,16 +1,13 @@
 """`exportgate explain`: the decision a request would get, and why, without forwarding or reserving anything."""
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from gateway.adapters.auth import Authenticator
-from gateway.adapters.quota import BackendUnavailable
-from gateway.cli.offline import Unusable, add_sources, opened, usage_problem
-from gateway.config.located import ConfigError
+from gateway.cli.offline import add_sources, opened, run_offline, usage_problem
 from gateway.core.explain import parse_at
 from gateway.http.explain import Explainer, Question
 
@@ -58,14 +55,8 @@ def explain_command(args: argparse.Namespace) -> int:
         method=args.method.upper(), path=args.path, tenant_id=args.tenant, token=args.token, body=body,
         content_type=args.content_type, idempotency_key=args.idempotency_key, at=args.at,
     )  # fmt: skip
-    try:
-        answer = asyncio.run(_explain(args, asked))
-    except ConfigError as exc:
-        for found in exc.problems:
-            print(found, file=sys.stderr)
-        return 1
-    except (Unusable, BackendUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    answer = run_offline(_explain(args, asked))
+    if answer is None:
         return 1
     print(json.dumps(answer, indent=2) if args.format == "json" else render(answer))
     return 0

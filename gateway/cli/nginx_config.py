@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gateway.config.listener import WILDCARD_HOSTS
 from gateway.config.located import ConfigError
-from gateway.config.settings import WILDCARD_HOSTS, Settings, load_settings
+from gateway.config.settings import Settings, load_settings
 from gateway.config.upstreams import UpstreamSettings
 from gateway.core.codes import CODES
 from gateway.core.routes import Route

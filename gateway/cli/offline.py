@@ -7,20 +7,26 @@ rebuilds it at start. Nothing is written to either.
 """
 
 import argparse
+import asyncio
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gateway.adapters.policy_files import PolicyFiles
-from gateway.adapters.quota import QuotaStore
+from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.adapters.quota_memory import MemoryQuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
 from gateway.adapters.rebuild import state_from_ledger
 from gateway.adapters.upstream import Upstream
+from gateway.config.located import ConfigError
 from gateway.config.settings import Settings, load_settings
 from gateway.http.lifecycle import adapter_for
+
+T = TypeVar("T")
 
 
 class Unusable(Exception):
@@ -91,3 +97,16 @@ async def opened(args: argparse.Namespace) -> AsyncIterator[Offline]:
         yield Offline(settings, policy, upstreams, store, source, ledger_dir)
     finally:
         await store.close()
+
+
+def run_offline(work: Coroutine[Any, Any, T]) -> T | None:
+    """What `work` returns, or None once stderr says why it could not read its sources (exit 1): the
+    problems in gateway.yaml, the pack or registry, or an unusable ledger, Redis or argument."""
+    try:
+        return asyncio.run(work)
+    except ConfigError as exc:
+        for found in exc.problems:
+            print(found, file=sys.stderr)
+    except (Unusable, BackendUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return None

@@ -1,22 +1,20 @@
 """`exportgate usage`: who holds what, from Redis or a ledger; the admin API's usage routes, offline."""
 
 import argparse
-import asyncio
 import json
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.adapters.decision_tail import recent_decisions
-from gateway.adapters.quota import BackendUnavailable
-from gateway.cli.offline import Unusable, add_sources, opened, usage_problem
-from gateway.config.located import ConfigError
+from gateway.cli.offline import Unusable, add_sources, opened, run_offline, usage_problem
 from gateway.core.usage import (
     LEASE_STATES,
     QUERY_TEXT,
     Holdings,
     countries_report,
     leases_report,
+    report_meta,
     tenant_report,
     tenants_report,
 )
@@ -56,33 +54,23 @@ def usage_command(args: argparse.Namespace) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
-    try:
-        report = asyncio.run(_report(args))
-    except ConfigError as exc:
-        for found in exc.problems:
-            print(found, file=sys.stderr)
-        return 1
-    except (Unusable, BackendUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    report = run_offline(_report(args))
     if report is None:
-        print(f"error: no tenant {args.tenant!r} is registered or holds a lease", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2) if args.format == "json" else render(report))
     return 0
 
 
-async def _report(args: argparse.Namespace) -> dict[str, Any] | None:
+async def _report(args: argparse.Namespace) -> dict[str, Any]:
     async with opened(args) as parts:
         h = Holdings.of(await parts.store.holdings(datetime.now(UTC).timestamp()))
     pack, registry = parts.policy.pack, parts.policy.registry
     now = datetime.fromtimestamp(h.now, UTC)
-    meta = {"read_at": now.isoformat().replace("+00:00", "Z"), "source": parts.source, "registry": registry.version,
-            "policy": {"name": pack.name, "version": pack.version}}  # fmt: skip
+    meta = report_meta(now, registry, pack, parts.source)
     if args.tenant is not None:
         one = tenant_report(args.tenant, registry, pack, now, h)
         if one is None:
-            return None
+            raise Unusable(f"no tenant {args.tenant!r} is registered or holds a lease")
         recent = recent_decisions(parts.ledger_dir, args.tenant) if parts.ledger_dir is not None else []
         return meta | one | {"recent_decisions": recent}
     if args.countries:

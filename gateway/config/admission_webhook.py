@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config.fields import Fields, resolve_path
+from gateway.config.listener import host_port, port_clash
 from gateway.config.located import Node, Problem
 
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 # The API server's default request timeout is 60 s: an object it persists does so within that of its review.
 MIN_GRACE_S = 60.0
 DEFAULT_PATH = "/k8s/validate"
@@ -61,10 +61,7 @@ def load_webhook(node: Node | None, base: Path, problems: list[Problem]) -> Webh
     f = Fields(node, problems, KEYS)
     if not f.ok:
         return None
-    host: str = f.text("host", "0.0.0.0")
-    port: int = f.integer("port", 8443)
-    if not 0 < port < 65536:
-        f.problem("port", "must be 1..65535")
+    host, port = host_port(f, "0.0.0.0", 8443)
     path: str = f.text("path", DEFAULT_PATH)
     if not _PATH.match(path) or "//" in path or "/./" in path + "/" or "/../" in path + "/":
         f.problem("path", f"{path!r}: an absolute path in normal form of letters, digits and . _ ~ - /")
@@ -107,14 +104,7 @@ def _element(f: Fields, key: str, index: int) -> Node:
 
 def webhook_clash(webhook: WebhookSettings, others: dict[str, tuple[str, int, int]]) -> str | None:
     """Why the webhook listener cannot bind beside the others (`name: (host, first port, last port)`)."""
-
-    def shared(host: str) -> bool:
-        return host == webhook.host or host in WILDCARD_HOSTS or webhook.host in WILDCARD_HOSTS
-
-    for name, (host, first, last) in others.items():
-        if shared(host) and first <= webhook.port <= last:
-            return f"the {name} and the admission webhook both use port {webhook.port}"
-    return None
+    return port_clash((webhook.host, webhook.port), "the admission webhook", others)
 
 
 def webhook_mismatches(

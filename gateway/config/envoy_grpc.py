@@ -2,10 +2,8 @@
 
 from dataclasses import dataclass
 
-from gateway.config.fields import Fields
+from gateway.config.listener import load_listener, port_clash
 from gateway.config.located import Node, Problem
-
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,26 +16,15 @@ class EnvoyGrpcSettings:
 
 def load_envoy_grpc(node: Node | None, problems: list[Problem]) -> EnvoyGrpcSettings | None:
     """The `envoy_grpc:` section, or None when it is absent (no gRPC listener)."""
-    if node is None or node.raw is None:
-        return None
     d = EnvoyGrpcSettings()
-    f = Fields(node, problems, ("host", "port"))
-    host: str = f.text("host", d.host)
-    port: int = f.integer("port", d.port)
-    if not 0 < port < 65536:
-        f.problem("port", "must be 1..65535")
-    return EnvoyGrpcSettings(host, port)
+    loaded = load_listener(node, problems, d.host, d.port)
+    return None if loaded is None else EnvoyGrpcSettings(*loaded)
 
 
 def grpc_clash(grpc: EnvoyGrpcSettings, listen: tuple[str, int], admin: tuple[str, int], workers: int) -> str | None:
     """Why the gRPC listener cannot bind beside the proxy and the admin listeners (one admin port per worker)."""
-
-    def shared(host: str) -> bool:
-        return host == grpc.host or host in WILDCARD_HOSTS or grpc.host in WILDCARD_HOSTS
-
-    if shared(listen[0]) and grpc.port == listen[1]:
-        return f"the proxy and envoy_grpc both use port {grpc.port}"
-    last = admin[1] + max(workers, 1) - 1
-    if shared(admin[0]) and admin[1] <= grpc.port <= last:
-        return f"the admin listener and envoy_grpc both use port {grpc.port}"
-    return None
+    others = {
+        "proxy": (listen[0], listen[1], listen[1]),
+        "admin listener": (admin[0], admin[1], admin[1] + max(workers, 1) - 1),
+    }
+    return port_clash((grpc.host, grpc.port), "envoy_grpc", others)

@@ -17,6 +17,7 @@ from gateway.config.envoy_grpc import EnvoyGrpcSettings, grpc_clash, load_envoy_
 from gateway.config.fields import Fields, as_str, field_where, resolve_path
 from gateway.config.ledger import LedgerSettings, load_ledger_settings
 from gateway.config.limits import Limits, Shutdown, load_limits, load_shutdown
+from gateway.config.listener import WILDCARD_HOSTS, host_port
 from gateway.config.located import ConfigError, Node, Problem, Where, load_file, load_text
 from gateway.config.logs import LogSettings, load_log_settings
 from gateway.config.reconcile import ReconcileSettings, load_reconcile_settings
@@ -85,7 +86,6 @@ ENV_FIELDS = {
     "log.format": "EXPORTGATE_LOG_FORMAT",
     "log.level": "EXPORTGATE_LOG_LEVEL",
 }
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def _host_port(
@@ -94,11 +94,7 @@ def _host_port(
     """`listen` or `admin`: the file's host and port, then EXPORTGATE_<KEY>_HOST/_PORT over them, all checked."""
     node = fields.child(key)
     if node is not None:
-        sub = Fields(node, fields.problems, ("host", "port", *extra))
-        host = sub.text("host", host)
-        port = sub.integer("port", port)
-        if not 0 < port < 65536:
-            sub.problem("port", "must be 1..65535")
+        host, port = host_port(Fields(node, fields.problems, ("host", "port", *extra)), host, port)
     host_var, port_var = ENV_FIELDS[f"{key}.host"], ENV_FIELDS[f"{key}.port"]
     if host_var in env:
         if env[host_var].strip():
@@ -134,36 +130,15 @@ def _clash_where(origins: Mapping[str, Where], root: Node) -> Where:
     return (set_by_env or in_file or [Where(root.file, root.line, "admin.port")])[0]
 
 
-def _decision_clash(
-    decision: DecisionSettings | None,
-    listen: tuple[str, int],
-    admin: tuple[str, int],
-    workers: int,
-    grpc: tuple[str, int] | None,
-) -> str | None:
-    """Why the decision listener cannot bind beside the proxy, admin (one port per worker) and gRPC listeners."""
-    if decision is None:
-        return None
-    others = {
-        "proxy": (listen[0], listen[1], listen[1]),
-        "admin listener": (admin[0], admin[1], admin[1] + workers - 1),
-    }
-    if grpc is not None:
-        others["envoy_grpc listener"] = (grpc[0], grpc[1], grpc[1])
-    return decision_clash(decision, others)
-
-
 def _webhook(
     fields: Fields,
     base: Path,
     upstreams: tuple[UpstreamSettings, ...],
     issuers: tuple[IssuerConfig, ...],
-    listen: tuple[str, int],
-    admin: tuple[str, int],
-    workers: int,
-    entries: tuple[EnvoyGrpcSettings | None, DecisionSettings | None],
+    others: dict[str, tuple[str, int, int]],
 ) -> WebhookSettings | None:
-    """The `admission_webhook:` section, checked against the upstream and issuer it names and the other listeners."""
+    """The `admission_webhook:` section, checked against the upstream and issuer it names and the other listeners
+    (`name: (host, first port, last port)`)."""
     webhook = load_webhook(fields.child("admission_webhook"), base, fields.problems)
     if webhook is None:
         return None
@@ -172,13 +147,6 @@ def _webhook(
     known = {u.name: u.scheduler for u in upstreams}
     for key, message in webhook_mismatches(webhook, known, tuple(i.issuer for i in issuers)):
         fields.problems.append(field_where(section, key).problem(message))
-    others = {
-        "proxy": (listen[0], listen[1], listen[1]),
-        "admin listener": (admin[0], admin[1], admin[1] + workers - 1),
-    }
-    for name, entry in zip(("envoy_grpc listener", "decision listener"), entries, strict=True):
-        if entry is not None:
-            others[name] = (entry.host, entry.port, entry.port)
     clash = webhook_clash(webhook, others)
     if clash is not None:
         fields.problems.append(field_where(section, "port").problem(clash))
@@ -350,12 +318,20 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     grpc_problem = grpc_clash(envoy_grpc, listen, admin, workers) if envoy_grpc is not None else None
     if grpc_problem is not None:
         problems.append((origins.get("envoy_grpc.port") or fields.where("envoy_grpc")).problem(grpc_problem))
+    # The listeners bound so far (`name: (host, first port, last port)`), which each further one must avoid.
+    taken = {
+        "proxy": (listen[0], listen[1], listen[1]),
+        "admin listener": (admin[0], admin[1], admin[1] + workers - 1),
+    }
+    if envoy_grpc is not None:
+        taken["envoy_grpc listener"] = (envoy_grpc.host, envoy_grpc.port, envoy_grpc.port)
     decision = load_decision(fields.child("decision"), problems)
-    grpc = (envoy_grpc.host, envoy_grpc.port) if envoy_grpc is not None else None
-    decision_problem = _decision_clash(decision, listen, admin, workers, grpc)
+    decision_problem = decision_clash(decision, taken) if decision is not None else None
     if decision_problem is not None:
         problems.append((origins.get("decision.port") or fields.where("decision")).problem(decision_problem))
-    webhook = _webhook(fields, base, upstreams, issuers, listen, admin, workers, (envoy_grpc, decision))
+    if decision is not None:
+        taken["decision listener"] = (decision.host, decision.port, decision.port)
+    webhook = _webhook(fields, base, upstreams, issuers, taken)
     proxies = _proxies(fields)
     reload_s: float = reload.number("interval_s", 2.0)
     if reload_s <= 0:

@@ -34,6 +34,14 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+def report_meta(now: datetime, registry: Registry, pack: Pack, source: str | None = None) -> dict[str, Any]:
+    """What every usage report starts with: when the holdings were read (and from where, offline) and the
+    registry and pack they are laid out against."""
+    read_at = {"read_at": now.isoformat().replace("+00:00", "Z")}
+    where = {} if source is None else {"source": source}
+    return read_at | where | {"registry": registry.version, "policy": {"name": pack.name, "version": pack.version}}
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 

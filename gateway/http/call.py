@@ -1,13 +1,15 @@
 """What one request has shown so far (`Call`), and the typed request once it is admitted (`Admitted`)."""
 
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from gateway.adapters.upstream import Upstream
+from gateway.adapters.upstream import Upstream, pick_upstream
 from gateway.core.decide import Decision
 from gateway.core.routes import RouteKind, RouteMatch
 from gateway.core.tenants import Identity, Tenant
@@ -34,6 +36,24 @@ class Call:
     body: bytes | None = None  # a non-job route's body, read within the limits before it is forwarded
     entry: str = "proxy"  # who asked: the proxy itself, or a decision entry (nginx, envoy_http, ...)
     refusal: str | None = None  # the code of the refusal answered, for the request's log event
+
+    @classmethod
+    def begin(
+        cls,
+        request: web.Request | None,
+        method: str,
+        headers: Mapping[str, str],
+        *,
+        clock: Callable[[], float],
+        client_ip: str,
+        upstreams: list[Upstream],
+        path: str,
+        entry: str = "proxy",
+    ) -> "Call":
+        """A request just come in: a new decision id, started now, on the upstream its path (no query) picks."""
+        decision_id, started, now = uuid.uuid4().hex, time.perf_counter(), clock()
+        upstream = pick_upstream(upstreams, path)
+        return cls(request, method, headers, decision_id, started, now, client_ip, upstream, path, entry=entry)
 
     @property
     def kind(self) -> RouteKind | None:

@@ -22,7 +22,6 @@ digest. They are refused `route_needs_proxy`, so a front proxy sends them to the
 
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from aiohttp import web
 from gateway.adapters.auth import Authenticator
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.quota import BackendUnavailable, QuotaStore
-from gateway.adapters.upstream import Upstream, pick_upstream
+from gateway.adapters.upstream import Upstream
 from gateway.core.codes import Code
 from gateway.core.decide import refuse
 from gateway.core.routes import Route, RouteKind
@@ -125,15 +124,13 @@ class DecisionService:
     async def check(self, asked: Asked) -> Answer:
         """Decide, record and count one asked request; never raises (a fault answers backend_unavailable)."""
         path = asked.path.split("?", 1)[0]
-        call = Call(
-            request=None,
-            method=asked.method,
-            headers=asked.headers,
-            decision_id=uuid.uuid4().hex,
-            started=time.perf_counter(),
-            now=self.clock(),
+        call = Call.begin(
+            None,
+            asked.method,
+            asked.headers,
+            clock=self.clock,
             client_ip=asked.client_ip,
-            upstream=pick_upstream(self.upstreams, path),
+            upstreams=self.upstreams,
             path=path,
             entry=asked.entry,
         )

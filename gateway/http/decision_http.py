@@ -28,15 +28,13 @@ from aiohttp import web
 
 from gateway.core.codes import Code
 from gateway.http.decision import Answer, Asked, DecisionService
-from gateway.http.headers import IPNetwork, client_ip, hide_server_software, stripped_names
+from gateway.http.headers import IPNetwork, client_ip, envoy_removed, hide_server_software
 from gateway.http.problems import refusal
 
 NGINX_PATH = "/v1/nginx"
 ENVOY_PREFIX = "/v1/envoy"
 # What nginx's generated configuration reads back from a refusal (`$upstream_http_x_exportgate_*`).
 NGINX_CARRIED = ("Content-Type", "Allow", "Retry-After")
-# Envoy keeps these toward the upstream whatever the answer says: Host, the length, the X-Forwarded-* it manages.
-ENVOY_KEPT = frozenset({"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 ENVOY_REMOVE = "x-envoy-auth-headers-to-remove"
 
 
@@ -87,9 +85,9 @@ def envoy_response(asked: Asked, answer: Answer) -> web.Response:
     if not answer.allowed:
         return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
     headers = dict(answer.headers)
-    remove = stripped_names(asked.headers, keep=ENVOY_KEPT | {name.lower() for name in answer.headers})
+    remove = envoy_removed(asked.headers, answer.headers)
     if remove:
-        headers[ENVOY_REMOVE] = ", ".join(sorted(remove))  # as Envoy documents it: a comma separated list
+        headers[ENVOY_REMOVE] = ", ".join(remove)  # as Envoy documents it: a comma separated list
     return web.Response(status=200, headers=headers)
 
 

@@ -27,7 +27,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.core.codes import CODES, Code
 from gateway.http.decision import Answer, Asked
-from gateway.http.headers import HOP_BY_HOP, stripped_names
+from gateway.http.headers import HOP_BY_HOP, envoy_removed
 from gateway.http.problems import problem_body
 
 ENTRY = "envoy_grpc"
@@ -39,8 +39,6 @@ MAX_HEADERS = 256
 MAX_HEADER_BYTES = 96 * 1024
 TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")  # an HTTP method (RFC 9110 token), bounded
 PARTIAL_BODY = "x-envoy-auth-partial-body"  # Envoy's own: "true" when it sent only part of the body
-# Envoy keeps these: it refuses to remove Host and pseudo-headers, and owns the X-Forwarded-* it sets.
-KEPT = frozenset({"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 FRAMING = HOP_BY_HOP | {"content-length"}  # Envoy frames the denied response it sends itself
 ALLOWED = 0  # google.rpc.Code.OK
 DENIED_RPC = {401: 16, 429: 8, 503: 14}  # UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE
@@ -142,8 +140,7 @@ def check_response(request: Asked, answer: Answer) -> CheckResponse:
         response.status.code = ALLOWED
         ok = response.ok_response
         ok.headers.extend(_options(answer.headers.items()))
-        keep = KEPT | {name.lower() for name in answer.headers}  # what the core sets overwrites the client's
-        ok.headers_to_remove.extend(sorted(stripped_names(request.headers, keep)))
+        ok.headers_to_remove.extend(envoy_removed(request.headers, answer.headers))
         ok.response_headers_to_add.extend(_options([("X-Exportgate-Decision-Id", answer.decision_id)]))
         return response
     response.status.code = DENIED_RPC.get(answer.status, PERMISSION_DENIED)

@@ -38,6 +38,9 @@ STRIPPED_EXACT = frozenset(
     }
 )
 STRIPPED_PREFIXES = ("x-slurm-", "impersonate-", "x-exportgate-")
+# Envoy keeps these toward the upstream whatever it is told: it refuses to remove Host (and pseudo-headers),
+# and owns the length and the X-Forwarded-* it sets.
+ENVOY_KEPT = frozenset({"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 
 
 def _connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
@@ -71,6 +74,12 @@ def stripped_names(headers: Mapping[str, str], keep: frozenset[str] = frozenset(
         for lower in (name.lower() for name in headers)
         if lower not in keep and (lower in STRIPPED_EXACT or lower.startswith(STRIPPED_PREFIXES))
     }
+
+
+def envoy_removed(client: Mapping[str, str], answer: Mapping[str, str]) -> list[str]:
+    """What Envoy's ext_authz (HTTP or gRPC) is told to remove from an allowed request, sorted: the client's
+    headers the proxy strips, but those Envoy keeps and those the answer sets (they overwrite the client's)."""
+    return sorted(stripped_names(client, ENVOY_KEPT | {name.lower() for name in answer}))
 
 
 def downstream_response_headers(incoming: CIMultiDictProxy[str], *, keep_length: bool) -> CIMultiDict[str]:

@@ -3,14 +3,13 @@
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from gateway.adapters.auth import Authenticator
 from gateway.adapters.policy_files import PolicyFiles
-from gateway.adapters.upstream import Upstream, pick_upstream
+from gateway.adapters.upstream import Upstream
 from gateway.config.settings import Settings
 from gateway.core.codes import Code
 from gateway.core.decide import refuse
@@ -61,15 +60,13 @@ class Pipeline:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.raw_path.split("?", 1)[0]
         trusted = self.settings.trusted_proxies
-        call = Call(
-            request=request,
-            method=request.method,
-            headers=request.headers,
-            decision_id=uuid.uuid4().hex,
-            started=time.perf_counter(),
-            now=self.clock(),
+        call = Call.begin(
+            request,
+            request.method,
+            request.headers,
+            clock=self.clock,
             client_ip=client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted),
-            upstream=pick_upstream(self.upstreams, raw_path),
+            upstreams=self.upstreams,
             path=raw_path,
         )
         respond = self.responder

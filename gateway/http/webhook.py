@@ -56,7 +56,7 @@ from gateway.http.job_body import job_record
 from gateway.http.problems import refusal
 from gateway.http.responder import Responder
 from gateway.http.webhook_objects import owned_upstream
-from gateway.http.webhook_tenant import covering_owner, requester
+from gateway.http.webhook_tenant import Requester, covering_owner, requester
 from gateway.http.webhook_update import check_update
 from gateway.schedulers.base import dump_json, load_json
 from gateway.schedulers.kubernetes_review import Review, ReviewInvalid, admitted_id, answer, gpu_free_pod, parse_review
@@ -156,12 +156,9 @@ class AdmissionWebhook:
                 return await self._unpriced(call, review, "covered_by_owner", {"covered_by": covered}, who.tenant)
             if review.resource.key == "pods" and gpu_free_pod(review.obj):
                 return await self._unpriced(call, review, "no_gpu", None, who.tenant)
-        if who.tenant is None:
-            return await self._refuse(call, review, refuse(Code.TENANT_UNKNOWN, who.unknown))
-        call.tenant = who.tenant
-        admitted = admit(self.policy, call, who.tenant, match)
-        if isinstance(admitted, Refused):
-            return await self._refuse(call, review, admitted.decision)
+        admitted = await self._admit(call, review, who, match)
+        if not isinstance(admitted, Admitted):
+            return admitted
         tier = admitted.admission.tier
         if not review.object_uid or not review.name:
             detail = "metadata.name and metadata.uid: the API server sent an object without them"
@@ -175,12 +172,22 @@ class AdmissionWebhook:
         key = f"{review.uid}.{review.object_uid}"
         idem = key if IDEMPOTENCY_KEY.match(key) and not review.dry_run else None
         facts = Job(spec, call.decision_id, self.upstream.name, self.adapter.default_gpu_model, idem)
-        priced = price_and_plan(admitted.admission, who.tenant, facts, self.policy.pack, call.when)
+        priced = price_and_plan(admitted.admission, admitted.tenant, facts, self.policy.pack, call.when)
         if isinstance(priced, Decision):
             return await self._refuse(call, review, priced)
         if review.dry_run:
             return await self._dry_run(call, review, admitted, priced)
         return await self._reserve(call, review, admitted, priced)
+
+    async def _admit(self, call: Call, review: Review, who: Requester, match: RouteMatch) -> Admitted | dict[str, Any]:
+        """The request through the proxy's admission stage for the requester's tenant, or the refusal's answer."""
+        if who.tenant is None:
+            return await self._refuse(call, review, refuse(Code.TENANT_UNKNOWN, who.unknown))
+        call.tenant = who.tenant
+        admitted = admit(self.policy, call, who.tenant, match)
+        if isinstance(admitted, Refused):
+            return await self._refuse(call, review, admitted.decision)
+        return admitted
 
     async def _reserve(self, call: Call, review: Review, a: Admitted, priced: Priced) -> dict[str, Any]:
         plan = priced.plan
@@ -242,12 +249,9 @@ class AdmissionWebhook:
             return answer(review.uid, True)  # metadata, or spec fields that hold nothing: nothing priced changes
         who = requester(self.policy.registry, self.settings, self.upstream, review)
         call.identity = who.identity
-        if who.tenant is None:
-            return await self._refuse(call, review, refuse(Code.TENANT_UNKNOWN, who.unknown))
-        call.tenant = who.tenant
-        admitted = admit(self.policy, call, who.tenant, match)
-        if isinstance(admitted, Refused):
-            return await self._refuse(call, review, admitted.decision)
+        admitted = await self._admit(call, review, who, match)
+        if not isinstance(admitted, Admitted):
+            return admitted
         if check.refusal is not None:
             return await self._refuse(call, review, refuse(check.refusal[0], check.refusal[1], admitted.admission.tier))
         # Holds no more than before: allowed, its lease unchanged. No `job` in the record: nothing was reserved.
