@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.adapters.quota import QuotaStore, StoredResponse
 from gateway.adapters.quota_memory import MemoryQuotaStore
@@ -475,3 +477,30 @@ async def test_enforced_refusal_still_reports_shadow(store: QuotaStore) -> None:
     result = await store.reserve(plan, NOW)
     assert (result.status, result.failing, result.shadow) == (ReserveStatus.DENIED, "ops:t1:a", ("tenant:t1",))
     assert await store.counter_value(TAG, "tenant:t1", NOW) == 0.0
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
+async def test_completion_survives_a_server_that_lost_its_scripts(store: QuotaStore, backend: tuple[str, str]) -> None:
+    """A completion sent while the server holds none of the gateway's scripts (restarted, SCRIPT FLUSH)
+    still stores the answer and the owner: the script is loaded again and run."""
+    assert isinstance(store, RedisQuotaStore)
+    first = make_plan(held("tenant:t1", 10.0, 100.0), idem="key-1")
+    assert (await store.reserve(first, NOW)).status is ReserveStatus.ADMITTED
+    await flush_scripts(backend[1], cluster=backend[0] == "cluster")
+    await store.complete(first, upstream="slurm", job_id="42", response=RESPONSE, now=NOW + 1)
+    owner = await store.owner_of("slurm", "42")
+    assert owner is not None and owner.lease.lease_id == first.decision_id
+    retry = await store.reserve(make_plan(held("tenant:t1", 10.0, 100.0), idem="key-1"), NOW + 2)
+    assert (retry.status, retry.response) == (ReserveStatus.REPLAY, RESPONSE)
+
+
+async def flush_scripts(url: str, *, cluster: bool) -> None:
+    """SCRIPT FLUSH on every node of this test's own server (it holds no other caller's scripts)."""
+    client: Redis | RedisCluster = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
+    try:
+        if isinstance(client, RedisCluster):
+            await client.execute_command("SCRIPT FLUSH", target_nodes=RedisCluster.ALL_NODES)
+        else:
+            await client.script_flush()
+    finally:
+        await client.aclose()
