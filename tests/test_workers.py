@@ -114,3 +114,28 @@ async def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path, redi
         await wait_until(lambda: not sup.group_alive(), 15, every=0.1)
     finally:
         sup.stop()
+
+
+@pytest.mark.parametrize(
+    ("section", "workers", "refused"),
+    [
+        ("decision: {host: 127.0.0.1, port: 9182}", 2, None),
+        (
+            "decision: {host: 127.0.0.1, port: 9182}",
+            3,
+            "the admin listener and the decision listener both use port 9182",
+        ),
+        ("envoy_grpc: {host: 0.0.0.0, port: 9181}", 2, "the admin listener and envoy_grpc both use port 9181"),
+    ],
+)
+def test_a_workers_override_checks_every_listener_again(
+    tmp_path: Path, section: str, workers: int, refused: str | None
+) -> None:
+    """`--workers N` moves the admin ports to admin..admin+N-1: a decision or gRPC listener the file placed
+    beside one worker's admin port must refuse the start, not fail a worker's bind."""
+    config = workers_config(tmp_path, admin_port=9180)
+    config.write_text(config.read_text() + section + "\n")
+    base = load_settings(config, env={})
+    settings = replace(base, quota=QuotaSettings("redis", "redis://127.0.0.1:1/0"))
+    _, problem = with_workers(settings, workers)
+    assert problem == (None if refused is None else f"--workers {workers}: {refused}")

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gateway.cli import loop
-from gateway.config.settings import Settings, listener_clash
+from gateway.config.settings import Settings, listeners_clash
 from gateway.http.app import serve_forever
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,7 @@ def with_workers(settings: Settings, workers: int | None) -> tuple[Settings, str
         return settings, f"{where}: must be at least 1"
     if settings.workers > 1 and settings.quota.store != "redis":
         return settings, f"{where}: more than one worker needs quota.store: redis ({settings.source} has no Redis)"
-    listen, admin = (settings.listen_host, settings.listen_port), (settings.admin_host, settings.admin_port)
-    clash = listener_clash(listen, admin, settings.workers)
+    clash = listeners_clash(settings)  # the admin ports move with the worker count: every listener again
     return settings, None if clash is None else f"{where}: {clash}"
 
 

@@ -17,7 +17,7 @@ from gateway.config.envoy_grpc import EnvoyGrpcSettings, grpc_clash, load_envoy_
 from gateway.config.fields import Fields, as_str, field_where, resolve_path
 from gateway.config.ledger import LedgerSettings, load_ledger_settings
 from gateway.config.limits import Limits, Shutdown, load_limits, load_shutdown
-from gateway.config.listener import WILDCARD_HOSTS, host_port
+from gateway.config.listener import WILDCARD_HOSTS, host_port, port_clash
 from gateway.config.located import ConfigError, Node, Problem, Where, load_file, load_text
 from gateway.config.logs import LogSettings, load_log_settings
 from gateway.config.reconcile import ReconcileSettings, load_reconcile_settings
@@ -121,6 +121,32 @@ def listener_clash(listen: tuple[str, int], admin: tuple[str, int], workers: int
     if workers <= 1:
         return f"the proxy and the admin listener both use port {listen[1]}"
     return f"the {workers} workers' admin listeners use ports {admin[1]}..{last}, which include the proxy's {listen[1]}"
+
+
+def listeners_clash(settings: "Settings") -> str | None:
+    """The first clash among every listener `settings` opens, with one admin port per worker: what a
+    `--workers` override must check again, since the file's own check counted the file's workers."""
+    listen, admin = (settings.listen_host, settings.listen_port), (settings.admin_host, settings.admin_port)
+    clash = listener_clash(listen, admin, settings.workers)
+    if clash is not None:
+        return clash
+    taken = {
+        "proxy": (listen[0], listen[1], listen[1]),
+        "admin listener": (admin[0], admin[1], admin[1] + settings.workers - 1),
+    }
+    optional = (
+        ("envoy_grpc listener", "envoy_grpc", settings.envoy_grpc),
+        ("decision listener", "the decision listener", settings.decision),
+        ("admission webhook", "the admission webhook", settings.admission_webhook),
+    )
+    for name, label, section in optional:
+        if section is None:
+            continue
+        clash = port_clash((section.host, section.port), label, taken)
+        if clash is not None:
+            return clash
+        taken[name] = (section.host, section.port, section.port)
+    return None
 
 
 def _clash_where(origins: Mapping[str, Where], root: Node) -> Where:
