@@ -90,3 +90,11 @@ async def test_other_paths_on_the_listener_are_404(stack: Stack) -> None:
     async with aiohttp.ClientSession() as client, client.get(decision_url(stack) + "/v1/nginx") as resp:
         assert resp.status == 400 and (await resp.json())["code"] == "request_malformed"
     assert [r for r in ledger_records(stack) if r.get("kind") in ("decision", "access")] == []
+
+
+async def test_an_nginx_original_method_that_is_no_method_is_malformed(stack: Stack) -> None:
+    """X-Original-Method is header text: one that is not an HTTP token never reaches routing or the ledger."""
+    headers = {**stack.auth("acme-us"), "X-Original-URI": "/slurm/v0.0.38/ping", "X-Original-Method": "GET\tX=1 " * 20}
+    async with aiohttp.ClientSession() as client, client.get(decision_url(stack) + "/v1/nginx", headers=headers) as r:
+        assert r.status == 400 and (await r.json())["code"] == "request_malformed"
+    assert [r for r in ledger_records(stack) if r.get("kind") in ("decision", "access")] == []

@@ -1,6 +1,7 @@
 """The `admission_webhook:` section: strict loading with `file:line: field: problem`, preflight of its TLS pair,
 the pair reloaded when cert-manager renews it, and the review reading the webhook decides on."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,12 @@ def test_an_admitted_object_is_read_back_by_uid() -> None:
     assert seen("pods", uid, 200, running).over is False
     assert seen("pods", uid, 200, running.replace(b"Running", b"Succeeded")).over is True
     assert seen("jobs.batch", uid, 404, b"404: Not Found").absent is False  # not the API server's NotFound: hold
+
+
+@pytest.mark.parametrize("username", ["u" * 1025, "alice\nINFO forged"])
+def test_a_review_naming_an_unbounded_or_unprintable_user_is_invalid(username: str) -> None:
+    """The user name reaches the ledger and the logs: over 1,024 characters or unprintable, the review is refused."""
+    doc = json.loads((Path(__file__).parent / "data" / "k8s-admission" / "create-job.json").read_text())
+    doc["request"]["userInfo"]["username"] = username
+    with pytest.raises(ReviewInvalid, match=r"request\.userInfo\.username"):
+        parse_review(doc)

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from gateway.core.codes import Code
 from gateway.http.decision import Answer, Asked, DecisionService
-from gateway.http.headers import IPNetwork, client_ip, envoy_removed, hide_server_software
+from gateway.http.headers import METHOD_TOKEN, IPNetwork, client_ip, envoy_removed, hide_server_software
 from gateway.http.problems import refusal
 
 NGINX_PATH = "/v1/nginx"
@@ -111,6 +111,8 @@ class DecisionEntries:
         uri, method = request.headers.get("X-Original-URI"), request.headers.get("X-Original-Method")
         if not uri or not method:
             return _malformed("nginx must send X-Original-URI and X-Original-Method (see exportgate nginx-config)")
+        if not METHOD_TOKEN.fullmatch(method):  # header text, not a method nginx parsed: held to the token rule
+            return _malformed("X-Original-Method is not an HTTP method")
         asked = Asked("nginx", method, uri, request.headers, asked_client_ip(request, self.trusted))
         return nginx_response(await self.service.check(asked))
 

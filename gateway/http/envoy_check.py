@@ -14,7 +14,6 @@ the `X-Forwarded-*` it manages itself. A refusal is Envoy's denied response: the
 headers and problem+json body.
 """
 
-import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.core.codes import CODES, Code
 from gateway.http.decision import Answer, Asked
-from gateway.http.headers import HOP_BY_HOP, envoy_removed
+from gateway.http.headers import HOP_BY_HOP, METHOD_TOKEN, envoy_removed
 from gateway.http.problems import problem_body
 
 ENTRY = "envoy_grpc"
@@ -37,7 +36,6 @@ METHOD = "Check"
 # never so in front of a job API): a request past either is not one a client sent through a configured Envoy.
 MAX_HEADERS = 256
 MAX_HEADER_BYTES = 96 * 1024
-TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")  # an HTTP method (RFC 9110 token), bounded
 PARTIAL_BODY = "x-envoy-auth-partial-body"  # Envoy's own: "true" when it sent only part of the body
 FRAMING = HOP_BY_HOP | {"content-length"}  # Envoy frames the denied response it sends itself
 ALLOWED = 0  # google.rpc.Code.OK
@@ -71,7 +69,7 @@ def asked(request: CheckRequest) -> Asked | Malformed:
     if isinstance(headers, Malformed):
         return headers
     method, path = http.method, http.path
-    if not TOKEN.fullmatch(method):
+    if not METHOD_TOKEN.fullmatch(method):
         return Malformed("the HTTP method is missing or not a token")
     if not path.startswith("/"):
         return Malformed("the HTTP path is missing or not an origin-form path")

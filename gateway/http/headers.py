@@ -1,11 +1,13 @@
 """Header hygiene: hop-by-hop removal, client credential stripping, X-Forwarded-*, client IP."""
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+METHOD_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")  # an HTTP method (RFC 9110 token), bounded
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # RFC 9110 section 7.6.1 plus the de-facto ones proxies drop.

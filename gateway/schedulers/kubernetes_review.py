@@ -110,6 +110,15 @@ def _text(value: Any, field: str, *, required: bool = True) -> str:
     return value
 
 
+MAX_USERNAME = 1024  # a service account's name is at most about 330 characters; reaches ledger and logs
+
+
+def _bounded(value: str, field: str) -> str:
+    if len(value) > MAX_USERNAME or not value.isprintable():
+        raise ReviewInvalid(field, f"must be printable and at most {MAX_USERNAME} characters")
+    return value
+
+
 def _object(value: Any, field: str) -> Mapping[str, Any] | None:
     if value is None:
         return None
@@ -169,7 +178,9 @@ def _request(request: Mapping[str, Any], uid: str) -> Review:
         sub_resource=_text(request.get("subResource"), "request.subResource", required=False),
         namespace=namespace,
         name=name,
-        username=_text(user.get("username"), "request.userInfo.username", required=False),
+        username=_bounded(
+            _text(user.get("username"), "request.userInfo.username", required=False), "request.userInfo.username"
+        ),
         obj=obj,
         old=old,
         dry_run=dry_run,
