@@ -367,7 +367,9 @@ async def wait_for_record(stack: Stack, kind: str, timeout_s: float = 2.0, **mat
 
     def landed() -> bool:
         found.extend(
-            r for r in ledger_records(stack) if r.get("kind") == kind and all(r.get(k) == v for k, v in match.items())
+            r
+            for r in ledger_records(stack, committed_only=True)  # polled while the writer may be mid-line
+            if r.get("kind") == kind and all(r.get(k) == v for k, v in match.items())
         )
         return bool(found)
 
