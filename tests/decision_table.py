@@ -145,7 +145,10 @@ async def via_envoy_grpc(stack: Stack, case: Case, path: str) -> Seen:
     """As Envoy's gRPC ext_authz client asks: a CheckRequest over gRPC (tests/envoy_kit.py)."""
     envoy_grpc = stack.settings.envoy_grpc
     assert envoy_grpc is not None, "the stack runs without an envoy_grpc listener (see table_config)"
-    got = await check(envoy_grpc.port, check_request(case.method, path, client_headers(stack, case)))
+    request = check_request(case.method, path, client_headers(stack, case))
+    if case.method in ("POST", "PUT", "PATCH"):
+        request.attributes.request.http.size = -1  # a body Envoy did not buffer (no with_request_body): size unknown
+    got = await check(envoy_grpc.port, request)
     if got.allowed:
         return Seen(200, None, got.headers["x-exportgate-decision-id"])
     code = got.body.get("code") if isinstance(got.body, dict) else None

@@ -7,6 +7,7 @@ upstream request and `x-envoy-auth-headers-to-remove` names the client headers t
 status is the client's answer, with its headers and body.
 """
 
+import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from yarl import URL
 
 from tests.decision_table import decision_url, table_config
-from tests.harness import JOB, SUBMIT, Stack, call, ledger_records, running_stack, wait_for_record
+from tests.harness import JOB, SUBMIT, Stack, call, ledger_records, running_stack, slurm_job, wait_for_record
 
 PING = "/slurm/v0.0.38/ping"
 
@@ -73,12 +74,35 @@ async def test_denial_is_the_clients_answer(stack: Stack) -> None:
 
 
 async def test_submission_is_refused_route_needs_proxy(stack: Stack) -> None:
-    """Envoy's HTTP service never sees the body: a submission must go to the full proxy."""
+    """Without `with_request_body` Envoy sends no body: a submission must go to the full proxy."""
     status, body, headers = await check(stack, "POST", SUBMIT, stack.auth("acme-us"))
     assert status == 403 and b'"route_needs_proxy"' in body
     record = next(r for r in ledger_records(stack) if r["decision_id"] == headers["X-Exportgate-Decision-Id"])
     assert (record["entry"], record["route_kind"], record["code"]) == ("envoy_http", "submit", "route_needs_proxy")
     assert await call(stack, "POST", SUBMIT, "acme-us", payload=JOB) and stack.standin.jobs  # the proxy takes it
+
+
+async def test_a_buffered_submission_is_priced_reserved_and_placed(stack: Stack) -> None:
+    """With `with_request_body` Envoy sends the client's body: the submission is priced, its lease held under a
+    placeholder until reconciliation adopts the job (tests/test_front_submit.py), and Envoy is told to forward."""
+    raw = json.dumps(slurm_job("h100:2")).encode()
+    sent = {**stack.auth("acme-us"), "Content-Type": "application/json"}
+    url = URL(decision_url(stack) + "/v1/envoy" + SUBMIT, encoded=True)
+    async with aiohttp.ClientSession() as client, client.post(url, data=raw, headers=sent) as resp:
+        assert resp.status == 200, await resp.text()
+        decision_id = resp.headers["X-Exportgate-Decision-Id"]
+        assert resp.headers["X-SLURM-USER-NAME"] == "acme"
+    record = next(r for r in ledger_records(stack) if r["decision_id"] == decision_id and r["kind"] == "decision")
+    assert (record["entry"], record["decision"], record["job"]["parts"][0]["gpus"]) == ("envoy_http", "allow", 2)
+    placed = await wait_for_record(stack, "settle", decision_id=decision_id)
+    assert (placed["upstream"], placed["settled"]) == ("slurm#front", False)
+    assert stack.standin.requests == []  # Envoy forwards it, not the gateway
+    too_big = io.BytesIO(b"{" + b" " * (1 << 20) + b"}")
+    async with aiohttp.ClientSession() as client, client.post(url, data=too_big, headers=sent) as resp:
+        assert (resp.status, (await resp.json())["code"]) == (413, "body_too_large")
+    partial = {**sent, "x-envoy-auth-partial-body": "true"}
+    async with aiohttp.ClientSession() as client, client.post(url, data=raw, headers=partial) as resp:
+        assert (resp.status, (await resp.json())["code"]) == (413, "body_too_large")
 
 
 async def test_other_paths_on_the_listener_are_404(stack: Stack) -> None:

@@ -451,6 +451,24 @@ async def test_ownership(store: QuotaStore) -> None:
     assert await store.owned_jobs("ray", "t1") == set()
 
 
+async def test_ownership_moves_to_another_job_id(store: QuotaStore) -> None:
+    """A placeholder's lease owned by a second job id, then the placeholder disowned: the lease stays held and
+    is owned (and released) by the new id only; disowning what nobody owns is a no-op."""
+    plan = make_plan(held("tenant:t1", 5.0, 100.0))
+    await store.reserve(plan, NOW)
+    await store.complete(plan, upstream="slurm#front", job_id="p1.x", response=RESPONSE, now=NOW)
+    await store.complete(plan.ref, upstream="slurm", job_id="77", response=RESPONSE, now=NOW + 1)
+    await store.disown("slurm#front", "p1.x")
+    await store.disown("slurm#front", "never-owned")
+    assert await store.owner_of("slurm#front", "p1.x") is None
+    assert await store.owned_jobs("slurm#front", "t1") == set()
+    owner = await store.owner_of("slurm", "77")
+    assert owner is not None and owner.lease.lease_id == plan.decision_id
+    assert await store.held_amounts("slurm", "77") == {"tenant:t1": 5.0}
+    assert await store.release_job("slurm", "77", NOW + 2)
+    assert await store.counter_value(TAG, "tenant:t1", NOW + 2) == 0.0
+
+
 async def test_any_string_is_a_key(store: QuotaStore) -> None:
     """A job id or lineage holding a lone surrogate (valid JSON, not UTF-8) is stored and found like any other."""
     lone = "job-\ud800"

@@ -2,6 +2,7 @@
 each with 8 fake H100s; partitions `gpu` (default) and `excl` (OverSubscribe=EXCLUSIVE)."""
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import pytest
 
 from gateway.http.app import Server
 from gateway.schedulers.slurm_fields import host_count
+from tests.envoy_kit import check, check_request
 from tests.harness import Clock, Idp, ledger_records, tenant, wait_until
 from tests.harness import call as gateway_call
 from tests.peers_kit import held, peer_gateway, peer_registry
@@ -477,3 +479,57 @@ async def test_job_submitted_around_the_gateway_is_flagged_and_with_cancel_cance
                     await call(server, idp, "acme-us", "DELETE", f"{API}/job/{admitted}")
     finally:  # straight to slurmrestd again (already cancelled under `cancel`: harmless)
         await gateway_call(slurm["url"], "DELETE", f"{API}/job/{around}", headers=direct)
+
+
+async def test_envoy_priced_submission_is_adopted_and_counted_as_slurm_allocates(
+    slurm: dict[str, Any], tmp_path: Path
+) -> None:
+    """Envoy's path, end to end but for the Envoy binary: a gRPC Check carrying the buffered body is priced and
+    held, the body then goes straight to slurmrestd with the headers the Check set (as Envoy forwards it), and
+    reconciliation adopts the job slurmctld created into that lease: what the gateway holds is what
+    `scontrol show job` says the job was given, and the job is never flagged as submitted around the gateway."""
+    key = slurm["base"] / "state" / "jwt_hs256.key"
+    headers = f"""    headers:
+      X-SLURM-USER-NAME: {{from_tenant: slurm_user}}
+      X-SLURM-USER-TOKEN: {{from_tenant: slurm_user, slurm_jwt_key_file: {key}, lifespan_s: 300}}
+"""
+    clock, port = Clock(), free_port()
+    config = f"reconcile: {{interval_s: 0}}\nenvoy_grpc: {{host: 127.0.0.1, port: {port}}}"
+    async with peer_gateway(
+        tmp_path, "slurm", slurm["url"], tenants=peer_registry("acme-us"), timeout_s=20, headers=headers,
+        config=config, clock=clock,
+    ) as (server, idp):  # fmt: skip
+        idp.clock = clock
+        assert server.reconciler is not None
+        body = job(slurm, 3, "eg-envoy", "#!/bin/bash\nsleep 300")
+        raw = json.dumps(body).encode()
+        sent = {"Authorization": f"Bearer {idp.token('acme-us')}", "Content-Type": "application/json"}
+        checked = await check(port, check_request("POST", f"{API}/job/submit", sent, body=raw))
+        assert checked.allowed, checked.body
+        decision_id = checked.headers["x-exportgate-decision-id"]
+        assert await held(server, "acme-us") == 3 * H100_TPP  # held before anything reached slurmrestd
+        upstream_headers = {k: v for k, v in checked.headers.items() if k not in checked.removed}
+        status, answer, _ = await gateway_call(slurm["url"], "POST", f"{API}/job/submit", payload=body,
+                                               headers=upstream_headers)  # fmt: skip
+        assert status == 200, answer
+        job_id = str(answer["job_id"])
+        try:
+            counts = await server.reconciler.run_once()
+            assert counts.get("adopted") == 1, counts
+            assert server.store is not None
+            owner = await server.store.owner_of("slurm", job_id)
+            assert owner is not None and (owner.tenant_id, owner.lease.lease_id) == ("acme-us", decision_id)
+            assert await held(server, "acme-us") == await running_gpus(slurm, int(job_id)) * H100_TPP
+            clock.now += 60  # past twice the upstream's connect plus read timeout: nothing left to adopt or flag
+            await server.reconciler.run_once()
+            await server.reconciler.run_once()
+            records = ledger_records(server.settings.ledger.dir, server.settings.instance_id)
+            assert not [r for r in records if r["kind"] == "unadmitted_job"]
+            assert not [r for r in records if r["kind"] == "release" and r["decision_id"] == decision_id]
+            status, _ = await call(server, idp, "acme-us", "DELETE", f"{API}/job/{job_id}")  # through the proxy
+            assert status == 200
+            assert await held(server, "acme-us") == 0
+        finally:
+            token = scontrol(slurm, "token", "username=root", "lifespan=600").strip().partition("=")[2]
+            direct = {"X-SLURM-USER-NAME": "root", "X-SLURM-USER-TOKEN": token}
+            await gateway_call(slurm["url"], "DELETE", f"{API}/job/{job_id}", headers=direct)

@@ -71,6 +71,10 @@ class QuotaStore(Protocol):
         """Give back the held TPP of a cancelled job; True if this call returned capacity."""
         ...
 
+    async def disown(self, upstream: str, job_id: str) -> None:
+        """Forget who owns `job_id` (its lease is left as it is): ownership that moved to another job id."""
+        ...
+
     async def extend_job(self, upstream: str, job_id: str, end: float, now: float) -> float | None:
         """Hold the lease of a job the scheduler says lives until at least `end`; its end after, or None.
 

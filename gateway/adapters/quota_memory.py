@@ -130,6 +130,15 @@ class MemoryQuotaStore:
         lease = entry[0].lease
         return self._book.release((lease.hash_tag, lease.lease_id))
 
+    async def disown(self, upstream: str, job_id: str) -> None:
+        entry = self._owners.pop((upstream, job_id), None)
+        if entry is None:
+            return
+        owned = self._owned.get((upstream, entry[0].tenant_id), {})
+        owned.pop(job_id, None)
+        if not owned:
+            self._owned.pop((upstream, entry[0].tenant_id), None)
+
     async def extend_job(self, upstream: str, job_id: str, end: float, now: float) -> float | None:
         self._collect(now)
         entry = self._owners.get((upstream, job_id))

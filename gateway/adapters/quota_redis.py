@@ -263,6 +263,17 @@ class RedisQuotaStore:
         held = CounterKind.HELD.value + ":"
         return {k[len(held) :]: float(v) for k, v in decoded.items() if k.startswith(held)}
 
+    async def disown(self, upstream: str, job_id: str) -> None:
+        key = self._keys.owner(upstream, job_id)
+        async with self._io():
+            raw = await self._client.get(key)
+            if raw is None:
+                return
+            pipe = self._client.pipeline(transaction=False)  # queued commands return the pipe
+            _ = pipe.delete(key)
+            _ = pipe.zrem(self._keys.owned(upstream, owner_from_json(raw).tenant_id), job_id)
+            await pipe.execute()
+
     async def owner_of(self, upstream: str, job_id: str) -> Owner | None:
         async with self._io():
             raw = await self._client.get(self._keys.owner(upstream, job_id))

@@ -244,6 +244,8 @@ def _apply(b: Builder, record: Mapping[str, Any]) -> None:
         upstream, job_id = _text(record.get("upstream")), _text(record.get("job_id"))
         if upstream is not None and job_id is not None:
             _release(b, upstream, job_id, ts)
+            if record.get("disowned") is True:  # a placeholder released and forgotten (never adopted)
+                b.owners.pop((upstream, job_id), None)
     elif kind == "extend":
         upstream, job_id, end = _text(record.get("upstream")), _text(record.get("job_id")), _number(record.get("end"))
         if upstream is not None and job_id is not None and end is not None:
@@ -310,6 +312,12 @@ def _settle(b: Builder, lease_id: str, record: Mapping[str, Any], ts: float) -> 
         heapq.heappush(b.owner_dues, (ts + b.ownership_ttl, (upstream, job_id)))
         b.owned_pairs.add((upstream, lease.tenant))
         lease.job = (upstream, job_id)
+        # Ownership moved here from a placeholder (a submission decided for a front proxy, adopted later).
+        moved_from = _text(record.get("adopted_from_upstream")), _text(record.get("adopted_from_job_id"))
+        if moved_from[0] is not None and moved_from[1] is not None:
+            placeholder = b.owners.get((moved_from[0], moved_from[1]))
+            if placeholder is not None and placeholder.lease_id == lease_id:
+                del b.owners[(moved_from[0], moved_from[1])]
     status = record.get("status")
     if lease.idem is not None and isinstance(status, int) and not isinstance(status, bool):
         key = (lease.tag, lease.tenant, lease.idem)

@@ -83,6 +83,7 @@ def standin_app(state: StandinState) -> web.Application:
             "user_name": request.headers.get("X-SLURM-USER-NAME", ""),
             "time_limit": job.get("time_limit"),
             "array": job.get("array"),
+            "tres_per_job": f"gres/gpu:{job['gpus']}" if isinstance(job.get("gpus"), str | int) else None,
         }
         if name == "reject-me":
             return _slurm_error(500, 2014, "Requested node configuration is not available")

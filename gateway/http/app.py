@@ -130,7 +130,7 @@ class Server:
             await self._listen_guarded(self.app, s.listen_host, s.listen_port, reuse_port=s.workers > 1)
             await self._listen(self.admin_application(), s.admin_host, s.admin_port)
             if s.decision is not None:  # nginx auth_request and Envoy ext_authz HTTP ask here
-                entries = decision_app(self.app[DECISIONS], s.trusted_proxies)
+                entries = decision_app(self.app[DECISIONS], s.trusted_proxies, s.limits)
                 await self._listen(entries, s.decision.host, s.decision.port, reuse_port=s.workers > 1)
             if s.admission_webhook is not None:  # the Kubernetes API server asks here, over HTTPS
                 hook, tls = webhook_app(self.app)

@@ -26,7 +26,9 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
+from gateway.config.limits import Limits
 from gateway.core.codes import Code
+from gateway.http.body import BodyTooLarge, BodyTooSlow, ClientClosed, Pace, read_limited
 from gateway.http.decision import Answer, Asked, DecisionService
 from gateway.http.headers import METHOD_TOKEN, IPNetwork, client_ip, envoy_removed, hide_server_software
 from gateway.http.problems import refusal
@@ -36,6 +38,7 @@ ENVOY_PREFIX = "/v1/envoy"
 # What nginx's generated configuration reads back from a refusal (`$upstream_http_x_exportgate_*`).
 NGINX_CARRIED = ("Content-Type", "Allow", "Retry-After")
 ENVOY_REMOVE = "x-envoy-auth-headers-to-remove"
+PARTIAL_BODY = "x-envoy-auth-partial-body"  # Envoy's own: "true" when it sent only part of the body
 
 
 @functools.lru_cache(maxsize=256)
@@ -94,9 +97,10 @@ def envoy_response(asked: Asked, answer: Answer) -> web.Response:
 class DecisionEntries:
     """The listener's one handler: the path names the entry."""
 
-    def __init__(self, service: DecisionService, trusted_proxies: Iterable[IPNetwork]) -> None:
+    def __init__(self, service: DecisionService, trusted_proxies: Iterable[IPNetwork], limits: Limits) -> None:
         self.service = service
         self.trusted = tuple(trusted_proxies)
+        self.limits = limits
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = request.raw_path
@@ -117,14 +121,35 @@ class DecisionEntries:
         return nginx_response(await self.service.check(asked))
 
     async def envoy(self, request: web.Request, original: str) -> web.Response:
-        asked = Asked("envoy_http", request.method, original, request.headers, asked_client_ip(request, self.trusted))
+        """Envoy's HTTP ext_authz request; with `with_request_body` it carries the client's buffered body."""
+        if request.headers.get(PARTIAL_BODY, "").lower() == "true":
+            detail = "Envoy sent part of the body (over with_request_body.max_request_bytes)"
+            return refusal(Code.BODY_TOO_LARGE, detail, uuid.uuid4().hex)
+        body: bytes | None = None
+        if request.body_exists:
+            limits = self.limits
+            try:
+                body = await read_limited(
+                    request, limits.max_body_bytes, Pace(limits.body_timeout_s, limits.body_min_rate_bytes_s)
+                )
+            except BodyTooLarge:
+                return refusal(Code.BODY_TOO_LARGE, f"the body exceeds {limits.max_body_bytes} bytes", uuid.uuid4().hex)
+            except BodyTooSlow:
+                return refusal(Code.REQUEST_TIMEOUT, "the body arrived too slowly", uuid.uuid4().hex)
+            except ClientClosed:
+                return web.Response(status=499, reason="Client Closed Request")  # never delivered
+        asked = Asked(
+            "envoy_http", request.method, original, request.headers, asked_client_ip(request, self.trusted), body
+        )
         return envoy_response(asked, await self.service.check(asked))
 
 
-def decision_app(service: DecisionService, trusted_proxies: Iterable[IPNetwork]) -> web.Application:
-    """The decision listener's application (bodies are never read: a front proxy sends none)."""
-    entries = DecisionEntries(service, trusted_proxies)
-    app = web.Application(client_max_size=64 * 1024)
+def decision_app(
+    service: DecisionService, trusted_proxies: Iterable[IPNetwork], limits: Limits | None = None
+) -> web.Application:
+    """The decision listener's application: nginx sends no body; Envoy sends the client's when it buffers it."""
+    entries = DecisionEntries(service, trusted_proxies, limits or Limits())
+    app = web.Application(client_max_size=entries.limits.max_body_bytes)
     app.router.add_route("*", "/{tail:.*}", entries.handle)
     app.on_response_prepare.append(hide_server_software)
     return app

@@ -1,10 +1,11 @@
 """The body stage: read a job route's body within the limits and parse it with the scheduler adapter."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.adapters.metrics import Metrics
 from gateway.config.limits import Limits
@@ -38,10 +39,19 @@ def job_record(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def _content_encoding(request: web.Request) -> str | None:
+def content_encoding(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> str | None:
     """Every Content-Encoding the client sent, joined: the upstream reads them all, so the adapter must too."""
-    values = request.headers.getall("Content-Encoding", [])
+    values = headers.getall("Content-Encoding", [])
     return ", ".join(values) if values else None
+
+
+def idempotency_key(headers: Mapping[str, str], spec: JobSpec | None, tier: Tier | None) -> str | Refused | None:
+    """The submission's idempotency key (the header, else the body's), or the refusal of a malformed one."""
+    idem = headers.get("Idempotency-Key") or (spec.idempotency_key if spec else None)
+    if idem is not None and not IDEMPOTENCY_KEY.match(idem):
+        detail = "Idempotency-Key: 1 to 128 letters, digits, '.', '_', ':' or '-'"
+        return Refused(refuse(Code.JOB_SPEC_INVALID, detail, tier))
+    return idem
 
 
 class BodyReader:
@@ -56,11 +66,8 @@ class BodyReader:
         if isinstance(body, Refused):
             return body
         a = job.admitted
-        idem = a.request.headers.get("Idempotency-Key") or (body.spec.idempotency_key if body.spec else None)
-        if idem is not None and not IDEMPOTENCY_KEY.match(idem):
-            detail = "Idempotency-Key: 1 to 128 letters, digits, '.', '_', ':' or '-'"
-            return Refused(refuse(Code.JOB_SPEC_INVALID, detail, a.admission.tier))
-        return replace(body, idempotency_key=idem)
+        idem = idempotency_key(a.request.headers, body.spec, a.admission.tier)
+        return idem if isinstance(idem, Refused) else replace(body, idempotency_key=idem)
 
     async def update(self, job: JobCall) -> JobBody | Refused:
         return await self._parsed(job, job.adapter.parse_update)
@@ -72,7 +79,7 @@ class BodyReader:
             return raw
         a = job.admitted
         try:
-            spec = parse(a.match, a.request.headers.get("Content-Type"), _content_encoding(a.request), raw)
+            spec = parse(a.match, a.request.headers.get("Content-Type"), content_encoding(a.request.headers), raw)
         except JobUpdateNotAllowed as exc:  # only the update parser raises it
             return Refused(refuse(Code.JOB_UPDATE_NOT_ALLOWED, str(exc), a.admission.tier))
         except JobSpecInvalid as exc:

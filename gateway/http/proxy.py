@@ -13,6 +13,7 @@ from gateway.adapters.quota import QuotaStore
 from gateway.adapters.upstream import Upstream
 from gateway.config.settings import Settings
 from gateway.http.decision import DecisionService
+from gateway.http.front_submit import FrontSubmissions
 from gateway.http.job_body import BodyReader
 from gateway.http.owned import OwnedJobs
 from gateway.http.packages import Packages
@@ -63,7 +64,10 @@ def build_pipeline(parts: Parts) -> Pipeline:
 def build_decisions(parts: Parts) -> DecisionService:
     """The decision core the decision entries share: the pipeline's admission stages, its responder's records."""
     responder = Responder(parts.ledger, parts.metrics, parts.policy, parts.clock)
-    return DecisionService(parts.auth, parts.policy, parts.upstreams, parts.store, responder, clock=parts.clock)
+    priced = FrontSubmissions(parts.policy, parts.store, responder, parts.clock)  # submissions sent with their body
+    return DecisionService(
+        parts.auth, parts.policy, parts.upstreams, parts.store, responder, clock=parts.clock, job_changes=priced
+    )
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:

@@ -3,20 +3,19 @@
 from aiohttp import web
 
 from gateway.adapters.policy_files import PolicyFiles
-from gateway.adapters.quota import BackendUnavailable, QuotaStore
+from gateway.adapters.quota import QuotaStore
 from gateway.core.codes import Code
-from gateway.core.decide import Decision, refuse
-from gateway.core.leases import LeaseRef, ReserveStatus
-from gateway.core.submission import Job, judge, price_and_plan
+from gateway.core.decide import refuse
+from gateway.core.leases import LeaseRef
 from gateway.http import forward
 from gateway.http.call import JobCall, Refused
-from gateway.http.cluster_lease import live_lease
-from gateway.http.job_body import BodyReader, JobBody, job_record
+from gateway.http.job_body import BodyReader, JobBody
 from gateway.http.owned import OwnedJobs
 from gateway.http.packages import Packages
 from gateway.http.quota_headers import set_quota_headers
 from gateway.http.reads import Reads
 from gateway.http.relay import Relay, answer
+from gateway.http.reserve import Replayed, Reservations
 from gateway.http.responder import Responder
 from gateway.http.settle import Settler
 
@@ -46,6 +45,7 @@ class Submissions:
         self.owned = owned
         self.settler = settler
         self.packages = packages
+        self.reservations = Reservations(policy, store, responder, settler)
 
     async def submit(self, job: JobCall) -> web.StreamResponse:
         body = await self.reader.submission(job)
@@ -82,35 +82,12 @@ class Submissions:
         self, job: JobCall, body: JobBody, *, replaces: str | None = None, replaced: LeaseRef | None = None
     ) -> web.StreamResponse:
         a, call = job.admitted, job.admitted.call
-        assert body.spec is not None  # only bodies that price reach here
-        call.job = job_record(body.spec)
-        try:  # a tenant's live jobs on a cluster priced whole share one lease: a new one joins it
-            joins = await live_lease(self.store, a.upstream.name, a.tenant.id) if (
-                replaces is None and job.adapter.shares_cluster_lease()) else None  # fmt: skip
-        except BackendUnavailable as exc:
-            return self.responder.backend_down(call, a.admission, "quota", str(exc))
-        facts = Job(body.spec, a.decision_id, a.upstream.name, job.adapter.default_gpu_model,
-                    body.idempotency_key, replaces, replaced, joins=joins)  # fmt: skip
-        priced = price_and_plan(a.admission, a.tenant, facts, self.policy.pack, call.when)
-        if isinstance(priced, Decision):
-            return await self.responder.refuse(call, priced)
-        try:
-            result = await self.store.reserve(priced.plan, call.now)
-        except BackendUnavailable as exc:
-            return self.responder.backend_down(call, a.admission, "quota", str(exc))
-        if result.status is ReserveStatus.REPLAY and result.response is not None:
-            return await self.settler.replayed(call, result.response)
-        decision = judge(a.admission, priced, result, call.when)
-        if not decision.forwards:
-            refusal = await self.responder.refuse(call, decision)
-            if result.status is ReserveStatus.ADMITTED:  # the store took it; the verdict (a joined lease's) did not
-                await self.settler.refund(call, priced.plan, "refused on its cumulative counts")
-            return refusal
-        self.responder.observe_countries(decision)
-        refused = await self.responder.commit(call, decision)
-        if refused is not None:
-            await self.settler.refund(call, priced.plan, "ledger unavailable")
-            return refused
+        reserved = await self.reservations.reserve(job, body, replaces=replaces, replaced=replaced)
+        if isinstance(reserved, web.StreamResponse):
+            return reserved
+        if isinstance(reserved, Replayed):
+            return await self.settler.replayed(call, reserved.stored)
+        priced, decision = reserved.priced, reserved.decision
         try:
             answered = await self.relay.fetch(a, decision, body.raw)
         except forward.UpstreamFailure as exc:

@@ -24,6 +24,7 @@ from gateway.core.jobs import IDEMPOTENCY_KEY
 from gateway.core.policy import Action
 from gateway.core.records import followup_body
 from gateway.core.tenants import Tenant
+from gateway.http.front_adopt import Placeholders
 from gateway.http.reconcile_parts import ReconcileParts
 from gateway.schedulers.base import LiveJob, shown, status_ok
 
@@ -74,6 +75,7 @@ class UnadmittedSweep:
         self.upstreams = upstreams
         self.store, self.ledger, self.policy, self.metrics = parts.store, parts.ledger, parts.policy, parts.metrics
         self.clock, self.send = parts.clock, parts.send
+        self.placeholders = Placeholders(parts)  # submissions a front proxy forwarded, waiting for their job
         self._first_seen: dict[tuple[str, str], float] = {}  # (upstream, job id) -> first seen unowned
         self._flagged: set[tuple[str, str]] = set()  # recorded: never again by this process
         self._cancel_failed: set[tuple[str, str]] = set()  # recorded for cancelling, the cancel not yet accepted
@@ -143,6 +145,9 @@ class UnadmittedSweep:
                 continue
             if owner is not None:
                 continue  # admitted through the gateway
+            if await self.placeholders.adopt(upstream, identity.tenants, job):
+                counts["adopted"] += 1
+                continue  # a submission a front proxy forwarded: now owned
             seen.add(key)
             now = self.clock()
             first = self._first_seen.setdefault(key, now)
@@ -150,6 +155,8 @@ class UnadmittedSweep:
             if now - first < settle_s:
                 continue  # perhaps a submission whose answer (and ownership record) is still on its way
             await self._flag(upstream, identity, job, counts)
+        if complete:  # every live job of the identity was offered: placeholders still waiting are older than any
+            counts["placeholders_released"] += await self.placeholders.release_stale(upstream, identity.tenants)
         return complete
 
     async def _flag(self, upstream: Upstream, identity: Identity, job: LiveJob, counts: Counter[str]) -> None:
