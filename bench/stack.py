@@ -18,7 +18,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICIES = ROOT / "policies"
+POLICIES = ROOT / "gateway" / "policies"  # the bundled pack and registry (package data)
 ISSUER = "https://idp.example.com"
 
 

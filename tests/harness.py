@@ -15,6 +15,7 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.config.bundled import BUNDLED_POLICIES
 from gateway.config.settings import Settings, load_settings
 from gateway.core.ledger import GENESIS, link_problem
 from gateway.demo.standin import StandinState, standin_app
@@ -23,7 +24,7 @@ from tests.redis_server import free_port
 
 ISSUER = "https://idp.example.com"
 AUDIENCE = "exportgate"
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = BUNDLED_POLICIES  # the pack and registry shipped in the package (gateway/policies)
 H100 = 15832.0  # TPP of one H100 (gpus.yaml)
 SUBMIT = "/slurm/v0.0.38/job/submit"
 JOB_PATH = "/slurm/v0.0.38/job/{}"

@@ -25,10 +25,15 @@ class RedisProcess:
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
     extra: tuple[str, ...] = ()
+    password: str | None = None  # `requirepass`: `url` then lacks it, `url_with_password` has it
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def url_with_password(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0" if self.password else self.url
 
     def start(self) -> "RedisProcess":
         binary = shutil.which("redis-server")
@@ -48,6 +53,7 @@ class RedisProcess:
                 "--dir",
                 str(self.workdir),
                 *self.extra,
+                *(("--requirepass", self.password) if self.password else ()),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -56,8 +62,13 @@ class RedisProcess:
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    auth = f"AUTH {self.password}\r\n".encode() if self.password else b""
+                    sock.sendall(auth + b"PING\r\n")
+                    expected = b"+OK\r\n+PONG" if self.password else b"+PONG"
+                    got = b""
+                    while len(got) < len(expected) and (part := sock.recv(64)):
+                        got += part
+                    if got.startswith(expected):
                         return self
             except OSError:
                 time.sleep(0.05)
@@ -80,7 +91,7 @@ class RedisProcess:
             self.proc = None
 
 
-def start_redis(*extra: str) -> RedisProcess:
-    """A fresh redis-server in its own temporary directory."""
+def start_redis(*extra: str, password: str | None = None) -> RedisProcess:
+    """A fresh redis-server in its own temporary directory (with `password`, clients must AUTH)."""
     workdir = Path(tempfile.mkdtemp(prefix="exportgate-redis-"))
-    return RedisProcess(free_port(), workdir, extra=extra).start()
+    return RedisProcess(free_port(), workdir, extra=extra, password=password).start()

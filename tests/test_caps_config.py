@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.bundled import BUNDLED_POLICIES
 from gateway.config.caps import CLOSED, load_caps
 from gateway.config.located import Problem
 
-BUNDLED = Path(__file__).resolve().parent.parent / "policies" / "ai-diffusion-2025" / "caps.yaml"
+BUNDLED = BUNDLED_POLICIES / "ai-diffusion-2025" / "caps.yaml"
 
 
 def test_bundled_caps_load_clean() -> None:

@@ -388,11 +388,29 @@ def test_demo_with_a_broken_bundled_pack_prints_the_problem(tmp_path: Path) -> N
     """`exportgate demo` from a source tree whose bundled pack was edited into an invalid one exits 1 with the line."""
     tree = tmp_path / "tree"
     shutil.copytree(ROOT / "gateway", tree / "gateway", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(POLICIES, tree / "policies")
-    tiers = tree / "policies" / "ai-diffusion-2025" / "tiers.yaml"
+    tiers = tree / "gateway" / "policies" / "ai-diffusion-2025" / "tiers.yaml"  # package data, read from there
     tiers.write_text(tiers.read_text().replace("  - MO\n", "  - XX\n", 1))
     code, out, err = finish(exportgate(["demo"], tree, user_env()), timeout=60)
     expected = (
         f"{tiers}:{TIERS_MO_LINE}: tier3[22]: 'XX' is not an ISO 3166-1 code (XX is user-assigned: it names no country)"
     )
     assert (code, err.splitlines()) == (1, [expected]), out + err
+
+
+def test_demo_reads_the_policy_dir_from_the_environment(tmp_path: Path) -> None:
+    """`exportgate demo` takes its pack and registry from EXPORTGATE_POLICY_DIR, as `serve` does: a broken copy
+    there is reported with its own file and line (and a missing one by the variable), not the bundled ones."""
+    shutil.copytree(POLICIES, tmp_path / "policies")
+    tiers = tmp_path / "policies" / "ai-diffusion-2025" / "tiers.yaml"
+    tiers.write_text(tiers.read_text().replace("  - MO\n", "  - XX\n", 1))
+    code, out, err = finish(exportgate(["demo"], tmp_path, user_env(EXPORTGATE_POLICY_DIR=str(tmp_path / "policies"))))
+    expected = (
+        f"{tiers}:{TIERS_MO_LINE}: tier3[22]: 'XX' is not an ISO 3166-1 code (XX is user-assigned: it names no country)"
+    )
+    assert (code, err.splitlines()) == (1, [expected]), out + err
+    code, out, err = finish(exportgate(["demo"], tmp_path, user_env(EXPORTGATE_POLICY_DIR=str(tmp_path / "nowhere"))))
+    missing = [
+        f"EXPORTGATE_POLICY_DIR: {tmp_path}/nowhere/ai-diffusion-2025: no such directory",
+        f"EXPORTGATE_POLICY_DIR: {tmp_path}/nowhere/tenants.example.yaml: no such file",
+    ]
+    assert (code, err.splitlines()) == (1, missing), out + err

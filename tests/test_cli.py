@@ -27,7 +27,7 @@ BAD_CONFIGS = [
         "hs256-without-secret",
         "auth:\n  issuers:\n    - {issuer: i, audiences: [a], algorithms: [HS256], jwks_file: k}\n"
         "upstreams: [{url: 'http://x'}]\n",
-        "gateway.yaml:3: auth.issuers[0].algorithms: HS256 needs hs256_secret_file",
+        "gateway.yaml:3: auth.issuers[0].algorithms: HS256 needs hs256_secret_file (or hs256_secret)",
     ),
     (
         "jwks-file-and-url",

@@ -1,5 +1,5 @@
 """CLI conventions: `--version` from the package metadata; every command's problem goes to standard error with
-the exit code README's table gives it (1: a problem, 2: usage), never to standard output."""
+the exit code docs/cli.md's table gives it (1: a problem, 2: usage), never to standard output."""
 
 import re
 import subprocess
@@ -92,10 +92,10 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
     assert (result.returncode, result.stdout, result.stderr) == (0, f"exportgate {version.group(1)}\n", "")
 
 
-def test_readme_documents_the_exit_codes() -> None:
-    """README's exit-code table names 0, 1 and 2, the codes the failures above are held to."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Exit codes", 1)[1].split("\n#", 1)[0]
+def test_docs_document_the_exit_codes() -> None:
+    """docs/cli.md's exit-code table names 0, 1 and 2, the codes the failures above are held to."""
+    page = (ROOT / "docs" / "cli.md").read_text()
+    section = page.split("## Exit codes", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| `(\d+)` \|", section, re.M)
     assert rows == ["0", "1", "2"]
     assert {code for _, _, code, _ in FAILURES} == {1, 2}

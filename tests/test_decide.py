@@ -2,10 +2,10 @@
 
 from dataclasses import replace
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pytest
 
+from gateway.config.bundled import BUNDLED_POLICIES
 from gateway.config.pack import load_pack
 from gateway.core.codes import Code
 from gateway.core.decide import Facts, Outcome, decide
@@ -14,7 +14,7 @@ from gateway.core.routes import RouteKind
 from gateway.core.tenants import Identity, Kyc, KycStatus, Tenant
 from gateway.core.tiers import Tier
 
-PACK = load_pack(Path(__file__).parent.parent / "policies" / "ai-diffusion-2025")
+PACK = load_pack(BUNDLED_POLICIES / "ai-diffusion-2025")
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 VERIFIED = Kyc(KycStatus.VERIFIED, date(2025, 1, 1), date(2030, 1, 1))
 

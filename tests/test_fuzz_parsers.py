@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.config.bundled import BUNDLED_POLICIES
 from gateway.config.gpus import load_gpus
 from gateway.config.located import Problem
 from gateway.core.jobs import JobSpec, JobSpecInvalid, JobUpdateNotAllowed
@@ -37,7 +38,7 @@ from gateway.schedulers import (
 from tests.harness import Stack
 from tests.recorder import Recorder, recorded_stack
 
-PACK_GPUS = Path(__file__).resolve().parent.parent / "policies" / "ai-diffusion-2025" / "gpus.yaml"
+PACK_GPUS = BUNDLED_POLICIES / "ai-diffusion-2025" / "gpus.yaml"
 SEED = 20240917
 CASES_PER_SAMPLE = 600
 

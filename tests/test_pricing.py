@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.bundled import BUNDLED_POLICIES
 from gateway.config.gpus import load_gpus
 from gateway.config.located import Problem
 from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid
 from gateway.core.pricing import GpuCatalogue, GpuModel, price
 
-PACK_GPUS = Path(__file__).resolve().parent.parent / "policies" / "ai-diffusion-2025" / "gpus.yaml"
+PACK_GPUS = BUNDLED_POLICIES / "ai-diffusion-2025" / "gpus.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ DOMAIN_TABLE = [
 def test_pack_catalogue_matches_domain_table(
     catalogue: GpuCatalogue, name: str, tpp: float, flops: float, controlled: bool
 ) -> None:
-    """Every accelerator of domain.md section 3 is in the pack with its TPP, FLOP/s and control."""
+    """Every accelerator of DOMAIN_TABLE (dense vendor peaks) is in the pack with its TPP, FLOP/s and control."""
     model = catalogue.lookup(name)
     assert model is not None
     assert (model.tpp, model.dense_flops, model.controlled) == (tpp, flops, controlled)

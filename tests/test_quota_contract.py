@@ -4,7 +4,6 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -13,6 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 from gateway.adapters.quota import QuotaStore, StoredResponse
 from gateway.adapters.quota_memory import MemoryQuotaStore
 from gateway.adapters.quota_redis import RedisQuotaStore
+from gateway.config.bundled import BUNDLED_POLICIES
 from gateway.config.pack import load_pack
 from gateway.core.codes import Code
 from gateway.core.jobs import JobPart, JobSpec
@@ -211,7 +211,7 @@ async def test_spill_keeps_whole_chips_under_the_allowance(store: QuotaStore) ->
     ]
 
 
-PACK = load_pack(Path(__file__).resolve().parent.parent / "policies" / "ai-diffusion-2025")
+PACK = load_pack(BUNDLED_POLICIES / "ai-diffusion-2025")
 H100 = 15832.0
 
 

@@ -3,11 +3,11 @@
 import dataclasses
 import math
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.config.bundled import BUNDLED_POLICIES
 from gateway.config.caps import load_caps
 from gateway.config.located import Problem
 from gateway.config.pack import load_pack
@@ -38,7 +38,7 @@ from gateway.core.quota_verdict import interpret
 from gateway.core.tenants import Budget, BudgetPeriod, Kyc, KycStatus, Licence, LicenceScope, Tenant, Veu
 from gateway.core.tiers import Tier, TierTable
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "policies" / "ai-diffusion-2025"
+BUNDLED_DIR = BUNDLED_POLICIES / "ai-diffusion-2025"
 CAPS_FILE = BUNDLED_DIR / "caps.yaml"
 BUNDLED = load_pack(BUNDLED_DIR)
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

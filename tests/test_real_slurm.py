@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gateway.config.bundled import BUNDLED_POLICIES
 from gateway.http.app import Server
 from gateway.schedulers.slurm_fields import host_count
 from tests.envoy_kit import check, check_request
@@ -437,7 +438,7 @@ async def test_job_submitted_around_the_gateway_is_flagged_and_with_cancel_cance
     assert status == 200, answer
     around = str(answer["job_id"])
     cancelling = tmp_path / "pack"
-    shutil.copytree(Path(__file__).parent.parent / "policies" / "ai-diffusion-2025", cancelling)
+    shutil.copytree(BUNDLED_POLICIES / "ai-diffusion-2025", cancelling)
     manifest = (cancelling / "pack.yaml").read_text()
     (cancelling / "pack.yaml").write_text(manifest.replace("  unadmitted: alert\n", "  unadmitted: cancel\n"))
     key = slurm["base"] / "state" / "jwt_hs256.key"

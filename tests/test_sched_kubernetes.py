@@ -37,7 +37,7 @@ def route(method: str, path: str) -> RouteMatch:
 
 
 def train_job(**changes: Any) -> dict[str, Any]:
-    """The schedulers.md Job with `changes` applied to its pod spec (or spec with `spec__`)."""
+    """TRAIN_JOB with `changes` applied to its pod spec (or spec with `spec__`)."""
     doc = copy.deepcopy(TRAIN_JOB)
     pod = doc["spec"]["template"]["spec"]
     for key, value in changes.items():

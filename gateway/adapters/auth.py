@@ -16,6 +16,7 @@ from jwt import PyJWK, PyJWS, PyJWTError
 from gateway.adapters.jwks import (
     FETCH_TIMEOUT_S,
     SUPPORTED_ALGORITHMS,
+    Hs256Secret,
     Hs256SecretFile,
     JwksError,
     JwksFile,
@@ -302,6 +303,8 @@ def _sources(config: IssuerConfig, session: aiohttp.ClientSession) -> tuple[KeyS
         sources.append(JwksUrl(config.jwks_url, session))
     if config.hs256_secret_file is not None:
         sources.append(Hs256SecretFile(config.hs256_secret_file))
+    if config.hs256_secret is not None:
+        sources.append(Hs256Secret(f"environment variable {config.hs256_secret_env}", config.hs256_secret))
     return tuple(sources)
 
 

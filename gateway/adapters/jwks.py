@@ -178,9 +178,13 @@ def read_jwks_file(path: Path) -> KeySet:
 def read_hs256_secret(path: Path) -> KeySet:
     """A shared HS256 secret file as a key set, read now; raises JwksError (too short, unreadable)."""
     data = _read_limited(path, MAX_SECRET_BYTES)
-    secret = data.removesuffix(b"\n").removesuffix(b"\r")
+    return hs256_key_set(data.removesuffix(b"\n").removesuffix(b"\r"), str(path))
+
+
+def hs256_key_set(secret: bytes, name: str) -> KeySet:
+    """A shared HS256 secret as a key set; raises JwksError when it is too short (`name` says where it came from)."""
     if len(secret) < MIN_HS256_SECRET_BYTES:
-        raise JwksError(f"{path}: HS256 secret shorter than {MIN_HS256_SECRET_BYTES} bytes")
+        raise JwksError(f"{name}: HS256 secret shorter than {MIN_HS256_SECRET_BYTES} bytes")
     k = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
     jwk = PyJWK({"kty": "oct", "k": k}, algorithm="HS256")
     digest = hashlib.sha256(b"hs256-secret:" + secret).hexdigest()
@@ -262,3 +266,18 @@ class Hs256SecretFile:
 
     async def load(self) -> KeySet:
         return await asyncio.to_thread(read_hs256_secret, self._path)
+
+
+class Hs256Secret:
+    """A shared HS256 secret read when the configuration loaded (`hs256_secret: {env: NAME}`)."""
+
+    def __init__(self, name: str, secret: bytes) -> None:
+        self._name = name
+        self._secret = secret
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def load(self) -> KeySet:
+        return hs256_key_set(self._secret, self._name)

@@ -10,6 +10,8 @@ from pathlib import Path
 import aiohttp
 import jwt
 
+from gateway.adapters.tls_files import ClientTls
+from gateway.config.secrets import SecretError, read_secret
 from gateway.config.upstreams import HeaderSource, UpstreamSettings
 from gateway.core.routes import Route
 from gateway.core.tenants import Tenant
@@ -25,20 +27,14 @@ class UpstreamUnreadable(Exception):
 
 
 def read_static(name: str, source: HeaderSource, env: Mapping[str, str]) -> str | None:
-    """Secrets from a file or the environment, read once at start (never logged)."""
-    if source.file is not None:
-        try:
-            value = source.file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise CredentialError(f"header {name}: cannot read {source.file}: {reason}") from exc
-    elif source.env is not None:
-        got = env.get(source.env)
-        if got is None:
-            raise CredentialError(f"header {name}: environment variable {source.env} is not set")
-        value = got
-    else:
+    """Secrets from a file or the environment, read once at start (never logged), as every secret in
+    gateway.yaml is read; a header value also loses surrounding white space (HTTP ignores it)."""
+    if source.secret is None:
         return None
+    try:
+        value = read_secret(source.secret, env).strip()
+    except SecretError as exc:
+        raise CredentialError(f"header {name}: {exc}") from exc
     if "\n" in value or "\r" in value:  # aiohttp would refuse it on every request
         raise CredentialError(f"header {name}: the value holds a line break")
     return source.prefix + value
@@ -85,12 +81,15 @@ class Upstream:
     session: aiohttp.ClientSession | None = None
     clock: Callable[[], float] = time.time
     _minters: dict[str, "SlurmTokens"] = field(default_factory=dict)
+    tls: ClientTls | None = None
 
     @property
     def name(self) -> str:
         return self.settings.name
 
-    async def start(self, env: Mapping[str, str] | None = None) -> None:
+    async def start(self, env: Mapping[str, str] | None = None, tls_reload_s: float | None = None) -> None:
+        """Read the credentials and open the session; with `tls_reload_s`, a renewed client certificate is
+        looked for that often. Raises CredentialError (and TlsFilesError for the `tls` files)."""
         env = dict(os.environ) if env is None else env
         for name, source in self.settings.headers.items():
             if source.slurm_jwt_key_file is not None:
@@ -99,15 +98,22 @@ class Upstream:
             value = read_static(name, source, env)
             if value is not None:
                 self.static_headers[name] = value
+        self.tls = client_tls(self.settings)
+        if self.tls is not None and tls_reload_s is not None:
+            self.tls.watch(tls_reload_s)
+        # The connector's own default (the system trust store) unless `tls` names a CA bundle or client pair.
+        ssl_context = self.tls.context if self.tls is not None else True
         self.session = aiohttp.ClientSession(
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=self.settings.connect_timeout_s, sock_read=self.settings.timeout_s
             ),
-            connector=aiohttp.TCPConnector(limit=256, enable_cleanup_closed=True),
+            connector=aiohttp.TCPConnector(limit=256, enable_cleanup_closed=True, ssl=ssl_context),
         )
 
     async def close(self) -> None:
+        if self.tls is not None:
+            await self.tls.stop()
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -178,6 +184,14 @@ class Upstream:
             rest = raw_path_and_query[len(prefix) :]
             return rest if rest.startswith("/") else "/" + rest
         return raw_path_and_query
+
+
+def client_tls(settings: UpstreamSettings) -> ClientTls | None:
+    """The TLS context an upstream's `tls:` section asks for, or None; raises TlsFilesError (`check` calls it too)."""
+    tls = settings.tls
+    if tls is None:
+        return None
+    return ClientTls(tls.ca_file, tls.client_cert_file, tls.client_key_file, label=f"upstream {settings.name}")
 
 
 def pick_upstream(upstreams: list[Upstream], path: str) -> Upstream:

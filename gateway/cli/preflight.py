@@ -1,20 +1,22 @@
 """What `serve` needs before it may start, checked offline: `check` prints it, `serve` refuses to start on it.
 
-Loading gateway.yaml checks its form; this reads what it names (pack, registry, admin tokens, key
-sets, signing key, upstream credentials) the way the gateway will, so the two cannot disagree.
+Loading gateway.yaml checks its form (and reads the secrets it names for itself: the Redis URL, an
+HS256 secret in a variable); this reads what else it names (pack, registry, admin tokens, key sets,
+signing key, upstream credentials, TLS certificates) the way the gateway will, so the two cannot disagree.
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gateway.adapters.jwks import JwksError, read_hs256_secret, read_jwks_file
+from gateway.adapters.jwks import JwksError, hs256_key_set, read_hs256_secret, read_jwks_file
 from gateway.adapters.ledger.signing import KeyFileError, load_signer
-from gateway.adapters.tls_files import TlsFilesError, check_pair
-from gateway.adapters.upstream import CredentialError, SlurmTokens, read_key, read_static
+from gateway.adapters.tls_files import TlsFilesError, check_ca, check_pair
+from gateway.adapters.upstream import CredentialError, SlurmTokens, client_tls, read_key, read_static
 from gateway.config.admin import load_admin_tokens
 from gateway.config.located import ConfigError, Problem
 from gateway.config.pack import load_pack
 from gateway.config.registry import load_registry
+from gateway.config.secrets import url_password
 from gateway.config.settings import Settings
 
 
@@ -38,6 +40,8 @@ def preflight(settings: Settings, env: Mapping[str, str]) -> Preflight:
     _ledger(settings, out)
     _upstreams(settings, env, out)
     _webhook(settings, out)
+    _listeners(settings, out)
+    _quota(settings, out)
     return out
 
 
@@ -78,9 +82,10 @@ def _issuers(s: Settings, out: Preflight) -> None:
         )
     for i, issuer in enumerate(s.issuers):
         where = f"auth.issuers[{i}]"
+        secret_key = "hs256_secret.file" if f"{where}.hs256_secret.file" in s.origins else "hs256_secret_file"
         for key, path, read in (
             ("jwks_file", issuer.jwks_file, read_jwks_file),
-            ("hs256_secret_file", issuer.hs256_secret_file, read_hs256_secret),
+            (secret_key, issuer.hs256_secret_file, read_hs256_secret),
         ):
             if path is None:
                 continue
@@ -88,6 +93,11 @@ def _issuers(s: Settings, out: Preflight) -> None:
                 read(path)
             except JwksError as exc:
                 out.problems.append(s.where(f"{where}.{key}").problem(str(exc)))
+        if issuer.hs256_secret is not None:  # read from its variable when gateway.yaml loaded
+            try:
+                hs256_key_set(issuer.hs256_secret, f"environment variable {issuer.hs256_secret_env}")
+            except JwksError as exc:
+                out.problems.append(s.where(f"{where}.hs256_secret.env").problem(str(exc)))
         if issuer.jwks_url is not None:
             message = "not fetched offline; serve fetches it at start and retries, not ready until it answers"
             out.notes.append(s.where(f"{where}.jwks_url").problem(message))
@@ -117,6 +127,11 @@ def _upstreams(s: Settings, env: Mapping[str, str], out: Preflight) -> None:
                     read_static(name, source, env)
             except CredentialError as exc:
                 out.problems.append(s.where(where).problem(str(exc).removeprefix(f"header {name}: ")))
+        if upstream.tls is not None:
+            try:
+                client_tls(upstream)
+            except TlsFilesError as exc:
+                out.problems.append(s.where(f"upstreams[{i}].tls").problem(str(exc)))
 
 
 def _webhook(s: Settings, out: Preflight) -> None:
@@ -127,3 +142,31 @@ def _webhook(s: Settings, out: Preflight) -> None:
         check_pair(s.admission_webhook.cert_file, s.admission_webhook.key_file)
     except TlsFilesError as exc:
         out.problems.append(s.where("admission_webhook.cert_file").problem(str(exc)))
+
+
+def _listeners(s: Settings, out: Preflight) -> None:
+    """Each listener's `tls` files load: the pair, and the client CA bundle when mutual TLS is asked for."""
+    decision = s.decision.tls if s.decision is not None else None
+    for key, tls in (("listen", s.listen_tls), ("admin", s.admin_tls), ("decision", decision)):
+        if tls is None:
+            continue
+        try:
+            check_pair(tls.cert_file, tls.key_file)
+        except TlsFilesError as exc:
+            out.problems.append(s.where(f"{key}.tls.cert_file").problem(str(exc)))
+        if tls.client_ca_file is None:
+            continue
+        try:
+            check_ca(tls.client_ca_file)
+        except TlsFilesError as exc:
+            out.problems.append(s.where(f"{key}.tls.client_ca_file").problem(str(exc)))
+
+
+def _quota(s: Settings, out: Preflight) -> None:
+    """A password written in gateway.yaml is readable by whoever reads the file (and its copies in git)."""
+    if s.quota.redis_url_inline and s.quota.redis_url is not None and url_password(s.quota.redis_url):
+        message = (
+            "the URL holds a password in the configuration file: use {env: NAME}, {file: PATH} "
+            "or EXPORTGATE_REDIS_URL instead"
+        )
+        out.warnings.append(s.where("quota.redis_url").problem(message))

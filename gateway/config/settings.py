@@ -12,29 +12,32 @@ from typing import Any
 
 from gateway.config.admission_webhook import WebhookSettings, load_webhook, webhook_clash, webhook_mismatches
 from gateway.config.auth import IssuerConfig, load_issuers
+from gateway.config.bundled import BUNDLED_POLICIES
 from gateway.config.decision import DecisionSettings, decision_clash, load_decision
 from gateway.config.envoy_grpc import EnvoyGrpcSettings, grpc_clash, load_envoy_grpc
 from gateway.config.fields import Fields, as_str, field_where, resolve_path
 from gateway.config.ledger import LedgerSettings, load_ledger_settings
 from gateway.config.limits import Limits, Shutdown, load_limits, load_shutdown
-from gateway.config.listener import WILDCARD_HOSTS, host_port, port_clash
+from gateway.config.listener import WILDCARD_HOSTS, ListenerTls, host_port, load_tls, port_clash
 from gateway.config.located import ConfigError, Node, Problem, Where, load_file, load_text
 from gateway.config.logs import LogSettings, load_log_settings
 from gateway.config.reconcile import ReconcileSettings, load_reconcile_settings
+from gateway.config.secrets import resolve_secret
 from gateway.config.upstreams import UpstreamSettings, load_upstreams
-
-BUNDLED_POLICIES = Path(__file__).resolve().parent.parent.parent / "policies"
 
 
 @dataclass(frozen=True, slots=True)
 class QuotaSettings:
     store: str = "memory"
-    redis_url: str | None = None
+    # Read at load from EXPORTGATE_REDIS_URL, `{env: NAME}`, `{file: PATH}` or the literal; never printed.
+    redis_url: str | None = field(default=None, repr=False)
     cluster: bool = False
     timeout_s: float = 0.25
     prefix: str = "eg:"
     # Whether an unreachable store makes /readyz answer 503 (it is always reported as a part).
     required_for_ready: bool = True
+    # The URL is written in gateway.yaml itself (`check` warns when it holds a password).
+    redis_url_inline: bool = field(default=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,8 @@ class Settings:
     envoy_grpc: EnvoyGrpcSettings | None = None  # Envoy ext_authz gRPC listener; None: off
     decision: DecisionSettings | None = None  # the HTTP decision entries' listener (nginx, Envoy HTTP); None: off
     admission_webhook: WebhookSettings | None = None  # the Kubernetes admission webhook's HTTPS listener; None: off
+    listen_tls: ListenerTls | None = None  # the proxy terminates TLS itself; None: plain HTTP
+    admin_tls: ListenerTls | None = None  # the admin listener(s) likewise
     # Where each value came from, by field path ("auth.issuers[0].jwks_file"): a file line or a variable.
     origins: Mapping[str, Where] = field(default_factory=dict, compare=False, repr=False)
 
@@ -85,6 +90,7 @@ ENV_FIELDS = {
     "instance_id": "EXPORTGATE_INSTANCE_ID",
     "log.format": "EXPORTGATE_LOG_FORMAT",
     "log.level": "EXPORTGATE_LOG_LEVEL",
+    "quota.redis_url": "EXPORTGATE_REDIS_URL",
 }
 
 
@@ -147,6 +153,41 @@ def listeners_clash(settings: "Settings") -> str | None:
             return clash
         taken[name] = (section.host, section.port, section.port)
     return None
+
+
+def _tls(fields: Fields, key: str, base: Path) -> ListenerTls | None:
+    """The `tls:` of the `listen` or `admin` section (its other keys are read by _host_port)."""
+    node = fields.child(key)
+    child = node.raw.get("tls") if node is not None and isinstance(node.raw, dict) else None
+    return load_tls(child, base, fields.problems)
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(qf: Fields, base: Path, env: Mapping[str, str]) -> tuple[str | None, bool]:
+    """`quota.redis_url` read now, EXPORTGATE_REDIS_URL over it: (the URL, whether gateway.yaml holds it itself).
+
+    Problems name where the value came from and never the value (it may hold a password)."""
+    variable = ENV_FIELDS["quota.redis_url"]
+    node = qf.child("redis_url")
+    if variable in env:
+        url, inline, where = env[variable], False, Where.env(variable)
+        if not url:
+            qf.problems.append(where.problem("must not be empty (unset it to use quota.redis_url)"))
+            return None, False
+    elif node is not None:
+        before = len(qf.problems)
+        read, inline = resolve_secret(node, base, env, qf.problems)
+        if not read or len(qf.problems) > before:  # an empty literal is as good as none: `required` says so
+            return None, False
+        url, where = read, node.where()
+    else:
+        return None, False
+    if url.partition("://")[0].lower() not in REDIS_SCHEMES or "://" not in url:
+        qf.problems.append(where.problem("must be a redis://, rediss:// or unix:// URL (the value is not shown)"))
+        return None, inline
+    return url, inline
 
 
 def _clash_where(origins: Mapping[str, Where], root: Node) -> Where:
@@ -278,8 +319,9 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     # Where every value came from; a variable that overrides a field is its origin from here on.
     origins = {node.path: node.where() for node in root.walk() if node.path}
     origins.update({path: Where.env(name) for path, name in ENV_FIELDS.items() if env.get(name)})
-    listen = _host_port(fields, "listen", "0.0.0.0", 8080, env)
-    admin = _host_port(fields, "admin", "127.0.0.1", 9180, env, ("tokens_file",))
+    listen = _host_port(fields, "listen", "0.0.0.0", 8080, env, ("tls",))
+    admin = _host_port(fields, "admin", "127.0.0.1", 9180, env, ("tokens_file", "tls"))
+    listen_tls, admin_tls = (_tls(fields, key, base) for key in ("listen", "admin"))
     admin_node = fields.child("admin")
     tokens_node = None
     if admin_node is not None and isinstance(admin_node.raw, dict):
@@ -308,21 +350,24 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     ledger = load_ledger_settings(ledger_node, base, env, problems)
     quota_node = fields.child("quota") or Node({}, root.file, root.line, "quota")
     qf = Fields(quota_node, problems, ("store", "redis_url", "cluster", "timeout_ms", "prefix", "required_for_ready"))
+    before_redis = len(problems)
+    redis_url, inline = _redis_url(qf, base, env)
     quota = QuotaSettings(
         qf.choice("store", ("memory", "redis"), "memory"),
-        qf.text("redis_url"),
+        redis_url,
         qf.flag("cluster", False),
         qf.number("timeout_ms", 250.0) / 1000,
         qf.text("prefix", "eg:"),
         qf.flag("required_for_ready", True),
+        inline,
     )
-    if quota.store == "redis" and not quota.redis_url:
+    if quota.store == "redis" and not quota.redis_url and len(problems) == before_redis:
         qf.problem("redis_url", "required when store is redis")
     auth_node = fields.child("auth")
     issuers: tuple[IssuerConfig, ...] = ()
     if auth_node is not None:
         af = Fields(auth_node, problems, ("issuers",))
-        issuers = load_issuers(af.child("issuers"), base, problems)
+        issuers = load_issuers(af.child("issuers"), base, problems, env)
     upstreams = load_upstreams(fields.child("upstreams"), base, problems)
     if fields.child("upstreams") is None:
         fields.missing("upstreams")
@@ -351,7 +396,7 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
     }
     if envoy_grpc is not None:
         taken["envoy_grpc listener"] = (envoy_grpc.host, envoy_grpc.port, envoy_grpc.port)
-    decision = load_decision(fields.child("decision"), problems)
+    decision = load_decision(fields.child("decision"), problems, base)
     decision_problem = decision_clash(decision, taken) if decision is not None else None
     if decision_problem is not None:
         problems.append((origins.get("decision.port") or fields.where("decision")).problem(decision_problem))
@@ -393,8 +438,15 @@ def parse_settings(root: Node, base: Path, env: Mapping[str, str]) -> Settings:
         decision=decision,
         envoy_grpc=envoy_grpc,
         admission_webhook=webhook,
+        listen_tls=listen_tls,
+        admin_tls=admin_tls,
         origins=origins,
     )
+
+
+def _listener_tls(settings: Settings) -> tuple[tuple[str, ListenerTls | None], ...]:
+    decision = settings.decision.tls if settings.decision is not None else None
+    return ("listen", settings.listen_tls), ("admin", settings.admin_tls), ("decision", decision)
 
 
 def describe(settings: Settings) -> dict[str, Any]:
@@ -408,6 +460,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "registry": str(settings.registry_file),
         "ledger": str(settings.ledger.dir),
         "ledger_signed": settings.ledger.signing_key_file is not None,
+        "tls": [name for name, tls in _listener_tls(settings) if tls is not None],
         "quota": settings.quota.store,
         "upstreams": [f"{u.name}={u.url} ({u.scheduler})" for u in settings.upstreams],
     }

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from gateway.config.fields import Fields, field_where, resolve_path
 from gateway.config.located import Node, Problem
 from gateway.config.schedulers import load_scheduler_options
+from gateway.config.secrets import SecretRef, secret_ref
 from gateway.core.routes import Route, RouteKind
 from gateway.schedulers import SchedulerOptions
 
@@ -25,6 +26,21 @@ class HeaderSource:
     slurm_jwt_key_file: Path | None = None
     lifespan_s: float = 600.0
 
+    @property
+    def secret(self) -> SecretRef | None:
+        """Where a static value is read from (`file` or `env`); None for a tenant's identity."""
+        return SecretRef(self.file, self.env) if self.file is not None or self.env is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """TLS to an https upstream: the CA bundle its certificate is verified with (default: the system's
+    trust store) and the client certificate the gateway presents (mutual TLS)."""
+
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamSettings:
@@ -41,6 +57,7 @@ class UpstreamSettings:
     # Take `prefix` off the path before route matching and forwarding: the scheduler sees its own paths
     # (a Ray dashboard mounted at /ray/ still gets /api/...).
     strip_prefix: bool = False
+    tls: UpstreamTls | None = None
 
 
 # Path parameters a tenant may only fill with its own identity, per scheduler (overridable).
@@ -81,9 +98,10 @@ def _headers(node: Node | None, base: Path, problems: list[Problem]) -> dict[str
     out = {}
     for name, child in node.items():
         fields = Fields(child, problems, ("file", "env", "from_tenant", "prefix", "slurm_jwt_key_file", "lifespan_s"))
+        secret = secret_ref(fields, base)  # the one form of every secret in gateway.yaml (config/secrets.py)
         source = HeaderSource(
-            resolve_path(base, fields.text("file")),
-            fields.text("env"),
+            secret.file if secret is not None else None,
+            secret.env if secret is not None else None,
             fields.text("from_tenant"),
             fields.text("prefix", ""),
             resolve_path(base, fields.text("slurm_jwt_key_file")),
@@ -97,6 +115,25 @@ def _headers(node: Node | None, base: Path, problems: list[Problem]) -> dict[str
             fields.problem("lifespan_s", "must be 30..86400")
         out[name] = source
     return out
+
+
+def _tls(node: Node | None, url: str, base: Path, problems: list[Problem]) -> UpstreamTls | None:
+    """`tls: {ca_file, client_cert_file, client_key_file}`; only for an https URL. The files are read at start."""
+    if node is None or node.raw is None:
+        return None
+    fields = Fields(node, problems, ("ca_file", "client_cert_file", "client_key_file"))
+    tls = UpstreamTls(
+        resolve_path(base, fields.text("ca_file")),
+        resolve_path(base, fields.text("client_cert_file")),
+        resolve_path(base, fields.text("client_key_file")),
+    )
+    if tls.client_cert_file is not None and tls.client_key_file is None:
+        fields.problem("client_key_file", "required with client_cert_file")
+    if tls.client_key_file is not None and tls.client_cert_file is None:
+        fields.problem("client_cert_file", "required with client_key_file")
+    if url and urlsplit(url).scheme != "https":
+        problems.append(node.problem("needs an https url"))
+    return tls
 
 
 def _bind_params(node: Node | None, scheduler: str, problems: list[Problem]) -> dict[str, str]:
@@ -139,6 +176,7 @@ def load_upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tu
                 "headers",
                 "bind_params",
                 "strip_prefix",
+                "tls",
             ),
         )
         url: str = fields.text("url", "", required=True)
@@ -165,6 +203,7 @@ def load_upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tu
                 headers=_headers(fields.child("headers"), base, problems),
                 bind_params=_bind_params(fields.child("bind_params"), scheduler, problems),
                 strip_prefix=strip_prefix,
+                tls=_tls(fields.child("tls"), url, base, problems),
             )
         )
     for upstream, item in zip(out, node.elements(), strict=True):

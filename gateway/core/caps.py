@@ -1,4 +1,4 @@
-"""Cap settings: the numbers a pack's caps.yaml gives the quota mapping (domain.md section 4)."""
+"""Cap settings: the numbers a pack's caps.yaml gives the quota mapping (the compute caps of 90 FR 4544)."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ class VeuStep:
 
 @dataclass(frozen=True, slots=True)
 class CapSettings:
-    """A pack's `caps.yaml`: every number the cap mapping uses (see domain.md section 4)."""
+    """A pack's `caps.yaml`: every number the cap mapping uses (docs/schedulers.md, "Caps")."""
 
     pending_allowance_s: float
     tier1_cap_tpp: float | None

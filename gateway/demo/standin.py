@@ -54,7 +54,7 @@ def remembering(state: StandinState) -> Any:
 
 
 def standin_app(state: StandinState) -> web.Application:
-    """Routes and bodies follow slurmrestd 22.05 and Ray 2.x as captured in schedulers.md.
+    """Routes and bodies follow slurmrestd 22.05 and Ray 2.x as they answer (tests/test_real_*.py run the real ones).
 
     Slurm jobs named "reject-me" fail as slurmrestd answers an impossible request (500 with
     an errors array, after recording a FAILED job); "slow-me" answers after `state.slow_s`.

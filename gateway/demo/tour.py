@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import os
 import socket
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from gateway.adapters.ledger.signing import generate, load_public_key
 from gateway.cli.ledger import verify
 from gateway.cli.preflight import preflight
 from gateway.config.located import ConfigError
-from gateway.config.settings import BUNDLED_POLICIES, load_settings
+from gateway.config.settings import load_settings
 from gateway.demo.standin import StandinState, standin_app
 from gateway.http.app import Server
 
@@ -49,9 +50,11 @@ def _free_port() -> int:
 
 
 def scenarios(tenant_ids: list[str]) -> list[tuple[str, int]]:
-    """One 8-GPU job per tenant, then jobs that show the caps: Tier 1 is metered but uncapped,
-    and two affiliates of one group share the 26.9M TPP LPP allowance (about 1,699 H100s)."""
-    return [(t, 8) for t in tenant_ids] + [("acme-us", 4096), ("falcon-ae", 1600), ("falcon-sg", 256)]
+    """One 8-GPU job per tenant, then jobs that show the caps with the example registry's tenants (those a
+    registry from EXPORTGATE_POLICY_DIR lacks are left out): Tier 1 is metered but uncapped, and two
+    affiliates of one group share the 26.9M TPP LPP allowance (about 1,699 H100s)."""
+    caps = [("acme-us", 4096), ("falcon-ae", 1600), ("falcon-sg", 256)]
+    return [(t, 8) for t in tenant_ids] + [(t, gpus) for t, gpus in caps if t in tenant_ids]
 
 
 def _token(key: ec.EllipticCurvePrivateKey, subject: str) -> str:
@@ -66,9 +69,6 @@ def _config(workdir: Path, upstream_port: int, jwks: Path) -> Path:
 listen: {{host: 127.0.0.1, port: {_free_port()}}}
 admin: {{host: 127.0.0.1, port: {_free_port()}}}
 instance_id: demo
-policy:
-  pack: {BUNDLED_POLICIES / "ai-diffusion-2025"}
-  registry: {BUNDLED_POLICIES / "tenants.example.yaml"}
 ledger: {{dir: {workdir / "ledger"}, signing_key_file: {workdir / "keys" / "ledger.pem"}}}
 auth:
   issuers:
@@ -98,7 +98,9 @@ async def run_demo() -> tuple[list[dict[str, Any]], int]:
         (workdir / "keys").mkdir()
         generate(workdir / "keys" / "ledger.pem", workdir / "keys" / "ledger.pub.pem")
         upstream_port = _free_port()
-        settings = load_settings(_config(workdir, upstream_port, jwks), env={})
+        # No `policy:` in the demo's config: the pack and registry under EXPORTGATE_POLICY_DIR, else the bundled ones.
+        policy_env = {k: v for k, v in os.environ.items() if k == "EXPORTGATE_POLICY_DIR"}
+        settings = load_settings(_config(workdir, upstream_port, jwks), env=policy_env)
         problems = preflight(settings, {}).problems  # what `serve` would refuse to start with
         if problems:
             raise ConfigError(problems)
@@ -168,7 +170,7 @@ def main() -> int:
     logging.getLogger("gateway").setLevel(logging.WARNING)
     try:
         _, verified = asyncio.run(run_demo())
-    except ConfigError as exc:  # the bundled pack or registry, edited: say where, as `check` does
+    except ConfigError as exc:  # the pack or registry (bundled, edited, or EXPORTGATE_POLICY_DIR's): say where
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1

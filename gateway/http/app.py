@@ -21,7 +21,9 @@ from gateway.adapters.ledger.writer import LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.adapters.quota import QuotaStore
+from gateway.adapters.tls_files import ServerTls
 from gateway.config.admin import load_admin_tokens
+from gateway.config.listener import ListenerTls
 from gateway.config.settings import Settings
 from gateway.http import client_faults
 from gateway.http.admin import admin_app
@@ -76,6 +78,7 @@ class Server:
         self.app.on_response_prepare.append(self._close_when_draining)
         self.app.on_response_prepare.append(hide_server_software)
         self._runners: list[web.AppRunner] = []
+        self._tls: list[ServerTls] = []  # the listeners' certificates, each reloaded when renewed
 
     # The parts, once start() has opened them (KeyError before).
     @property
@@ -127,11 +130,14 @@ class Server:
         self.metrics.ready.set_function(self._publish_readiness)
         try:
             # Several workers share the proxy port; the kernel spreads connections among them.
-            await self._listen_guarded(self.app, s.listen_host, s.listen_port, reuse_port=s.workers > 1)
-            await self._listen(self.admin_application(), s.admin_host, s.admin_port)
+            proxy_tls = self._server_tls("proxy", s.listen_tls)
+            await self._listen_guarded(self.app, s.listen_host, s.listen_port, reuse_port=s.workers > 1, tls=proxy_tls)
+            admin_tls = self._server_tls("admin", s.admin_tls)
+            await self._listen(self.admin_application(), s.admin_host, s.admin_port, ssl_context=admin_tls)
             if s.decision is not None:  # nginx auth_request and Envoy ext_authz HTTP ask here
                 entries = decision_app(self.app[DECISIONS], s.trusted_proxies, s.limits)
-                await self._listen(entries, s.decision.host, s.decision.port, reuse_port=s.workers > 1)
+                await self._listen(entries, s.decision.host, s.decision.port, reuse_port=s.workers > 1,
+                                   ssl_context=self._server_tls("decision", s.decision.tls))  # fmt: skip
             if s.admission_webhook is not None:  # the Kubernetes API server asks here, over HTTPS
                 hook, tls = webhook_app(self.app)
                 w = s.admission_webhook
@@ -139,6 +145,15 @@ class Server:
         except BaseException:
             await self.stop()
             raise
+
+    def _server_tls(self, label: str, tls: ListenerTls | None) -> ssl.SSLContext | None:
+        """A listener's TLS context (None: plain HTTP), its files looked at again every `reload.interval_s`."""
+        if tls is None:
+            return None
+        served = ServerTls(tls.cert_file, tls.key_file, tls.client_ca_file, label=label)  # raises TlsFilesError
+        served.watch(self.settings.reload_interval_s)
+        self._tls.append(served)
+        return served.context
 
     def admin_application(self) -> web.Application:
         """The admin listener's application: metrics, health, and the operator API when tokens are configured."""
@@ -183,7 +198,9 @@ class Server:
         reuse = reuse_port or None
         await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse, ssl_context=ssl_context).start()
 
-    async def _listen_guarded(self, app: web.Application, host: str, port: int, *, reuse_port: bool) -> None:
+    async def _listen_guarded(
+        self, app: web.Application, host: str, port: int, *, reuse_port: bool, tls: ssl.SSLContext | None
+    ) -> None:
         """The proxy listener: connection cap, head deadline and idle keep-alive from `limits`."""
         runner = self._runner(app)
         await runner.setup()  # enters the cleanup_ctx: every part is open once this returns
@@ -197,7 +214,9 @@ class Server:
             # before closing so the client sees the answer, not a reset; bound it so a slow body cannot hold on.
             "lingering_time": LINGER_S,
         }
-        await GuardedSite(runner, host, port, self.guard, reuse_port=reuse_port, handler_args=handler_args).start()
+        site = GuardedSite(runner, host, port, self.guard, reuse_port=reuse_port, handler_args=handler_args,
+                           ssl_context=tls)  # fmt: skip
+        await site.start()
 
     async def drain(self) -> None:
         """SIGTERM: turn unready at once and keep serving for `shutdown.drain_s` while balancers notice."""
@@ -227,6 +246,8 @@ class Server:
             grpc.begin_stop(self.settings.shutdown.grace_s / 2)
         while self._runners:
             await self._runners.pop().cleanup()
+        while self._tls:
+            await self._tls.pop().stop()
 
 
 async def serve_forever(settings: Settings) -> None:
@@ -235,9 +256,11 @@ async def serve_forever(settings: Settings) -> None:
     await server.start()
     settle_garbage_collector()
     log.info(
-        "exportgate listening on %s:%d (admin %s:%d)",
+        "exportgate listening on %s://%s:%d (admin %s://%s:%d)",
+        "https" if settings.listen_tls else "http",
         settings.listen_host,
         settings.listen_port,
+        "https" if settings.admin_tls else "http",
         settings.admin_host,
         settings.admin_port,
     )

@@ -9,6 +9,7 @@ Body timeouts are the reader's job (gateway/http/body.py): only the handler know
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,9 +131,12 @@ class GuardedHandler(RequestHandler):
 
 
 class GuardedSite(web.BaseSite):
-    """A TCP listener whose connections are GuardedHandlers of the runner's server."""
+    """A TCP listener whose connections are GuardedHandlers of the runner's server.
 
-    __slots__ = ("_guard", "_handler_args", "_host", "_port", "_reuse_port")
+    With `ssl_context` it terminates TLS; a handshake must finish within the head deadline (the
+    guard sees a connection only once its handshake is done)."""
+
+    __slots__ = ("_guard", "_handler_args", "_host", "_port", "_reuse_port", "_tls")
 
     def __init__(
         self,
@@ -143,14 +147,16 @@ class GuardedSite(web.BaseSite):
         *,
         reuse_port: bool = False,
         handler_args: dict[str, Any] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(runner)
         self._host, self._port, self._guard, self._reuse_port = host, port, guard, reuse_port
         self._handler_args = handler_args or {}
+        self._tls = ssl_context
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'https' if self._tls else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -161,6 +167,8 @@ class GuardedSite(web.BaseSite):
         def factory() -> GuardedHandler:
             return GuardedHandler(server, loop=loop, guard=self._guard, **self._handler_args)
 
+        handshake_s = self._guard.limits.head_timeout_s if self._tls is not None else None
         self._server = await loop.create_server(
-            factory, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None, backlog=1024
-        )
+            factory, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None, backlog=1024,
+            ssl=self._tls, ssl_handshake_timeout=handshake_s,
+        )  # fmt: skip

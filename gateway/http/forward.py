@@ -55,6 +55,11 @@ def _request_data(request: web.Request, body: bytes | None) -> bytes | io.BytesI
 
 def classify(exc: BaseException) -> UpstreamFailure:
     """What a client error means for the reservation: `sent` False only when the request never left."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        detail = "the scheduler's TLS certificate is not trusted (see the upstream's tls.ca_file)"
+        return UpstreamFailure(Code.UPSTREAM_UNREACHABLE, detail, sent=False)
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return UpstreamFailure(Code.UPSTREAM_UNREACHABLE, "the TLS handshake with the scheduler failed", sent=False)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamFailure(Code.UPSTREAM_UNREACHABLE, "the scheduler refused the connection", sent=False)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):  # before ServerTimeoutError, its base class

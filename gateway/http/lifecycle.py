@@ -170,7 +170,7 @@ async def upstreams(app: web.Application) -> AsyncIterator[None]:
         for u in base.settings.upstreams:
             adapter = adapter_for(u)
             upstream = Upstream(u, (*(adapter.routes() if adapter else ()), *u.routes), adapter)
-            await upstream.start(base.env)
+            await upstream.start(base.env, tls_reload_s=base.settings.reload_interval_s)
             started.append(upstream)
         yield
     finally:

@@ -20,7 +20,7 @@ def webhook_app(proxy: web.Application) -> tuple[web.Application, ssl.SSLContext
     settings = base.settings.admission_webhook
     assert settings is not None
     upstream = next(u for u in proxy[UPSTREAMS] if u.name == settings.upstream)  # checked when the config loaded
-    tls = ServerTls(settings.cert_file, settings.key_file)
+    tls = ServerTls(settings.cert_file, settings.key_file, label="admission webhook")
     hook = AdmissionWebhook(
         settings,
         policy=proxy[POLICY],
