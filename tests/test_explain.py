@@ -246,6 +246,32 @@ async def test_explanation_shows_tier_path_price_sources_and_headroom(tmp_path: 
         assert early["at"].startswith("2025-03-01") and early["quota"]["counters"][0]["held_now"] == H100
 
 
+async def test_explain_shows_the_parameter_threshold_on_jobs(tmp_path: Path) -> None:
+    """A job declaring 1e24 parameters: explain names rule weights_parameters (enforced, shadow before its date) and
+    agrees with the live answer; a Tier 1 tenant's job is admitted and meters the lineage."""
+    job = slurm_job(lineage="giant", params="1e24")
+    async with running_stack(tmp_path, registry=E2E_TENANTS, admin_tokens_file=tokens_file(tmp_path)) as stack:
+        x = await explained(stack, {"tenant": "falcon-ae", "method": "POST", "path": SUBMIT, "body": job})
+        live, reply, _ = await call(stack, "POST", SUBMIT, "falcon-ae", payload=job)
+        assert (x["decision"], x["code"], x["status"]) == ("deny", "licence_required", 403) == ("deny", reply["code"],
+                                                                                                live)  # fmt: skip
+        assert x["reasons"][0]["rule"] == "weights_parameters" and x["reasons"][0]["state"] == "enforced"
+        rule = next(r for r in x["rules"] if r["rule"] == "weights_parameters")
+        assert (rule["objection"], rule["enforced_from"]) == ("licence_required", "2025-05-15")
+        assert x["price"]["parameters"] == 1e24
+        assert ("parameters", "job.environment.EXPORTGATE_PARAMS", "1e24") in {
+            (s["quantity"], s["field"], s["value"]) for s in x["price"]["sources"]}  # fmt: skip
+        early = await explained(stack, {"tenant": "falcon-ae", "method": "POST", "path": SUBMIT, "body": job,
+                                        "at": "2025-03-01"})  # fmt: skip
+        assert (early["decision"], early["code"], early["status"]) == ("shadow_deny", "licence_required", 200)
+        assert "lineage_params_declared:giant" in [c["key"] for c in early["quota"]["counters"]]
+        tier1 = await explained(stack, {"tenant": "us-two", "method": "POST", "path": SUBMIT, "body": job})
+        assert (tier1["decision"], tier1["code"]) == ("allow", None)
+        meter = next(c for c in tier1["quota"]["counters"] if c["key"] == "lineage_params_declared:giant")
+        assert (meter["rule"], meter["cap"], meter["job_takes"]) == ("weights_parameters", None, 1.0)
+        assert (await call(stack, "POST", SUBMIT, "us-two", payload=job))[0] == 200
+
+
 async def test_explaining_reserves_records_and_forwards_nothing(stack: Stack) -> None:
     """However many times a job is explained, the counters, the ledger and the scheduler never hear of it."""
     records = len(ledger_records(stack))

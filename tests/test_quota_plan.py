@@ -336,9 +336,66 @@ def test_inference_near_the_training_threshold(purpose: str | None, caps: CapSet
 
 
 def test_tier1_has_no_training_threshold() -> None:
-    """Tenants resolved to Tier 1 are metered for TPP only, whatever they train."""
+    """Tenants resolved to Tier 1 are capped on TPP only, whatever they train; the lineage is still metered.
+
+    The lineage's own meter (`lineage_ops:<lineage>`, every tier, no cap) is what makes its weights
+    controlled (gateway/core/weights.py); it never refuses.
+    """
     p = plan(tenant(headquarters="US"), Tier.ONE, cost(ops=5e26), lineage="big")
-    assert [c.key for c in p.counters] == ["tenant:t1"]
+    assert [c.key for c in p.counters] == ["tenant:t1", "lineage_ops:big"]
+    assert p.counters[1].cap is None and p.counters[1].amount == 5e26
+
+
+L_WEIGHTS = Licence("W1", frozenset({LicenceScope.WEIGHTS}), lineage="big")
+PARAMS_SHADOW = dataclasses.replace(PACK, rules={**PACK.rules, RuleId.WEIGHTS_PARAMETERS: Rule(
+    RuleId.WEIGHTS_PARAMETERS, date(2027, 1, 1), "mission statement")})  # fmt: skip
+
+
+def params_plan(who: Tenant, tier: Tier, parameters: float | None, pack: Pack = PACK) -> Plan | Decision:
+    return plan_reservation(who, tier, cost(ops=5e24), "big", None, pack, CAPS, NOW, decision_id="d1",
+                            idempotency_key=None, upstream="slurm", parameters=parameters)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("who", "tier", "parameters", "keys", "licences"),
+    [
+        (tenant(headquarters="US"), Tier.ONE, 1e24,
+         ["tenant:t1", "lineage_ops:big", "lineage_params_declared:big"], ()),
+        (tenant(licences=(L_WEIGHTS,)), Tier.TWO, 1e24,
+         ["tenant:t1", "ops:t1:big", "ops:t1:*", "lineage_ops:big", "lineage_params_declared:big"], ("W1",)),
+        (tenant(), Tier.TWO, 1e23, ["tenant:t1", "ops:t1:big", "ops:t1:*", "lineage_ops:big"], ()),
+        (tenant(), Tier.TWO, None, ["tenant:t1", "ops:t1:big", "ops:t1:*", "lineage_ops:big"], ()),
+    ],
+    ids=["tier1-over", "tier2-licensed-over", "tier2-at-threshold", "tier2-undeclared"],
+)
+def test_declared_parameters_meter_the_lineage(
+    who: Tenant, tier: Tier, parameters: float | None, keys: list[str], licences: tuple[str, ...]
+) -> None:
+    """A job declaring over the pack's parameter threshold (weights.yaml, 1e23 by default) takes 1 from the lineage's
+    uncapped `lineage_params_declared:<lineage>` (what makes its weights controlled); at the threshold, nothing."""
+    p = params_plan(who, tier, parameters)
+    assert isinstance(p, Plan)
+    assert [c.key for c in p.counters] == keys
+    assert p.licence_ids == licences and p.reasons == ()
+    meter = next((c for c in p.counters if c.key == "lineage_params_declared:big"), None)
+    if meter is not None:
+        assert (meter.amount, meter.cap, meter.kind, meter.rule) == (1.0, None, C, RuleId.WEIGHTS_PARAMETERS)
+
+
+def test_declared_parameters_need_a_licence_outside_tier1() -> None:
+    """Enforced: refused before the store is asked. In shadow: the plan carries the objection and the verdict
+    keeps it whatever the store says (here it admits), and the lineage is metered."""
+    refused = params_plan(tenant(), Tier.TWO, 1e24)
+    assert isinstance(refused, Decision)
+    assert (refused.outcome, refused.code, refused.reasons[0].rule) == (
+        Outcome.DENY, Code.LICENCE_REQUIRED, RuleId.WEIGHTS_PARAMETERS)  # fmt: skip
+    shadow = params_plan(tenant(), Tier.TWO, 1e24, PARAMS_SHADOW)
+    assert isinstance(shadow, Plan)
+    assert [(r.code, r.enforced, r.citation) for r in shadow.reasons] == [
+        (Code.LICENCE_REQUIRED, False, "mission statement")]  # fmt: skip
+    assert shadow.counters[-1].key == "lineage_params_declared:big"
+    decision = interpret(shadow, QuotaBook().reserve(shadow, NOW.timestamp()), NOW)
+    assert (decision.outcome, decision.code) == (Outcome.SHADOW_DENY, Code.LICENCE_REQUIRED)
 
 
 @pytest.mark.parametrize(

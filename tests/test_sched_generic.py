@@ -243,7 +243,7 @@ def test_loader_kind_problems() -> None:
     assert load_scheduler_options("pbs", None, problems, parent) is None
     assert load_scheduler_options("generic", None, problems, parent) is None
     assert [str(p) for p in problems] == [
-        "gateway.yaml:2: upstreams[0].scheduler: unknown scheduler 'pbs'; known: slurm, kubernetes, ray, generic",
+        "gateway.yaml:2: upstreams[0].scheduler: unknown scheduler 'pbs'; known: slurm, kubernetes, ray, generic, s3",
         "gateway.yaml:2: upstreams[0].scheduler_options: the generic scheduler needs scheduler_options "
         "(paths and fields)",
     ]

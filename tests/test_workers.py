@@ -8,24 +8,30 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway.cli import main
 from gateway.cli.workers import with_workers, worker_settings
 from gateway.config.settings import QuotaSettings, Settings, load_settings
-from tests.harness import POLICIES, Idp, gateway_yaml, upstream_yaml, wait_until
+from tests.envoy_kit import check, check_request
+from tests.harness import POLICIES, Idp, gateway_yaml, ledger_records, upstream_yaml, wait_until
 from tests.processes import GatewayProcess, children, free_ports, ready, wait_ready
 from tests.redis_server import RedisProcess, free_port
 
 
-def workers_config(workdir: Path, *, admin_port: int, store: str = "memory", redis_url: str = "") -> Path:
+def workers_config(
+    workdir: Path, *, admin_port: int, store: str = "memory", redis_url: str = "", idp: Idp | None = None,
+    extra: str = "",
+) -> Path:
     """A gateway.yaml whose upstream is never called; readiness needs only config, keys and ledger."""
-    (workdir / "jwks.json").write_text(json.dumps(Idp().jwks()))
+    (workdir / "jwks.json").write_text(json.dumps((idp or Idp()).jwks()))
     quota = f'store: redis, redis_url: "{redis_url}", prefix: "workers-{time.monotonic_ns()}:"'
     path = workdir / "gateway.yaml"
     path.write_text(gateway_yaml(
         workdir, instance_id="sup", admin_port=admin_port, pack=None, registry=POLICIES / "tenants.example.yaml",
         quota=quota if store == "redis" else "store: memory", upstreams=upstream_yaml("http://127.0.0.1:9"),
+        extra=extra,
     ))  # fmt: skip
     return path
 
@@ -65,10 +71,12 @@ def test_worker_settings(tmp_path: Path, case: str, workers: int, index: int, in
     assert (got.instance_id, got.admin_port, got.listen_port) == (instance, admin_port, base.listen_port)
 
 
-async def supervise(workdir: Path, redis_url: str, workers: int) -> tuple[GatewayProcess, list[str]]:
+async def supervise(
+    workdir: Path, redis_url: str, workers: int, *, idp: Idp | None = None, extra: str = ""
+) -> tuple[GatewayProcess, list[str]]:
     """A supervisor of `workers` workers, all ready; returns it and the workers' admin URLs."""
     admin = free_ports(workers)
-    config = workers_config(workdir, admin_port=admin, store="redis", redis_url=redis_url)
+    config = workers_config(workdir, admin_port=admin, store="redis", redis_url=redis_url, idp=idp, extra=extra)
     sup = GatewayProcess.start(["--config", str(config), "--workers", str(workers)], workdir / "serve.log")
     admins = [f"http://127.0.0.1:{admin + i}" for i in range(workers)]
     try:
@@ -139,3 +147,39 @@ def test_a_workers_override_checks_every_listener_again(
     settings = replace(base, quota=QuotaSettings("redis", "redis://127.0.0.1:1/0"))
     _, problem = with_workers(settings, workers)
     assert problem == (None if refused is None else f"--workers {workers}: {refused}")
+
+
+async def test_decision_entries_are_served_by_every_worker(tmp_path: Path, redis_server: RedisProcess) -> None:
+    """With `--workers 2` both workers bind the decision listener and the Envoy gRPC listener (SO_REUSEPORT):
+    nginx's checks on fresh connections are answered by both, each recorded in its own worker's chain, and a
+    gRPC Check is answered too."""
+    idp = Idp()
+    decision_port, grpc_port = free_port(), free_port()
+    extra = f"decision: {{host: 127.0.0.1, port: {decision_port}}}\n"
+    extra += f"envoy_grpc: {{host: 127.0.0.1, port: {grpc_port}}}\n"
+    sup, _ = await supervise(tmp_path, redis_server.url, 2, idp=idp, extra=extra)
+    try:
+        token = {"Authorization": f"Bearer {idp.token('acme-us')}"}
+        asked = {**token, "X-Original-URI": "/slurm/v0.0.38/ping", "X-Original-Method": "GET", "Connection": "close"}
+        statuses = []
+        for _ in range(40):  # a new connection each: the kernel spreads them over the two listening sockets
+            async with aiohttp.ClientSession() as client, client.get(
+                f"http://127.0.0.1:{decision_port}/v1/nginx", headers=asked
+            ) as resp:
+                statuses.append(resp.status)
+        assert statuses == [200] * 40
+        checked = await check(grpc_port, check_request("GET", "/slurm/v0.0.38/ping", token))
+        assert checked.allowed
+        ledger = tmp_path / "ledger"
+
+        def answered_by_both() -> bool:
+            counts = [
+                sum(1 for r in ledger_records(ledger, w, committed_only=True) if r.get("entry") == "nginx")
+                for w in ("sup-w0", "sup-w1")
+            ]
+            return sum(counts) == 40 and min(counts) > 0
+
+        await wait_until(answered_by_both, 10, every=0.1)
+    finally:
+        code = sup.stop()
+    assert code == 0, sup.output()

@@ -8,7 +8,7 @@ with no recent decisions costs a bounded read, however long the ledger.
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,11 @@ from gateway.adapters.ledger.reader import instance_dirs, segments
 BLOCK = 64 * 1024
 DEFAULT_LIMIT = 20
 DEFAULT_BUDGET = 4 * 1024 * 1024  # bytes read per chain at most
-# What a recent decision shows: the record's own fields, without client addresses or issuers.
-SHOWN = ("decision_id", "ts", "entry", "route", "route_kind", "method", "path", "upstream", "decision", "code", "tier")
+# What a recent decision shows: the record's own fields and reasons, without client addresses or issuers.
+SHOWN = ("decision_id", "ts", "entry", "route", "route_kind", "method", "path", "upstream", "decision", "code", "tier",
+         "reasons")  # fmt: skip
+# What an access log entry shows (the KYC record-keeping duty: when, from where, what was asked).
+ACCESS = ("ts", "entry", "client_ip", "method", "path", "upstream", "decision", "code")
 
 
 def _lines_backwards(path: Path, budget: int) -> Iterator[bytes]:
@@ -53,7 +56,13 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _chain_tail(instance: Path, tenant_id: str, limit: int, budget: int) -> list[dict[str, Any]]:
+def _access(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: record.get(key) for key in ACCESS}
+
+
+def _chain_tail(
+    instance: Path, tenant_id: str, limit: int, budget: int, shown: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     needle = b'"tenant":' + json.dumps(tenant_id, ensure_ascii=False).encode()  # records are compact JSON
     for segment in reversed(segments(instance)):
@@ -68,19 +77,88 @@ def _chain_tail(instance: Path, tenant_id: str, limit: int, budget: int) -> list
             except ValueError:
                 continue
             if isinstance(record, dict) and record.get("kind") == "decision" and record.get("tenant") == tenant_id:
-                found.append(_summary(record))
+                found.append(shown(record))
                 if len(found) >= limit:
                     break
         budget -= size
     return found
 
 
+def _newest(
+    root: Path, tenant_id: str, limit: int, budget_bytes: int, shown: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The tenant's last `limit` records as `shown` keeps them, over every chain under `root`, newest first."""
+    found: list[dict[str, Any]] = []
+    for instance in instance_dirs(root):
+        found.extend(_chain_tail(instance, tenant_id, limit, budget_bytes, shown))
+    found.sort(key=lambda r: r.get("ts") or 0.0, reverse=True)
+    return found[:limit]
+
+
 def recent_decisions(
     root: Path, tenant_id: str, *, limit: int = DEFAULT_LIMIT, budget_bytes: int = DEFAULT_BUDGET
 ) -> list[dict[str, Any]]:
     """The tenant's last `limit` decision records over every chain under `root`, newest first."""
-    found: list[dict[str, Any]] = []
+    return _newest(root, tenant_id, limit, budget_bytes, _summary)
+
+
+def access_log(
+    root: Path, tenant_id: str, *, limit: int = DEFAULT_LIMIT, budget_bytes: int = DEFAULT_BUDGET
+) -> list[dict[str, Any]]:
+    """The tenant's last `limit` requests (time, entry, client IP, method, path, outcome), newest first."""
+    return _newest(root, tenant_id, limit, budget_bytes, _access)
+
+
+def refusals_since(root: Path, since: float, *, budget_bytes: int = DEFAULT_BUDGET) -> tuple[dict[str, int], bool]:
+    """Refused decisions (`deny`) at or after `since`, counted by code over every chain, and whether each chain's
+    read reached back to `since` (False: a chain's budget ran out first, so the counts are a lower bound)."""
+    counts: dict[str, int] = {}
+    complete = True
     for instance in instance_dirs(root):
-        found.extend(_chain_tail(instance, tenant_id, limit, budget_bytes))
-    found.sort(key=lambda r: r.get("ts") or 0.0, reverse=True)
-    return found[:limit]
+        budget, reached = budget_bytes, False
+        for segment in reversed(segments(instance)):
+            if budget <= 0 or reached or not segment.is_file():
+                break
+            size = segment.stat().st_size
+            for line in _lines_backwards(segment, budget):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(record, dict) or not isinstance(record.get("ts"), int | float):
+                    continue
+                if record["ts"] < since:
+                    reached = True
+                    break
+                if record.get("kind") == "decision" and record.get("decision") == "deny":
+                    code = str(record.get("code"))
+                    counts[code] = counts.get(code, 0) + 1
+            budget -= size
+        complete = complete and (reached or budget > 0)
+    return dict(sorted(counts.items())), complete
+
+
+def chain_head(instance: Path, *, budget_bytes: int = DEFAULT_BUDGET) -> dict[str, Any]:
+    """The chain's last committed record (`seq`, `hash`, `ts`) and its last checkpoint (`checkpoint_seq`,
+    `checkpoint_hash`, `checkpoint_ts`), read from the end of its segments within `budget_bytes` (a key is
+    missing when it was not found)."""
+    found: dict[str, Any] = {}
+    budget = budget_bytes
+    for segment in reversed(segments(instance)):
+        if budget <= 0 or not segment.is_file():
+            break
+        size = segment.stat().st_size
+        for line in _lines_backwards(segment, budget):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            if "seq" not in found:
+                found |= {key: record.get(key) for key in ("seq", "hash", "ts")}
+            if record.get("kind") == "checkpoint":
+                found |= {f"checkpoint_{key}": record.get(key) for key in ("seq", "hash", "ts")}
+                return found
+        budget -= size
+    return found

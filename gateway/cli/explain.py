@@ -120,7 +120,8 @@ def _price_lines(price: dict[str, Any]) -> list[str]:
             f"  held {_n(price['held_tpp'])} TPP, {_n(price['tpp_hours'])} TPP-hours, "
             f"{_n(price['training_ops'])} training operations"
         )
-    lines.append(f"  lineage {price['lineage'] or '-'}, purpose {price['purpose'] or '-'}")
+    lines.append(f"  lineage {price['lineage'] or '-'}, purpose {price['purpose'] or '-'}, "
+                 f"parameters {_n(price.get('parameters'))}")  # fmt: skip
     for s in price["sources"]:
         where = f"{s['field']} = {json.dumps(s['value'])}" if s["field"] else f"{s['note']}: {_n(s['value'])}"
         lines.append(f"  {s['quantity']:<11} from {where}")
@@ -138,6 +139,26 @@ def _quota_lines(quota: dict[str, Any]) -> list[str]:
         )
     for kind, room in quota["headroom"].items():
         lines.append(f"  room after this job: {kind} {_n(room['amount'])} (binding: {room['binding']})")
+    return lines
+
+
+def _weights_lines(w: dict[str, Any]) -> list[str]:
+    lines = [f"weights: {w['op']} {w['bucket']}/{w['key']} ({w['s3_op']}), basis {w['basis']}"]
+    lineage = w["lineage"]
+    if lineage is None:
+        lines.append("  the object holds no lineage the catalogue names")
+        return lines
+    lines.append(
+        f"  lineage {lineage['lineage']} (from {w['lineage_source']}): {_n(lineage['total_ops'])} operations "
+        f"({_n(lineage['counted_ops'])} counted by the gateway, {_n(lineage['declared_ops'])} declared), "
+        f"parameters {_n(lineage['parameters'])}, domain {lineage['data_domain'] or '-'}"
+    )
+    state = "controlled" if lineage["controlled"] else "not controlled"
+    released = f" (released: {lineage['released_by']})" if lineage["released_by"] else ""
+    lines.append(f"  {state}{released}")
+    lines += [f"  {c['rule']} ({c['state']}): {c['detail']}" for c in lineage["controls"]]
+    if "storage_compliant" in w:
+        lines.append(f"  storage: {w['storage_facility'] or 'bucket not declared to meet the storage conditions'}")
     return lines
 
 
@@ -172,6 +193,8 @@ def render(x: dict[str, Any]) -> str:
         lines += _price_lines(x["price"])
     if x["quota"] is not None:
         lines += _quota_lines(x["quota"])
+    if x.get("weights") is not None:
+        lines += _weights_lines(x["weights"])
     lines += [f"note: {note}" for note in x["notes"]]
     lines.append(f"policy {x['policy']['name']} {x['policy']['version']}, registry {x['registry']}")
     if "quota_source" in x:

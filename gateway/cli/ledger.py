@@ -12,11 +12,14 @@ from typing import Any
 
 from gateway.adapters.ledger import files
 from gateway.adapters.ledger.prune import PruneError, prune_instance
-from gateway.adapters.ledger.reader import instance_dirs, live_segments, read_instance
+from gateway.adapters.ledger.reader import instance_dirs, live_segments
 from gateway.adapters.ledger.signing import KeyFileError, PublicKey, Signer, generate, load_public_key, load_signer
+from gateway.adapters.ledger.verified import check_instance
 from gateway.adapters.quota import DEFAULT_IDEMPOTENCY_WINDOW_S, DEFAULT_OWNERSHIP_TTL_S
 from gateway.adapters.quota_snapshot import SETTLE_S, CannotSnapshot, Taken, take
 from gateway.core.verify import ChainCheck, Expected, Finding, Kind, TrustedKey, Where
+
+__all__ = ["check_instance", "heads_from", "parse_expect_head", "verify"]
 
 _HEAD = re.compile(r"^(?P<instance>[^=]+)=(?:(?P<seq>\d+):)?(?P<hash>[0-9a-f]{64})$")
 DAY_S = 86_400.0
@@ -48,31 +51,6 @@ def heads_from(anchor_dir: Path) -> Iterable[tuple[str, Expected]]:
             files.safe_name(str(record.get("instance", path.stem))),
             Expected(record["hash"], record["seq"], str(path)),
         )
-
-
-def _manifest_head(instance_dir: Path) -> list[Expected]:
-    manifest = files.read_json(instance_dir / files.MANIFEST) or {}
-    head = manifest.get("head") or {}
-    if isinstance(head.get("seq"), int) and head["seq"] > 0 and isinstance(head.get("hash"), str):
-        return [Expected(head["hash"], head["seq"], str(instance_dir / files.MANIFEST))]
-    return []
-
-
-def check_instance(instance_dir: Path, key: TrustedKey, expected: list[Expected]) -> tuple[ChainCheck, list[str]]:
-    """Stream one chain through the verifier; also return warnings (a torn, uncommitted last line)."""
-    check = ChainCheck(key, [*expected, *_manifest_head(instance_dir)])
-    live = live_segments(instance_dir)
-    newest = live[-1].name if live else None
-    warnings = []
-    for loc in read_instance(instance_dir, with_anchor=True):
-        if not loc.complete and loc.segment == newest:
-            warnings.append(f"{instance_dir / loc.segment}:{loc.line}: torn last line (never committed) ignored")
-            break
-        check.feed(Where(loc.segment, loc.line), loc.record)
-        if check.done:
-            break
-    check.finish()
-    return check, warnings
 
 
 def _where(root: Path, name: str, finding: Finding) -> str:

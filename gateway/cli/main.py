@@ -12,6 +12,7 @@ from gateway.cli import explain as explain_commands
 from gateway.cli import ledger as ledger_commands
 from gateway.cli import nginx_config
 from gateway.cli import quota as quota_commands
+from gateway.cli import report as report_commands
 from gateway.cli import usage as usage_commands
 from gateway.cli.preflight import preflight
 from gateway.config.located import ConfigError, Problem
@@ -79,7 +80,7 @@ def _check(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo.tour import main as demo_main
 
-    return demo_main()
+    return demo_main(args.keep)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -95,12 +96,15 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path)
     check.set_defaults(func=_check)
     demo = sub.add_parser("demo", help="run a gateway and a stand-in scheduler and print decisions")
+    demo.add_argument("--keep", type=Path, metavar="DIR",
+                      help="keep its config, registry, keys and ledger in DIR; print commands to try")  # fmt: skip
     demo.set_defaults(func=_demo)
     ledger_commands.register(sub)
     quota_commands.register(sub)
     nginx_config.register(sub)
     explain_commands.register(sub)
     usage_commands.register(sub)
+    report_commands.register(sub)
     return root
 
 

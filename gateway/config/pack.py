@@ -8,6 +8,7 @@ from gateway.config.caps import load_caps
 from gateway.config.fields import Fields, as_str
 from gateway.config.gpus import load_gpus
 from gateway.config.located import ConfigError, Node, Problem, load_file
+from gateway.config.weights import load_weights
 from gateway.core.iso import country_problem
 from gateway.core.policy import Action, Enforcement, KycSettings, Pack, ReadAccess, Rule, RuleId
 from gateway.core.tiers import Membership, TierTable
@@ -148,8 +149,10 @@ def load_pack(directory: Path) -> Pack:
         tiers = _tiers(directory / "tiers.yaml", problems)
         gpus = load_gpus(directory / "gpus.yaml", problems) if (directory / "gpus.yaml").is_file() else None
         caps = load_caps(directory / "caps.yaml", problems) if (directory / "caps.yaml").is_file() else None
+        weights_file = directory / "weights.yaml"
+        weights = load_weights(weights_file, problems) if weights_file.is_file() else None
     except ConfigError as exc:
         raise ConfigError(problems + exc.problems) from exc
     if problems:
         raise ConfigError(problems)
-    return Pack(name, version, content_hash(directory), tiers, rules, kyc, gpus, caps, enforcement)
+    return Pack(name, version, content_hash(directory), tiers, rules, kyc, gpus, caps, enforcement, weights)

@@ -1,12 +1,14 @@
 """Load the tenant registry file into a Registry; names stay in the file, never the ledger."""
 
 import hashlib
+import re
 from pathlib import Path
 
-from gateway.config.fields import Fields, as_number, as_str, field_where
+from gateway.config.fields import Fields, as_number, as_str, field_where, resolve_path
 from gateway.config.located import ConfigError, Node, Problem, load_file
 from gateway.core.iso import country_problem
 from gateway.core.tenants import (
+    AccessKey,
     Budget,
     BudgetPeriod,
     Identity,
@@ -14,6 +16,7 @@ from gateway.core.tenants import (
     KycStatus,
     Licence,
     LicenceScope,
+    ObjectStoreAccess,
     Registry,
     Tenant,
     Veu,
@@ -35,7 +38,11 @@ TENANT_KEYS = (
     "budget",
     "declared_training_ops",
     "upstream_identity",
+    "object_store",
 )
+# An S3 access key id: what clients put in their SigV4 credential (AWS uses 16-128 word characters).
+_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{8,128}$")
+MIN_SECRET_CHARS = 16
 
 
 def _identities(node: Node | None, problems: list[Problem]) -> tuple[Identity, ...]:
@@ -89,6 +96,8 @@ def _licences(node: Node | None, problems: list[Problem]) -> tuple[Licence, ...]
         tpp = fields.number("tpp")
         if tpp is not None and tpp <= 0:
             fields.problem("tpp", "must be positive")
+        if LicenceScope.WEIGHTS in scopes and fields.child("lineage") is None:
+            fields.problem("lineage", "required: a weights licence names the lineage it covers")
         out.append(
             Licence(
                 fields.text("id", "", required=True),
@@ -147,6 +156,44 @@ def _ops_map(node: Node | None, problems: list[Problem]) -> dict[str, float]:
     return out
 
 
+def _object_store(node: Node | None, problems: list[Problem]) -> ObjectStoreAccess | None:
+    """`object_store: {buckets: [patterns], access_keys: [{id, secret_file}]}`; each secret is read from its
+    file now (relative to the registry's directory), so the registry's text never holds one."""
+    if node is None or node.raw is None:
+        return None
+    fields = Fields(node, problems, ("buckets", "access_keys"))
+    buckets: list[str] = fields.texts("buckets", [])
+    for i, pattern in enumerate(buckets):
+        if not pattern or "/" in pattern:
+            problems.append(field_where(node, "buckets").problem(f"buckets[{i}]: {pattern!r} is not a bucket pattern"))
+    keys: list[AccessKey] = []
+    keys_node = fields.child("access_keys")
+    if keys_node is not None and keys_node.raw is not None:
+        if not isinstance(keys_node.raw, list):
+            problems.append(keys_node.problem("must be a list of {id, secret_file}"))
+        else:
+            for item in keys_node.elements():
+                key = Fields(item, problems, ("id", "secret_file"))
+                key_id: str = key.text("id", "", required=True)
+                file: str | None = key.text("secret_file", required=True)
+                if key_id and not _KEY_ID.match(key_id):
+                    key.problem("id", "must be 8-128 letters, digits, '_', '.' or '-'")
+                path = resolve_path(Path(item.file).parent, file)
+                if path is None:
+                    continue
+                try:
+                    secret = path.read_text(encoding="utf-8").strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else "not UTF-8 text"
+                    key.problem("secret_file", f"cannot read {path}: {reason}")
+                    continue
+                if len(secret) < MIN_SECRET_CHARS or any(c.isspace() for c in secret):
+                    key.problem("secret_file", f"{path} must hold one secret of at least {MIN_SECRET_CHARS} characters")
+                    continue
+                keys.append(AccessKey(key_id, secret))
+    return ObjectStoreAccess(tuple(buckets), tuple(keys))
+
+
 def _country(fields: Fields, key: str, tenant_id: str, warnings: list[Problem]) -> str | None:
     """An assigned ISO 3166-1 alpha-2 code; anything else is a problem. A country not yet
     recorded (absent or null) is only a warning: the tenant's requests fail closed."""
@@ -194,6 +241,7 @@ def _tenant(node: Node, problems: list[Problem], warnings: list[Problem]) -> Ten
         budget=_budget(fields.child("budget"), problems),
         upstream_identity=_str_map(fields.child("upstream_identity"), problems),
         declared_training_ops=_ops_map(fields.child("declared_training_ops"), problems),
+        object_store=_object_store(fields.child("object_store"), problems),
     )
 
 
@@ -210,6 +258,7 @@ def parse_registry(root: Node, warnings: list[Problem] | None = None) -> Registr
     else:
         seen_ids: set[str] = set()
         seen_identities: dict[Identity, str] = {}
+        seen_keys: dict[str, str] = {}
         for item in tenants_node.elements():
             tenant = _tenant(item, problems, warnings)
             if tenant is None:
@@ -217,6 +266,12 @@ def parse_registry(root: Node, warnings: list[Problem] | None = None) -> Registr
             if tenant.id in seen_ids:
                 problems.append(field_where(item, "id").problem(f"duplicate tenant id {tenant.id!r}"))
             seen_ids.add(tenant.id)
+            for key in tenant.object_store.access_keys if tenant.object_store else ():
+                owner = seen_keys.get(key.id)
+                if owner is not None:
+                    message = f"access key {key.id} is already {owner!r}'s"
+                    problems.append(field_where(item, "object_store").problem(message))
+                seen_keys[key.id] = tenant.id
             for identity in tenant.identities:
                 other = seen_identities.get(identity)
                 if other is not None:

@@ -1,10 +1,11 @@
 """Strict loading of an upstream's `scheduler_options:` mapping into its adapter's options."""
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from gateway.config.fields import Fields
-from gateway.config.located import Node, Problem
+from gateway.config.fields import Fields, resolve_path
+from gateway.config.located import Node, Problem, Where
 from gateway.core.jobs import JobSpecInvalid
 from gateway.core.routes import compile_pattern
 from gateway.schedulers import (
@@ -12,10 +13,12 @@ from gateway.schedulers import (
     GenericOptions,
     KubernetesOptions,
     RayOptions,
+    S3Options,
     SchedulerOptions,
     SlurmOptions,
 )
 from gateway.schedulers.generic import WALLTIME_UNITS
+from gateway.schedulers.s3 import SecretSource
 from gateway.schedulers.slurm import VERSIONS as SLURM_VERSIONS
 from gateway.schedulers.slurm_fields import gpu_spec
 
@@ -43,7 +46,11 @@ def load_scheduler_options(
             return KubernetesOptions()
         if kind == "ray":
             return RayOptions()
-        message = "the generic scheduler needs scheduler_options (paths and fields)"
+        message = (
+            "the generic scheduler needs scheduler_options (paths and fields)"
+            if kind == "generic"
+            else "the s3 upstream needs scheduler_options (access_key_id, secret_access_key)"
+        )
         problems.append(_beside(parent, "scheduler_options", message))
         return None
     before = len(problems)
@@ -52,6 +59,7 @@ def load_scheduler_options(
         "kubernetes": _kubernetes,
         "ray": _ray,
         "generic": _generic,
+        "s3": _s3,
     }
     options = loaders[kind](node, problems)
     return options if len(problems) == before else None
@@ -77,6 +85,7 @@ def _slurm(node: Node, problems: list[Problem]) -> SlurmOptions:
         "default_gpu_model",
         "lineage_env",
         "purpose_env",
+        "params_env",
         "status_version",
         *_SLURM_FACTS_KEYS,
     )
@@ -101,6 +110,7 @@ def _slurm(node: Node, problems: list[Problem]) -> SlurmOptions:
         default_gpu_model=f.text("default_gpu_model"),
         lineage_env=f.text("lineage_env", default="EXPORTGATE_LINEAGE"),
         purpose_env=f.text("purpose_env", default="EXPORTGATE_PURPOSE"),
+        params_env=f.text("params_env", default="EXPORTGATE_PARAMS"),
         status_version=f.choice("status_version", SLURM_VERSIONS, default="v0.0.38"),
         **_slurm_facts(f, problems),
     )
@@ -158,7 +168,7 @@ def _slurm_facts(f: Fields, problems: list[Problem]) -> dict[str, Any]:
 
 
 def _kubernetes(node: Node, problems: list[Problem]) -> KubernetesOptions:
-    keys = ("default_gpu_model", "default_walltime_s", "lineage_label", "purpose_label")
+    keys = ("default_gpu_model", "default_walltime_s", "lineage_label", "purpose_label", "params_label")
     f = Fields(node, problems, keys)
     walltime = f.number("default_walltime_s")
     _positive(f, "default_walltime_s", walltime)
@@ -167,12 +177,13 @@ def _kubernetes(node: Node, problems: list[Problem]) -> KubernetesOptions:
         default_walltime_s=walltime,
         lineage_label=f.text("lineage_label", default="exportgate.io/model-lineage"),
         purpose_label=f.text("purpose_label", default="exportgate.io/purpose"),
+        params_label=f.text("params_label", default="exportgate.io/model-params"),
     )
 
 
 def _ray(node: Node, problems: list[Problem]) -> RayOptions:
     keys = ("walltime_metadata_key", "default_walltime_s", "default_gpu_model", "lineage_key", "purpose_key",
-            "pricing", "cluster_gpus", "capacity_refresh_s")  # fmt: skip
+            "params_key", "pricing", "cluster_gpus", "capacity_refresh_s")  # fmt: skip
     f = Fields(node, problems, keys)
     walltime = f.number("default_walltime_s")
     _positive(f, "default_walltime_s", walltime)
@@ -188,6 +199,7 @@ def _ray(node: Node, problems: list[Problem]) -> RayOptions:
         default_gpu_model=f.text("default_gpu_model"),
         lineage_key=f.text("lineage_key", default="model_lineage"),
         purpose_key=f.text("purpose_key", default="purpose"),
+        params_key=f.text("params_key", default="model_params"),
     )
 
 
@@ -215,6 +227,7 @@ _GENERIC_FIELDS = (
     "walltime_field",
     "concurrency_field",
     "lineage_field",
+    "params_field",
     "purpose_field",
     "name_field",
     "list_items_field",
@@ -285,10 +298,58 @@ def _generic(node: Node, problems: list[Problem]) -> GenericOptions | None:
         concurrency_field=values["concurrency_field"],
         lineage_field=values["lineage_field"],
         purpose_field=values["purpose_field"],
+        params_field=values["params_field"],
         name_field=values["name_field"],
         list_items_field=values["list_items_field"],
         list_id_field=values["list_id_field"],
         default_gpu_model=f.text("default_gpu_model"),
         state_field=values["state_field"],
         finished_states=tuple(finished),
+    )
+
+
+def _secret_source(node: Node | None, problems: list[Problem], required: bool, where: Where) -> SecretSource | None:
+    """`{file: PATH}` or `{env: NAME}` (exactly one): one of the gateway's own secrets, read at start."""
+    if node is None or node.raw is None:
+        if required:
+            problems.append(where.problem("required: {file: PATH} or {env: NAME}"))
+        return None
+    if not isinstance(node.raw, dict):
+        problems.append(node.problem("must be {file: PATH} or {env: NAME}, never the secret itself"))
+        return None
+    fields = Fields(node, problems, ("file", "env"))
+    file, env = fields.text("file"), fields.text("env")
+    if (file is None) == (env is None):
+        problems.append(node.problem("exactly one of file, env"))
+        return None
+    base = Path(node.file).parent
+    return SecretSource(resolve_path(base, file), env)
+
+
+def _s3(node: Node, problems: list[Problem]) -> S3Options:
+    keys = ("region", "access_key_id", "secret_access_key", "presign_secret", "presign_max_s", "clock_skew_s",
+            "head_concurrency")  # fmt: skip
+    f = Fields(node, problems, keys)
+    region = f.text("region", default="us-east-1")
+    if region is not None and not region.replace("-", "").isalnum():
+        f.problem("region", f"{region!r} is not a region name")
+    presign_max = f.integer("presign_max_s", default=900)
+    if not 1 <= presign_max <= 604800:
+        f.problem("presign_max_s", "must be 1..604800 (seven days, SigV4's limit)")
+    skew = f.integer("clock_skew_s", default=900)
+    if not 1 <= skew <= 3600:
+        f.problem("clock_skew_s", "must be 1..3600")
+    heads = f.integer("head_concurrency", default=16)
+    if not 1 <= heads <= 256:
+        f.problem("head_concurrency", "must be 1..256")
+    key_id = _secret_source(f.child("access_key_id"), problems, True, f.where("access_key_id"))
+    secret = _secret_source(f.child("secret_access_key"), problems, True, f.where("secret_access_key"))
+    return S3Options(
+        access_key_id=key_id or SecretSource(),
+        secret_access_key=secret or SecretSource(),
+        region=region or "us-east-1",
+        presign_secret=_secret_source(f.child("presign_secret"), problems, False, f.where("presign_secret")),
+        presign_max_s=presign_max,
+        clock_skew_s=skew,
+        head_concurrency=heads,
     )

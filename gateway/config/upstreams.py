@@ -12,7 +12,7 @@ from gateway.config.secrets import SecretRef, secret_ref
 from gateway.core.routes import Route, RouteKind
 from gateway.schedulers import SchedulerOptions
 
-SCHEDULERS = ("slurm", "kubernetes", "ray", "generic", "none")
+SCHEDULERS = ("slurm", "kubernetes", "ray", "generic", "s3", "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +210,8 @@ def load_upstreams(node: Node | None, base: Path, problems: list[Problem]) -> tu
         if upstream.scheduler == "none" and any(r.kind is not RouteKind.PLAIN_READ for r in upstream.routes):
             message = "without a scheduler adapter only plain_read routes are allowed"
             problems.append(field_where(item, "routes").problem(message))
+        if upstream.scheduler == "s3" and upstream.routes:  # S3 requests are read as S3 operations (docs/weights.md)
+            problems.append(field_where(item, "routes").problem("an s3 upstream takes no routes"))
     seen: set[str] = set()
     for upstream, item in zip(out, node.elements(), strict=True):
         if upstream.name in seen:

@@ -35,6 +35,8 @@ class Code(StrEnum):
     PACKAGE_CONFLICT = "package_conflict"
     ROUTE_NEEDS_PROXY = "route_needs_proxy"
     REQUEST_MALFORMED = "request_malformed"
+    WEIGHTS_CONTROLLED = "weights_controlled"
+    STORAGE_NOT_COMPLIANT = "storage_not_compliant"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,4 +78,7 @@ CODES: dict[Code, CodeInfo] = {
     # gateway must see (submit, update, cancel, listing, code package): send it through the full proxy.
     Code.ROUTE_NEEDS_PROXY: CodeInfo(403, "Route served only through the full proxy"),
     Code.REQUEST_MALFORMED: CodeInfo(400, "Request cannot be read"),
+    # Model weights (docs/weights.md): who may read or write a controlled lineage's objects, and where.
+    Code.WEIGHTS_CONTROLLED: CodeInfo(403, "Controlled model weights"),
+    Code.STORAGE_NOT_COMPLIANT: CodeInfo(403, "Storage does not meet the conditions for controlled weights"),
 }

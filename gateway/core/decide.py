@@ -9,6 +9,7 @@ from gateway.core.iso import ISO_3166_ALPHA2
 from gateway.core.jobs import Cost
 from gateway.core.outcome import QuotaOutcome
 from gateway.core.policy import Pack, ReadAccess, RuleId
+from gateway.core.reason import Reason as Reason  # re-exported: decisions are read through this module
 from gateway.core.routes import RouteKind
 from gateway.core.tenants import KycStatus, Tenant
 from gateway.core.tiers import Tier, deciding_detail, resolve_tier, tier_path
@@ -18,17 +19,6 @@ class Outcome(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     SHADOW_DENY = "shadow_deny"
-
-
-@dataclass(frozen=True, slots=True)
-class Reason:
-    """One rule's objection: its code, the rule, whether enforced now, and why."""
-
-    code: Code
-    rule: RuleId | None
-    enforced: bool
-    detail: str
-    citation: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,7 +143,19 @@ def rules_considered(decision: Decision, pack: Pack, now: datetime, plan: Plan |
     for counter in plan.counters if plan is not None else ():
         if counter.rule not in ids:
             ids.append(counter.rule)
+    for reason in decision.reasons:  # a rule planning objected on without a counter (weights_parameters)
+        if reason.rule is not None and reason.rule not in ids:
+            ids.append(reason.rule)
     return [rule_record(pack, rule_id, now, objections.get(rule_id)) for rule_id in ids]
+
+
+WEIGHTS_RULES = (RuleId.WEIGHTS_OPS, RuleId.WEIGHTS_BIO, RuleId.WEIGHTS_PARAMETERS, RuleId.WEIGHTS_STORAGE)
+
+
+def weights_rules(decision: Decision, pack: Pack, now: datetime) -> list[dict[str, Any]]:
+    """The weights rules an object request is checked against, each with its state and the objection it raised."""
+    objections = {r.rule: r.code.value for r in reversed(decision.reasons) if r.rule is not None}
+    return [rule_record(pack, rule_id, now, objections.get(rule_id)) for rule_id in WEIGHTS_RULES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +196,7 @@ def price_record(facts: PriceFacts, decision: Decision, catalogue: GpuCatalogue 
         "total_gpus": spec.total_gpus,
         "walltime_s": spec.walltime_s,
         "lineage": spec.lineage,
+        "parameters": spec.parameters,
         "purpose": spec.purpose,
         "sources": list(facts.sources),
     }

@@ -35,6 +35,9 @@ class JobSpec:
     idempotency_key: str | None = None
     # Code packages uploaded through the scheduler that the job runs (Ray's `gcs://` runtime_env URIs).
     packages: tuple[str, ...] = ()
+    # The parameter count of the model the job trains or runs, as the submission declares it (Slurm
+    # EXPORTGATE_PARAMS, Ray metadata model_params, ...): the pack's parameter threshold reads it.
+    parameters: float | None = None
 
     @property
     def total_gpus(self) -> int:

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from gateway.core.codes import Code
 from gateway.core.policy import RuleId
+from gateway.core.reason import Reason
 from gateway.core.tiers import Tier
 
 MAX_STORED_BODY = 64 * 1024
@@ -125,6 +126,9 @@ class Plan:
     # Why a count the job would otherwise debit was skipped (`purpose:inference`,
     # `lineage:<name>`): recorded with the decision so the ledger can explain it.
     exemptions: tuple[str, ...] = ()
+    # Objections planning found without the store, in shadow (before their rule's date): the verdict carries
+    # them whatever the store answers. An enforced one refuses before the store is asked (no plan at all).
+    reasons: tuple[Reason, ...] = ()
 
     @property
     def ref(self) -> LeaseRef:

@@ -6,6 +6,7 @@ from datetime import date, datetime
 from enum import StrEnum
 
 from gateway.core.caps import CapSettings
+from gateway.core.catalogue import WeightsSettings
 from gateway.core.pricing import GpuCatalogue
 from gateway.core.tiers import TierTable
 
@@ -19,6 +20,11 @@ class RuleId(StrEnum):
     COUNTRY_CAP = "country_cap"
     BUDGET = "budget"
     TRAINING_THRESHOLD = "training_threshold"
+    # Model weights (gateway/core/weights.py): each way a lineage becomes controlled, and where it may be stored.
+    WEIGHTS_OPS = "weights_ops"
+    WEIGHTS_BIO = "weights_bio"
+    WEIGHTS_PARAMETERS = "weights_parameters"
+    WEIGHTS_STORAGE = "weights_storage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,7 @@ class Pack:
     gpus: GpuCatalogue | None = None
     caps: CapSettings | None = None
     enforcement: Enforcement = field(default_factory=Enforcement)
+    weights: WeightsSettings | None = None  # weights.yaml: the model catalogue and the weights rules' settings
 
     def rule(self, rule_id: RuleId) -> Rule:
         """A rule by id; a pack that omits one enforces it from the start (fail closed)."""

@@ -5,8 +5,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from gateway.core.caps import CapSettings, LppCount, VeuStep
+from gateway.core.catalogue import WeightsSettings
 from gateway.core.codes import Code
-from gateway.core.decide import Decision, refuse
+from gateway.core.decide import Decision, Reason, refuse, verdict
 from gateway.core.jobs import Cost
 from gateway.core.leases import (
     QUOTA_SLOT,
@@ -25,6 +26,14 @@ from gateway.core.leases import (
 from gateway.core.policy import Pack, RuleId
 from gateway.core.tenants import BudgetPeriod, Licence, LicenceScope, Tenant, Veu
 from gateway.core.tiers import Tier, TierTable
+from gateway.core.weights import (
+    catalogue_facts,
+    lineage_bio_ops_key,
+    lineage_ops_key,
+    lineage_params_key,
+    sci,
+    weights_licence,
+)
 
 TOTAL_LINEAGE = "*"
 
@@ -236,6 +245,79 @@ def _ops(
     return tuple(out), (), ()
 
 
+def _lineage(
+    cost: Cost, lineage: str | None, purpose: str | None, pack: Pack, caps: CapSettings
+) -> tuple[Counter, ...]:
+    """The lineage's own training-operations meters: every admitted job declaring it, whatever its tenant's tier.
+
+    `lineage_ops:<lineage>` (uncapped, cumulative) is what makes a lineage's weights controlled
+    (gateway/core/weights.py); `lineage_bio_ops:<lineage>` the part of it from jobs whose declared
+    purpose is a biological-sequence data domain of the pack's weights.yaml. A declared exempt
+    purpose (inference) trains nothing and adds to neither.
+    """
+    if lineage is None or cost.training_ops <= 0 or (purpose is not None and purpose in caps.exempt_purposes):
+        return ()
+    rule = pack.rule(RuleId.WEIGHTS_OPS)
+
+    def meter(key: str) -> Counter:
+        return Counter(key, cost.training_ops, None, CounterKind.CUMULATIVE, Code.WEIGHTS_CONTROLLED,
+                       RuleId.WEIGHTS_OPS, True, citation=rule.citation)  # fmt: skip
+
+    out = [meter(lineage_ops_key(lineage))]
+    if pack.weights is not None and purpose is not None and purpose in pack.weights.bio_data_domains:
+        out.append(meter(lineage_bio_ops_key(lineage)))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Parameters:
+    meters: tuple[Counter, ...] = ()
+    objection: Reason | None = None
+    licence_ids: tuple[str, ...] = ()
+
+
+def _parameters(tenant: Tenant, tier: Tier, parameters: float | None, lineage: str | None, pack: Pack,
+                now: datetime) -> _Parameters:  # fmt: skip
+    """The parameter threshold (rule `weights_parameters`, weights.yaml `thresholds.parameters`) on a job that
+    declares its model's parameter count.
+
+    A count over the threshold (the rule's "over 1e23 parameters", as for objects) meters the job's lineage:
+    `lineage_params_declared:<lineage>` takes 1 per admitted job, whatever the tier, uncapped, and any count
+    there makes the lineage's weights controlled (gateway/core/weights.py). A tenant outside Tier 1 needs a
+    valid licence lifting `weights` that names the job's lineage (the licence reading and holding those
+    weights needs; a job declaring no lineage cannot be covered by one), else `licence_required`: enforced
+    from the rule's date, shadow before. A lineage the catalogue has published or exempt that day is not
+    controlled, and needs no licence.
+    """
+    settings = pack.weights or WeightsSettings()
+    threshold = settings.parameters
+    if parameters is None or threshold is None or parameters <= threshold:
+        return _Parameters()
+    rule = pack.rule(RuleId.WEIGHTS_PARAMETERS)
+    meters: tuple[Counter, ...] = ()
+    if lineage is not None:
+        meters = (Counter(lineage_params_key(lineage), 1.0, None, CounterKind.CUMULATIVE, Code.WEIGHTS_CONTROLLED,
+                          RuleId.WEIGHTS_PARAMETERS, True, citation=rule.citation),)  # fmt: skip
+    if tier is Tier.ONE:
+        return _Parameters(meters)
+    day = now.date()
+    if lineage is not None:
+        facts = catalogue_facts(settings, lineage, day)
+        if facts.published or facts.exempt is not None:
+            return _Parameters(meters)
+        licence = weights_licence(tenant, lineage, day)
+        if licence is not None:
+            return _Parameters(meters, licence_ids=(licence,))
+    model = f"lineage {lineage}" if lineage is not None else "a model of no declared lineage"
+    detail = (
+        f"the job declares {sci(parameters)} parameters for {model}, over the licence trigger of {sci(threshold)} "
+        f"(rule {RuleId.WEIGHTS_PARAMETERS.value}); a tenant outside Tier 1 needs a licence lifting weights that "
+        "names the lineage" + ("" if lineage is not None else ": declare the lineage the licence names")
+    )
+    objection = Reason(Code.LICENCE_REQUIRED, RuleId.WEIGHTS_PARAMETERS, rule.enforced_on(now), detail, rule.citation)
+    return _Parameters(meters, objection)
+
+
 def _budget(tenant: Tenant, cost: Cost, pack: Pack, now: datetime) -> tuple[Counter, ...]:
     budget = tenant.budget
     if budget is None:
@@ -269,12 +351,15 @@ def plan_reservation(
     decision_id: str,
     idempotency_key: str | None,
     upstream: str,
+    parameters: float | None = None,
 ) -> Plan | Decision:
     """The counters a job debits and the lease it takes, or a refusal that needs no counter.
 
     `tier` is the tenant's resolved tier (the most restrictive of its three countries). A
     Tier 3 tenant only gets here when the Tier 3 rule is in shadow; it is then mapped like
-    Tier 2, so its capacity is still counted.
+    Tier 2, so its capacity is still counted. `parameters` is the model's parameter count the
+    job declares (see `_parameters`): over the pack's threshold without a licence, a refusal
+    (enforced) or an objection the plan carries (shadow).
     """
     if not tenant.location or not tenant.headquarters or (tenant.parent_entity and not tenant.parent_headquarters):
         return refuse(
@@ -288,9 +373,13 @@ def plan_reservation(
     if lineage == TOTAL_LINEAGE:
         return refuse(Code.JOB_SPEC_INVALID, f"lineage {TOTAL_LINEAGE!r} is reserved", tier)
     utc = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+    params = _parameters(tenant, tier, parameters, lineage, pack, utc)
+    if params.objection is not None and params.objection.enforced:
+        return verdict(tier, (params.objection,))
     held = _held(tenant, tier, cost, pack, caps, utc)
     ops, ops_licences, exemptions = _ops(tenant, tier, cost.training_ops, lineage, purpose, pack, caps, utc)
-    counters = tuple(c for c in (*held.counters, *ops, *_budget(tenant, cost, pack, utc)) if c.amount > 0)
+    meters = (*_lineage(cost, lineage, purpose, pack, caps), *params.meters)
+    counters = tuple(c for c in (*held.counters, *ops, *_budget(tenant, cost, pack, utc), *meters) if c.amount > 0)
     return Plan(
         hash_tag=QUOTA_SLOT,
         tenant_id=tenant.id,
@@ -302,6 +391,7 @@ def plan_reservation(
         counters=counters,
         basis=held.basis,
         allowance_basis=held.allowance_basis,
-        licence_ids=tuple(dict.fromkeys((*held.licence_ids, *ops_licences))),
+        licence_ids=tuple(dict.fromkeys((*held.licence_ids, *ops_licences, *params.licence_ids))),
         exemptions=exemptions,
+        reasons=(params.objection,) if params.objection is not None else (),
     )

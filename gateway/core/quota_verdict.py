@@ -43,7 +43,8 @@ def interpret(plan: Plan, result: ReserveResult, now: datetime) -> Decision:
     uses = {
         s.key: CounterUse(s.before, s.amount, s.after, by_key[s.key].cap) for s in result.counters if s.key in by_key
     }
-    reasons = [
+    # The plan's own objections (shadow: an enforced one never reaches the store), then the shadow counters'.
+    reasons = list(plan.reasons) + [
         Reason(c.code, c.rule, False, _detail(c, states.get(c.key)), c.citation)
         for c in (by_key[k] for k in result.shadow if k in by_key)
     ]

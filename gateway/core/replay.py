@@ -3,10 +3,11 @@
 import re
 from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.core.catalogue import WeightsSettings
 from gateway.core.codes import Code
 from gateway.core.decide import Decision, Facts, decide, refuse
 from gateway.core.jobs import Cost, JobPart, JobSpec
@@ -17,7 +18,15 @@ from gateway.core.rebuild import parse_lease
 from gateway.core.routes import RouteKind
 from gateway.core.shared_lease import SharedLease
 from gateway.core.submission import Job, judge, price_and_plan
-from gateway.core.tenants import Kyc, KycStatus, Registry, Tenant, Veu
+from gateway.core.tenants import Kyc, KycStatus, Licence, LicenceScope, Registry, Tenant, Veu
+from gateway.core.weights import (
+    WeightsOp,
+    WeightsQuestion,
+    catalogue_facts,
+    decide_weights,
+    facts_from_record,
+    lineage_status,
+)
 
 REDECIDED = ("submit", "update")
 # Refusals decided before pricing on facts no pack changes; kept when the new pack admits.
@@ -161,7 +170,9 @@ def _recorded_cost(raw: Any) -> Cost | None:
 def _spec(job: Mapping[str, Any]) -> JobSpec:
     parts = tuple(JobPart(int(p["gpus"]), p.get("model"), int(p.get("concurrency", 1))) for p in job.get("parts") or [])
     walltime = job.get("walltime_s")
-    return JobSpec(parts, float(walltime) if walltime is not None else None, job.get("purpose"), job.get("lineage"))
+    params = job.get("parameters")  # absent in records written before jobs declared it: none declared
+    return JobSpec(parts, float(walltime) if walltime is not None else None, job.get("purpose"), job.get("lineage"),
+                   parameters=float(params) if params is not None else None)  # fmt: skip
 
 
 def _defaulted(spec: JobSpec) -> bool:
@@ -222,6 +233,30 @@ class _Replayer:
             # Cancelling one array task holds the job; a shared cluster lease other jobs use is held (`held_for`).
             if record.get("whole_job", True) is not False and not record.get("held_for"):
                 self.book.release(self.jobs[job])
+
+    def redecide_object(self, record: Mapping[str, Any]) -> None:
+        """A decision on an object's weights (gateway/core/weights.py), remade under the replay's pack."""
+        try:
+            decision = redecide_weights(record, self.tenant(record), self.pack)
+        except (KeyError, TypeError, ValueError):
+            self.skipped += 1
+            return
+        if decision is not None:
+            self._compare(record, decision)
+
+    def _compare(self, record: Mapping[str, Any], decision: Decision, unpriced: bool = False) -> None:
+        self.decided += 1
+        old = label(str(record.get("decision")), record.get("code"))
+        new = label(decision.outcome.value, decision.code.value if decision.code else None)
+        if old != new:
+            countries = record.get("countries") or {}
+            distinct = tuple(sorted({c for c in countries.values() if isinstance(c, str)}))
+            tenant = record.get("tenant")
+            old_tier = record.get("tier")
+            new_tier = int(decision.tier) if decision.tier is not None else None
+            self.changes.append(Change(str(record.get("decision_id")), float(record.get("ts") or 0.0),
+                                       tenant if isinstance(tenant, str) else None, distinct, old_tier, new_tier, old,
+                                       new, unpriced))  # fmt: skip
 
     def redecide(self, record: Mapping[str, Any]) -> None:
         decision_id = record.get("decision_id")
@@ -297,6 +332,37 @@ class _Replayer:
         return SharedLease(LeaseRef(held[0][0], tenant_id, held[0][1], None, ()), jobs) if held else None
 
 
+def redecide_weights(record: Mapping[str, Any], tenant: Tenant | None, pack: Pack) -> Decision | None:
+    """A recorded decision on an object's weights under `pack`: the lineage's recorded facts (the operations the
+    gateway had counted, the object's declarations) with the pack's catalogue, thresholds, storage list and rules.
+
+    None for a record with no weights decision to remake (a listing, an object of no lineage, a refusal before
+    the weights rules were asked). Raises ValueError, TypeError or KeyError for a record that cannot be read.
+    """
+    weights = record.get("weights")
+    if not isinstance(weights, Mapping) or weights.get("op") not in ("read", "write") or tenant is None:
+        return None
+    raw = weights.get("lineage")
+    now = _when(record)
+    admission = decide(Facts(now, tenant, RouteKind(record["route_kind"])), pack)
+    if not isinstance(raw, Mapping):
+        return admission if "basis" in weights else None
+    recorded = facts_from_record(raw)
+    settings = pack.weights or WeightsSettings()
+    facts = catalogue_facts(settings, recorded.lineage, now.date(), counted_ops=recorded.counted_ops,
+                            counted_bio_ops=recorded.counted_bio_ops, parameters=recorded.parameters,
+                            data_domain=recorded.data_domain,
+                            counted_param_jobs=recorded.counted_param_jobs)  # fmt: skip
+    basis = str(weights.get("basis", ""))
+    if basis.startswith("licence:") and not any(lic.id == basis[8:] for lic in tenant.licences):
+        # The ledger keeps the licence's id, not the licence: a recorded tenant holds the one it showed.
+        lic = Licence(basis[8:], frozenset({LicenceScope.WEIGHTS}), lineage=recorded.lineage)
+        tenant = replace(tenant, licences=(*tenant.licences, lic))
+    status = lineage_status(facts, settings, pack, now)
+    question = WeightsQuestion(WeightsOp(weights["op"]), tenant, status, str(weights["bucket"]))
+    return decide_weights(question, admission, settings, pack, now).decision
+
+
 def _when(record: Mapping[str, Any]) -> datetime:
     return datetime.fromtimestamp(float(record.get("ts") or 0.0), UTC)
 
@@ -311,7 +377,9 @@ def replay(records: Sequence[Mapping[str, Any]], pack: Pack, registry: Registry 
     """
     replayer = _Replayer(pack, registry, learn_hints(records))
     for record in records:
-        if record.get("kind") == "decision" and record.get("route_kind") in REDECIDED:
+        if record.get("kind") in ("decision", "access") and isinstance(record.get("weights"), Mapping):
+            replayer.redecide_object(record)
+        elif record.get("kind") == "decision" and record.get("route_kind") in REDECIDED:
             replayer.redecide(record)
         else:
             replayer.follow(record)

@@ -57,8 +57,11 @@ def price_and_plan(admission: Decision, tenant: Tenant, job: Job, pack: Pack, no
     planned = plan_reservation(
         tenant, admission.tier, cost, job.spec.lineage, job.spec.purpose, pack, pack.caps, now,
         decision_id=job.decision_id, idempotency_key=job.idempotency_key, upstream=job.upstream,
+        parameters=job.spec.parameters,
     )  # fmt: skip
     if isinstance(planned, Decision):
+        if any(r.rule is not None for r in planned.reasons):  # a pack rule's refusal: admission's shadow reasons stay
+            planned = verdict(admission.tier, admission.reasons + planned.reasons, planned.basis)
         return replace(planned, cost=cost)
     if job.replaced is not None:  # an update: checked as if the job's old lease were given back
         planned = replace(planned, replaces=job.replaced)

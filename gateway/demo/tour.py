@@ -4,16 +4,21 @@ import asyncio
 import json
 import logging
 import os
+import shlex
+import shutil
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jwt
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.adapters.ledger.signing import generate, load_public_key
@@ -86,13 +91,56 @@ upstreams:
     return path
 
 
-async def run_demo() -> tuple[list[dict[str, Any]], int]:
-    """Send one submission per example tenant; the decision rows, and `ledger verify`'s exit status."""
+@contextmanager
+def _workdir(keep: Path | None) -> Iterator[Path]:
+    """The demo's directory: `keep` (made if need be, left behind), else a temporary one removed at the end."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="exportgate-demo-") as tmp:
+        yield Path(tmp)
+
+
+def _keep_files(workdir: Path, key: ec.EllipticCurvePrivateKey, config: Path, pack: Path, registry: Path) -> None:
+    """What a kept demo leaves to explore: its own copy of the registry (named in gateway.yaml with the pack), the
+    token issuer's private key (mode 0600; the JWKS beside it has the public half) and a job body for `explain`
+    (256 H100s, the job the demo's falcon-sg is refused)."""
+    shutil.copyfile(registry, workdir / "tenants.yaml")
+    with config.open("a") as fh:
+        fh.write(f"policy: {{pack: {pack}, registry: {workdir / 'tenants.yaml'}}}\n")
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())  # fmt: skip
+    fd = os.open(workdir / "keys" / "issuer.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    job = json.loads(json.dumps(SUBMISSION))
+    job["job"]["gpus"] = "h100:256"  # the job falcon-sg was refused in the demo: `explain` says why
+    (workdir / "job.json").write_text(json.dumps(job, indent=2) + "\n")
+
+
+def next_commands(workdir: Path, pack: Path) -> list[str]:
+    """The commands a kept demo suggests, on its own files."""
+    ledger, public = shlex.quote(str(workdir / "ledger")), shlex.quote(str(workdir / "keys" / "ledger.pub.pem"))
+    config, job, html = (shlex.quote(str(workdir / name)) for name in ("gateway.yaml", "job.json", "compute-held.html"))
+    return [
+        f"exportgate ledger verify {ledger} --public-key {public}",
+        f"exportgate replay --ledger {ledger} --policy {shlex.quote(str(pack))}",
+        f"exportgate report compute-held --ledger {ledger} --public-key {public} --out {html}",
+        f"exportgate report refusals-access --ledger {ledger} --public-key {public} --format csv",
+        f"exportgate explain --config {config} --tenant falcon-sg --method POST --path /slurm/v0.0.38/job/submit "
+        f"--body-file {job}",
+        f"exportgate usage --config {config}",
+    ]
+
+
+async def run_demo(keep: Path | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Send one submission per example tenant; the decision rows, and `ledger verify`'s exit status. With `keep`,
+    the demo's files stay in that directory and the commands to try on them are printed."""
     key = ec.generate_private_key(ec.SECP256R1())
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     jwk.update({"kid": "demo-1", "use": "sig", "alg": "ES256"})
-    with tempfile.TemporaryDirectory(prefix="exportgate-demo-") as tmp:
-        workdir = Path(tmp)
+    with _workdir(keep) as workdir:
         jwks = workdir / "jwks.json"
         jwks.write_text(json.dumps({"keys": [jwk]}))
         (workdir / "keys").mkdir()
@@ -100,7 +148,11 @@ async def run_demo() -> tuple[list[dict[str, Any]], int]:
         upstream_port = _free_port()
         # No `policy:` in the demo's config: the pack and registry under EXPORTGATE_POLICY_DIR, else the bundled ones.
         policy_env = {k: v for k, v in os.environ.items() if k == "EXPORTGATE_POLICY_DIR"}
-        settings = load_settings(_config(workdir, upstream_port, jwks), env=policy_env)
+        config = _config(workdir, upstream_port, jwks)
+        settings = load_settings(config, env=policy_env)
+        if keep is not None:  # its own copy of the registry, and the pack named, so the kept config stands alone
+            _keep_files(workdir, key, config, settings.pack_dir, settings.registry_file)
+            settings = load_settings(config, env={})
         problems = preflight(settings, {}).problems  # what `serve` would refuse to start with
         if problems:
             raise ConfigError(problems)
@@ -141,6 +193,10 @@ async def run_demo() -> tuple[list[dict[str, Any]], int]:
         # The ledger every decision above went to, checked as an auditor would: key kept outside it.
         print("\nexportgate ledger verify (signed checkpoints, key kept outside the ledger):", flush=True)
         verified = verify(workdir / "ledger", load_public_key(workdir / "keys" / "ledger.pub.pem"), {})
+        if keep is not None:
+            print(f"\nkept in {workdir}: gateway.yaml, tenants.yaml, jwks.json, job.json, keys/ (ledger-signing pair "
+                  "ledger.pem and ledger.pub.pem, token issuer issuer.pem), ledger/\nnext, try:")  # fmt: skip
+            print("\n".join(f"  {command}" for command in next_commands(workdir, settings.pack_dir)))
         return rows, verified
 
 
@@ -166,10 +222,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(keep: Path | None = None) -> int:
     logging.getLogger("gateway").setLevel(logging.WARNING)
+    if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        print(f"error: {keep}: --keep needs a new or empty directory", file=sys.stderr)
+        return 1
     try:
-        _, verified = asyncio.run(run_demo())
+        _, verified = asyncio.run(run_demo(keep))
     except ConfigError as exc:  # the pack or registry (bundled, edited, or EXPORTGATE_POLICY_DIR's): say where
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The admin listener: /metrics, /healthz and /readyz, never on the proxy's port."""
+"""The admin listener: /metrics, /healthz and /readyz, never on the proxy's port; with admin tokens, the operator
+API (/admin/v1) and the console (/console/)."""
 
 from collections.abc import Awaitable, Callable
 
@@ -8,6 +9,7 @@ from prometheus_client.exposition import choose_encoder
 from gateway.adapters.metrics import Metrics
 from gateway.core.codes import Code
 from gateway.http.admin_api import AdminApi
+from gateway.http.console import Console
 from gateway.http.headers import hide_server_software
 from gateway.http.problems import refusal
 
@@ -51,4 +53,5 @@ def admin_app(metrics: Metrics, ready: Readiness, api: AdminApi | None = None) -
     app.router.add_get("/readyz", readyz)
     if api is not None:
         api.add_routes(app)
+        Console(api, ready, api.clock).add_routes(app)  # the read-only HTML console, behind the same tokens
     return app

@@ -69,6 +69,11 @@ class AdminAuth:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return refusal(Code.AUTH_MISSING, "an admin bearer token is required", "admin")
+        return self.holder(token, needed)
+
+    def holder(self, token: str, needed: Role) -> AdminToken | web.Response:
+        """The owner of `token` (a bearer token's text, or the console's session cookie) if its role allows
+        `needed`; otherwise the refusal to send."""
         digest = hashlib.sha256(token.strip().encode()).hexdigest()
         found = None
         for candidate in self.tokens:  # compare against every entry in constant time

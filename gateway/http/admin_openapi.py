@@ -342,6 +342,48 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _html(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _page(op_id: str, summary: str, *, signed_in: bool = True, **more: Any) -> dict[str, Any]:
+    """A console page (docs/console.md): HTML, behind a read token given as a bearer header or the login cookie
+    (`signed_in`), or open (the sign-in form itself)."""
+    out: dict[str, Any] = {"operationId": op_id, "summary": summary, "security": []}
+    out["responses"] = {"200": _html("the page"), "401": _html("the sign-in page: no token, or an unknown one")}
+    if signed_in:
+        out |= {"security": [{"adminToken": []}, {"consoleCookie": []}], "x-exportgate-role": "read"}
+        out["responses"] |= {"403": _html("a POST without the session's CSRF token, or from another origin")}
+    return out | more
+
+
+def _console_paths() -> dict[str, Any]:
+    """The console's HTML pages and forms (gateway/http/console.py)."""
+    return {
+        "/console": {"get": _page("console_root", "Redirects to /console/", signed_in=False,
+                                  responses={"302": {"description": "to /console/"}})},
+        "/console/": {"get": _page("console_overview", "Readiness, ledger chains, recent refusals, countries")},
+        "/console/login": {
+            "get": _page("console_login_form", "The sign-in form", signed_in=False),
+            "post": _page("console_login", "Sign in: sets the HttpOnly, SameSite=Strict session cookie",
+                          signed_in=False, responses={"303": {"description": "to /console/"},
+                                                      "401": _html("unknown token")}),
+        },
+        "/console/logout": {"post": _page("console_logout", "Sign out (the form's CSRF token)")},
+        "/console/tenants": {"get": _page("console_tenants", "Tenants: tier, KYC, held TPP against caps, leases")},
+        "/console/tenants/{tenant_id}": {
+            "parameters": [_path("tenant_id", "a tenant id")],
+            "get": _page("console_tenant", "One tenant: caps, leases, recent decisions, access log"),
+        },
+        "/console/countries": {"get": _page("console_countries", "Country allocations held against")},
+        "/console/reports": {"get": _page("console_reports", "The report form, or a report over the live ledger")},
+        "/console/explain": {
+            "get": _page("console_explain_form", "The explain form"),
+            "post": _page("console_explain", "Explain the form's request (the form's CSRF token)"),
+        },
+    }  # fmt: skip
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the admin listener."""
     return {
@@ -352,9 +394,12 @@ def document() -> dict[str, Any]:
             "description": "Operator routes on the admin listener. Tokens come from `admin.tokens_file`; "
             "roles are ranked read < operate < admin. Refusals are problem+json with a stable code.",
         },
-        "paths": _paths(),
+        "paths": _paths() | _console_paths(),
         "components": {
             "schemas": _schemas(),
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer"},
+                "consoleCookie": {"type": "apiKey", "in": "cookie", "name": "eg_console"},
+            },
         },
     }

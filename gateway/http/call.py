@@ -36,6 +36,9 @@ class Call:
     body: bytes | None = None  # a non-job route's body, read within the limits before it is forwarded
     entry: str = "proxy"  # who asked: the proxy itself, or a decision entry (nginx, envoy_http, ...)
     refusal: str | None = None  # the code of the refusal answered, for the request's log event
+    # An S3 (SigV4) client's error dialect: (code, detail, decision id, citation) -> (content type, body).
+    dialect: Callable[[str, str, str, str], tuple[str, bytes]] | None = None
+    record_extra: Mapping[str, Any] | None = None  # fields a flow adds to the request's ledger record (weights)
 
     @classmethod
     def begin(

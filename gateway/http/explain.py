@@ -26,6 +26,7 @@ from gateway.adapters.quota import BackendUnavailable, QuotaStore
 from gateway.adapters.quota_preview import preview
 from gateway.adapters.upstream import Upstream, pick_upstream
 from gateway.config.limits import Limits
+from gateway.core.catalogue import WeightsSettings
 from gateway.core.codes import Code
 from gateway.core.decide import Decision, Facts, decide, refuse
 from gateway.core.explain import (
@@ -37,21 +38,25 @@ from gateway.core.explain import (
     status_of,
     tenant_record,
     tier_record,
+    weights_rules,
 )
 from gateway.core.iso import ISO_3166_ALPHA2
 from gateway.core.jobs import IDEMPOTENCY_KEY, JobSpec, JobSpecInvalid, JobUpdateNotAllowed
 from gateway.core.leases import CounterState, Owner, Plan, ReserveResult, ReserveStatus
 from gateway.core.quota_book import QuotaBook
-from gateway.core.routes import RouteKind
+from gateway.core.routes import Route, RouteKind, RouteMatch
 from gateway.core.submission import Job, Priced, judge, price_and_plan
 from gateway.core.tenants import Tenant
 from gateway.core.tiers import tier_path
+from gateway.core.weights import WeightsOp, WeightsQuestion, decide_weights, object_facts
 from gateway.http.admission import admit, authenticate, match_request
 from gateway.http.call import Admitted, Call, JobCall, Refused
 from gateway.http.cluster_lease import live_lease
+from gateway.http.objects import admit_object, lineage_now
 from gateway.http.owned import find_owner
 from gateway.schedulers.base import load_json
 from gateway.schedulers.provenance import body_sources
+from gateway.schedulers.s3 import NotAllowed, S3Adapter, classify, split_query
 
 EXPLAIN_ID = "explain"  # the decision id an explanation carries: it is never recorded
 
@@ -84,6 +89,7 @@ class _Found:
     priced: Priced | None = None
     result: ReserveResult | None = None
     notes: list[str] = field(default_factory=list)
+    weights: dict[str, Any] | None = None  # an object-store request: the weights decision's record
 
 
 class Explainer:
@@ -140,6 +146,8 @@ class Explainer:
             return decide(Facts(call.when, None, RouteKind.PLAIN_READ), pack)
         call.tenant = found.tenant = tenant
         found.stage = "route"
+        if isinstance(call.upstream.adapter, S3Adapter):
+            return await self._object(q, call, found, tenant, now)
         match = match_request(call)
         if isinstance(match, Refused):
             found.allow = match.allow
@@ -243,6 +251,38 @@ class Explainer:
             return refuse(Code.BACKEND_UNAVAILABLE, f"the quota store cannot answer: {exc}", tier)
         return judge(a.admission, priced, found.result, a.call.when)
 
+    async def _object(self, q: Question, call: Call, found: _Found, tenant: Tenant, now: float) -> Decision:
+        """An object-store request: the S3 operation, admission and buckets, then the weights rules on the lineage
+        the catalogue names for the object (its metadata is not read here: the proxy reads it from the store)."""
+        raw_query = q.path.partition("?")[2]
+        try:
+            s3 = classify(call.method, call.upstream.local_path(call.path), split_query(raw_query), {})
+        except NotAllowed as exc:
+            return refuse(Code.ROUTE_NOT_ALLOWED, str(exc))
+        call.match = RouteMatch(Route.of(f"s3.{s3.op.value}", (call.method,), "/{bucket}/{key}", s3.op.route_kind),
+                                {"bucket": s3.bucket, "key": s3.key})  # fmt: skip
+        found.stage = "admission"
+        admission = admit_object(self.policy, call, tenant, s3)
+        if not admission.forwards or s3.op.weights_op is WeightsOp.LIST:
+            if s3.op.weights_op is WeightsOp.LIST:
+                found.notes.append("a listing leaves out the objects the tenant may not read (decided per object)")
+            return admission
+        found.stage = "weights"
+        settings = self.policy.pack.weights or WeightsSettings()
+        facts = object_facts(settings, s3.bucket, s3.key, {})
+        if facts.lineage is None:
+            found.notes.append("no catalogue pattern names this object; the proxy also reads the lineage the gateway "
+                               "wrote into its metadata at upload")  # fmt: skip
+        try:
+            status = await lineage_now(self.store, self.policy, facts, call.when, now)
+        except BackendUnavailable as exc:
+            return refuse(Code.BACKEND_UNAVAILABLE, f"the quota store cannot answer: {exc}", admission.tier)
+        question = WeightsQuestion(s3.op.weights_op, tenant, status, s3.bucket)
+        wd = decide_weights(question, admission, settings, self.policy.pack, call.when)
+        found.weights = {"op": s3.op.weights_op.value, "s3_op": s3.op.value, "bucket": s3.bucket, "key": s3.key,
+                         "lineage_source": facts.source, **wd.as_record()}  # fmt: skip
+        return wd.decision
+
     # -- the answer -------------------------------------------------------------------------------
 
     def _layout(
@@ -290,6 +330,9 @@ class Explainer:
             out["price"] = price_record(facts, decision, pack.gpus)
         if plan is not None:
             out["quota"] = quota_record(plan, found.result, decision)
+        if found.weights is not None:
+            out["weights"] = found.weights
+            out["rules"] += weights_rules(decision, pack, when)
         return out
 
 

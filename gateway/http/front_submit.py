@@ -88,6 +88,12 @@ class FrontSubmissions:
                 "(the gateway reads the scheduler's answer)"
             )
             return await self._refused(a, Refused(refuse(Code.ROUTE_NEEDS_PROXY, detail, tier)))
+        if adapter.shares_cluster_lease():
+            detail = (
+                f"submissions to {a.upstream.name} join the tenant's shared cluster lease, which only the full proxy "
+                "settles"
+            )
+            return await self._refused(a, Refused(refuse(Code.ROUTE_NEEDS_PROXY, detail, tier)))
         if asked.body is None:
             detail = "submissions are priced from their body: send it (Envoy: with_request_body), or use the full proxy"
             return await self._refused(a, Refused(refuse(Code.ROUTE_NEEDS_PROXY, detail, tier)))

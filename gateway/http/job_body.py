@@ -30,12 +30,13 @@ class JobBody:
 
 
 def job_record(spec: JobSpec) -> dict[str, Any]:
-    """The job as the ledger keeps it."""
+    """The job as the ledger keeps it (`parameters`: the declared parameter count; absent in older records)."""
     return {
         "parts": [asdict(p) for p in spec.parts],
         "walltime_s": spec.walltime_s,
         "purpose": spec.purpose,
         "lineage": spec.lineage,
+        "parameters": spec.parameters,
     }
 
 

@@ -248,8 +248,9 @@ async def rebuilt_memory_store(app: web.Application) -> AsyncIterator[None]:
 async def pipeline(app: web.Application) -> AsyncIterator[None]:
     base = app[BASE]
     parts = Parts(
-        base.settings, app[POLICY], app[AUTH], app[LEDGER], base.metrics, app[UPSTREAMS], app[STORE], base.clock
-    )
+        base.settings, app[POLICY], app[AUTH], app[LEDGER], base.metrics, app[UPSTREAMS], app[STORE], base.clock,
+        base.env,
+    )  # fmt: skip
     app[PIPELINE] = build_pipeline(parts)
     app[DECISIONS] = build_decisions(parts)
     yield

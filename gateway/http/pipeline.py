@@ -19,6 +19,7 @@ from gateway.http.body import ClientClosed, client_gone
 from gateway.http.call import Admitted, Call, JobCall, Refused
 from gateway.http.headers import client_ip
 from gateway.http.job_body import BodyReader
+from gateway.http.objects import Objects
 from gateway.http.owned import OwnedJobs
 from gateway.http.packages import Packages
 from gateway.http.reads import Reads
@@ -41,8 +42,10 @@ class Pipeline:
         responder: Responder,
         flows: tuple[Reads, OwnedJobs, Submissions, BodyReader, Packages],
         clock: Callable[[], float] = time.time,
+        objects: Objects | None = None,
     ) -> None:
         self.settings = settings
+        self.objects = objects  # the object-store flow of `s3` upstreams (model weights)
         self.auth = auth
         self.policy = policy
         self.upstreams = upstreams
@@ -94,6 +97,8 @@ class Pipeline:
         return response
 
     async def _run(self, call: Call) -> web.StreamResponse:
+        if self.objects is not None and self.objects.serves(call.upstream):  # S3: bearer or SigV4, weights rules
+            return await self.objects.handle(call)
         identity = await authenticate(self.auth, call)
         if isinstance(identity, Refused):
             return await self.responder.refused(call, identity)

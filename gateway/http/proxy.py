@@ -1,7 +1,7 @@
 """Assemble the proxy application: each part built once, the pipeline its one handler."""
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -15,6 +15,7 @@ from gateway.config.settings import Settings
 from gateway.http.decision import DecisionService
 from gateway.http.front_submit import FrontSubmissions
 from gateway.http.job_body import BodyReader
+from gateway.http.objects import Objects, open_store
 from gateway.http.owned import OwnedJobs
 from gateway.http.packages import Packages
 from gateway.http.pipeline import Pipeline
@@ -40,6 +41,7 @@ class Parts:
     upstreams: list[Upstream]
     store: QuotaStore
     clock: Callable[[], float]
+    env: Mapping[str, str] = field(default_factory=dict)  # where `{env: NAME}` secrets are read (S3 credentials)
 
 
 def build_pipeline(parts: Parts) -> Pipeline:
@@ -58,7 +60,10 @@ def build_pipeline(parts: Parts) -> Pipeline:
         packages=packages,
     )  # fmt: skip
     flows = (reads, owned, submissions, reader, packages)
-    return Pipeline(settings, parts.auth, policy, parts.upstreams, responder, flows, clock)
+    stores = [s for s in (open_store(u, parts.env) for u in parts.upstreams) if s is not None]  # raises CredentialError
+    write_timeout = settings.limits.body_timeout_s
+    objects = Objects(stores, parts.auth, policy, store, responder, write_timeout, clock) if stores else None
+    return Pipeline(settings, parts.auth, policy, parts.upstreams, responder, flows, clock, objects=objects)
 
 
 def build_decisions(parts: Parts) -> DecisionService:

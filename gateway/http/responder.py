@@ -16,7 +16,7 @@ from gateway.core.quota import country_of_key
 from gateway.core.records import decision_body, followup_body
 from gateway.http.body import close_after
 from gateway.http.call import Call, Refused
-from gateway.http.problems import refusal
+from gateway.http.problems import Dialect, refusal
 from gateway.http.quota_headers import set_quota_headers
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,20 @@ class Responder:
         """A refusal in the upstream scheduler's dialect when it has one, else problem+json."""
         adapter = call.upstream.adapter
         call.refusal = code.value  # for the request's log event
+        dialect: Dialect | None = adapter.refusal if adapter is not None else None
+        if call.dialect is not None:  # an S3 client's: its XML errors, the citation in the message
+            own = call.dialect
+
+            def dialect(c: str, _status: int, _title: str, d: str, i: str) -> tuple[str, bytes] | None:
+                return own(c, d, i, citation)
+
         return refusal(
             code,
             detail,
             call.decision_id,
             citation=citation,
             retry_after=retry_after,
-            dialect=adapter.refusal if adapter is not None else None,
+            dialect=dialect,
         )
 
     async def refused(self, call: Call, refused: Refused) -> web.Response:
@@ -122,6 +129,12 @@ class Responder:
             log.error("ledger: %s record of %s could not be queued", kind, call.decision_id)
 
     def record(self, call: Call, decision: Decision, kind: str = "decision") -> dict[str, Any]:
+        body = self._record(call, decision, kind)
+        if call.record_extra:
+            body.update(call.record_extra)
+        return body
+
+    def _record(self, call: Call, decision: Decision, kind: str) -> dict[str, Any]:
         return decision_body(
             decision_id=call.decision_id,
             ts=call.now,

@@ -4,10 +4,11 @@ from gateway.schedulers.base import SchedulerAdapter
 from gateway.schedulers.generic import GenericAdapter, GenericOptions
 from gateway.schedulers.kubernetes import KubernetesAdapter, KubernetesOptions
 from gateway.schedulers.ray import RayAdapter, RayOptions
+from gateway.schedulers.s3 import S3Adapter, S3Options
 from gateway.schedulers.slurm import SlurmAdapter, SlurmOptions
 
-SchedulerOptions = SlurmOptions | KubernetesOptions | RayOptions | GenericOptions
-KINDS = ("slurm", "kubernetes", "ray", "generic")
+SchedulerOptions = SlurmOptions | KubernetesOptions | RayOptions | GenericOptions | S3Options
+KINDS = ("slurm", "kubernetes", "ray", "generic", "s3")
 
 
 def build_adapter(kind: str, options: SchedulerOptions) -> SchedulerAdapter:
@@ -20,6 +21,8 @@ def build_adapter(kind: str, options: SchedulerOptions) -> SchedulerAdapter:
         return RayAdapter(options)
     if kind == "generic" and isinstance(options, GenericOptions):
         return GenericAdapter(options)
+    if kind == "s3" and isinstance(options, S3Options):
+        return S3Adapter(options)
     if kind not in KINDS:
         raise ValueError(f"unknown scheduler {kind!r}; known: {', '.join(KINDS)}")
     raise ValueError(f"scheduler {kind!r} needs its own options, not {type(options).__name__}")
@@ -33,6 +36,8 @@ __all__ = [
     "KubernetesOptions",
     "RayAdapter",
     "RayOptions",
+    "S3Adapter",
+    "S3Options",
     "SchedulerAdapter",
     "SchedulerOptions",
     "SlurmAdapter",

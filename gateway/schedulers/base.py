@@ -320,6 +320,26 @@ def text(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
+# A declared parameter count as text: digits with an optional fraction and exponent ("1e23", "175000000000").
+_PARAMETERS = re.compile(r"\s*(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+
+
+def parameters(value: Any, field: str) -> float | None:
+    """A declared model parameter count: absent (None) is None; else a positive, finite number, as a JSON
+    number or a string of one ("1e23", "1.75e11", "175000000000"). Anything else is JobSpecInvalid naming `field`."""
+    if value is None:
+        return None
+    number = math.nan
+    if isinstance(value, str):
+        number = float(value) if _PARAMETERS.fullmatch(value) else math.nan
+    elif isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**300):
+        number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise JobSpecInvalid(field, f"a model's parameter count must be a positive number such as 1e23 or "
+                                    f"175000000000, not {shown(value)}")  # fmt: skip
+    return number
+
+
 def mapping(value: Any, field: str) -> Mapping[str, Any]:
     """An optional JSON object: absent/null is empty, anything else but an object is invalid."""
     if value is None:

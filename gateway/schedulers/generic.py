@@ -16,6 +16,7 @@ from gateway.schedulers.base import (
     dump_json,
     load_object,
     media_type,
+    parameters,
     shown,
     status_ok,
     text,
@@ -52,6 +53,7 @@ class GenericOptions:
     default_gpu_model: str | None = None
     state_field: str | None = None
     finished_states: tuple[str, ...] = ()
+    params_field: str | None = None  # the model's parameter count the job declares (beside its lineage)
     _routes: tuple[Route, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -136,6 +138,7 @@ class GenericAdapter:
             purpose=text(_present(doc, opts.purpose_field)),
             lineage=text(_present(doc, opts.lineage_field)),
             name=text(_present(doc, opts.name_field)),
+            parameters=parameters(_present(doc, opts.params_field), opts.params_field or "params"),
         )
 
     def parse_update(

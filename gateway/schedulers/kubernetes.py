@@ -42,6 +42,7 @@ class KubernetesOptions:
     default_walltime_s: float | None = None
     lineage_label: str = "exportgate.io/model-lineage"
     purpose_label: str = "exportgate.io/purpose"
+    params_label: str = "exportgate.io/model-params"  # the model's parameter count (label or annotation)
 
 
 _JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
@@ -134,6 +135,7 @@ class KubernetesAdapter:
                 default_walltime_s=self.options.default_walltime_s,
                 lineage_label=self.options.lineage_label,
                 purpose_label=self.options.purpose_label,
+                params_label=self.options.params_label,
             )
         return job_spec(
             doc,
@@ -141,6 +143,7 @@ class KubernetesAdapter:
             default_walltime_s=self.options.default_walltime_s,
             lineage_label=self.options.lineage_label,
             purpose_label=self.options.purpose_label,
+            params_label=self.options.params_label,
         )
 
     def parse_submission(

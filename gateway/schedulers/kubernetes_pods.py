@@ -5,7 +5,7 @@ from typing import Any
 
 from gateway.core.jobs import JobPart, JobSpec, JobSpecInvalid
 from gateway.core.pricing import CANDIDATE_SEPARATOR
-from gateway.schedulers.base import bounded, count, key_name, mapping, shown, text
+from gateway.schedulers.base import bounded, count, key_name, mapping, parameters, shown, text
 
 # Extended resources that are whole GPUs; other GPU-looking resources (MIG slices, shared
 # GPUs, Gaudi, Intel GPUs) cannot be priced and are refused.
@@ -138,6 +138,7 @@ def job_spec(
     default_walltime_s: float | None,
     lineage_label: str,
     purpose_label: str,
+    params_label: str,
 ) -> JobSpec:
     """A batch/v1 Job (or v1 Pod) object as a JobSpec."""
     metadata = mapping(doc.get("metadata"), "metadata")
@@ -171,4 +172,12 @@ def job_spec(
         purpose=text(labels.get(purpose_label)) or text(notes.get(purpose_label)),
         lineage=text(labels.get(lineage_label)) or text(notes.get(lineage_label)),
         name=text(metadata.get("name")) or text(metadata.get("generateName")),
+        parameters=declared_parameters(labels, notes, params_label),
     )
+
+
+def declared_parameters(labels: Mapping[str, Any], notes: Mapping[str, Any], label: str) -> float | None:
+    """The parameter count an object's label (or, when no label names it, annotation) `label` declares."""
+    if labels.get(label) is not None:
+        return parameters(labels[label], f"metadata.labels.{key_name(label)}")
+    return parameters(notes.get(label), f"metadata.annotations.{key_name(label)}")

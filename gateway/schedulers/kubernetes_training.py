@@ -30,6 +30,7 @@ from gateway.schedulers.kubernetes_crds import PYTORCHJOB, RAYCLUSTER, RAYJOB, C
 from gateway.schedulers.kubernetes_pods import (
     container_gpus,
     deadline_s,
+    declared_parameters,
     expect_object,
     gpu_model,
     no_gpu_sharing,
@@ -166,6 +167,7 @@ def training_spec(
     default_walltime_s: float | None,
     lineage_label: str,
     purpose_label: str,
+    params_label: str,
 ) -> JobSpec:
     """A RayCluster, RayJob or PyTorchJob object as a JobSpec."""
     expect_object(doc, crd.kind, f"{crd.group}/{version}")
@@ -191,4 +193,5 @@ def training_spec(
         purpose=text(labels.get(purpose_label)) or text(notes.get(purpose_label)),
         lineage=text(labels.get(lineage_label)) or text(notes.get(lineage_label)),
         name=text(metadata.get("name")) or text(metadata.get("generateName")),
+        parameters=declared_parameters(labels, notes, params_label),
     )

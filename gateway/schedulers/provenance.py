@@ -1,7 +1,7 @@
 """Where a job's price came from: the fields of a submission body each scheduler prices from, as sent.
 
 `exportgate explain` shows them next to the priced job, so an operator can see which field gave
-the GPUs, the model, the copies at once, the walltime, the lineage and the purpose. This reads
+the GPUs, the model, the copies at once, the walltime, the lineage, its parameters and the purpose. This reads
 the body the way each adapter names its fields (the adapter itself decides; this only points at
 the fields it reads that are present), and says when a number came from configuration instead
 (a default model or walltime, a Ray cluster priced whole).
@@ -26,8 +26,8 @@ MAX_SHOWN = 120  # characters of a value shown
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """One quantity (`gpus`, `model`, `concurrency`, `walltime`, `lineage`, `purpose`) and where it was read:
-    a body field (`field`, with its value as sent) or the configuration (`field` None, `note` says which)."""
+    """One quantity (`gpus`, `model`, `concurrency`, `walltime`, `lineage`, `parameters`, `purpose`) and where it
+    was read: a body field (`field`, with its value as sent) or the configuration (`field` None, `note` says which)."""
 
     quantity: str
     field: str | None
@@ -90,10 +90,10 @@ def _slurm(adapter: SlurmAdapter, doc: Mapping[str, Any]) -> Iterator[Source]:
             elif lowered in RESOURCE_KEYS:
                 yield Source("gpus", f"{where}.{name}", _shown(value), "multiplies the GPU fields")
             elif lowered == "comment" and isinstance(value, str):
-                for quantity in ("lineage", "purpose"):
-                    if f"{quantity}=" in value:
-                        yield Source(quantity, f"{where}.comment", _shown(value), f"its {quantity}= tag")
-        for quantity, name in (("lineage", o.lineage_env), ("purpose", o.purpose_env)):
+                for quantity, tag in (("lineage", "lineage"), ("purpose", "purpose"), ("parameters", "params")):
+                    if f"{tag}=" in value:
+                        yield Source(quantity, f"{where}.comment", _shown(value), f"its {tag}= tag")
+        for quantity, name in (("lineage", o.lineage_env), ("purpose", o.purpose_env), ("parameters", o.params_env)):
             found = _env_value(job.get("environment"), name)
             if found is not None:
                 yield Source(quantity, f"{where}.environment.{name}", _shown(found))
@@ -114,6 +114,8 @@ def _kubernetes(adapter: KubernetesAdapter, doc: Mapping[str, Any]) -> Iterator[
             yield Source("lineage", path, _shown(value))
         elif key == o.purpose_label:
             yield Source("purpose", path, _shown(value))
+        elif key == o.params_label:
+            yield Source("parameters", path, _shown(value))
 
 
 def _ray(adapter: RayAdapter, doc: Mapping[str, Any]) -> Iterator[Source]:
@@ -130,7 +132,7 @@ def _ray(adapter: RayAdapter, doc: Mapping[str, Any]) -> Iterator[Source]:
     metadata = doc.get("metadata")
     if isinstance(metadata, dict):
         for quantity, name in (("walltime", o.walltime_metadata_key), ("lineage", o.lineage_key),
-                               ("purpose", o.purpose_key)):  # fmt: skip
+                               ("parameters", o.params_key), ("purpose", o.purpose_key)):  # fmt: skip
             if name in metadata:
                 yield Source(quantity, f"metadata.{key_name(name)}", _shown(metadata[name]))
 
@@ -150,7 +152,8 @@ def _dotted(doc: Any, path: str) -> tuple[bool, Any]:
 def _generic(adapter: GenericAdapter, doc: Mapping[str, Any]) -> Iterator[Source]:
     o = adapter.options
     fields = (("gpus", o.gpus_field), ("model", o.model_field), ("concurrency", o.concurrency_field),
-              ("walltime", o.walltime_field), ("lineage", o.lineage_field), ("purpose", o.purpose_field))  # fmt: skip
+              ("walltime", o.walltime_field), ("lineage", o.lineage_field), ("parameters", o.params_field),
+              ("purpose", o.purpose_field))  # fmt: skip
     for quantity, path in fields:
         if path is None:
             continue

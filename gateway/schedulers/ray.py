@@ -18,6 +18,7 @@ from gateway.schedulers.base import (
     load_object,
     mapping,
     media_type,
+    parameters,
     shown,
     status_ok,
     text,
@@ -47,6 +48,7 @@ class RayOptions:
     pricing: str = "cluster"
     cluster_gpus: Mapping[str, int] = field(default_factory=dict)
     capacity_refresh_s: float = 60.0
+    params_key: str = "model_params"  # the model's parameter count the job declares (beside its lineage)
 
 
 # Code packages the CLI uploads for `--working-dir` / `py_modules` (GET: does it exist; PUT: upload).
@@ -153,6 +155,7 @@ class RayAdapter:
             if value is not None and not (isinstance(value, str) and IDEMPOTENCY_KEY.match(value)):
                 raise JobSpecInvalid(key, "must be 1 to 128 of A-Z a-z 0-9 . _ : -")
         label = CANDIDATE_SEPARATOR.join(sorted(models)) if models else None
+        params_key = self.options.params_key
         parts: tuple[JobPart, ...] = (JobPart(gpus, label, 1),) if gpus else ()
         if self.options.pricing == "cluster":
             parts = self.cluster_parts()
@@ -164,6 +167,7 @@ class RayAdapter:
             name=text(doc.get("submission_id")) or text(doc.get("job_id")),
             idempotency_key=text(doc.get("submission_id")),
             packages=runtime_packages(doc),
+            parameters=parameters(metadata.get(params_key), f"metadata.{key_name(params_key)}"),
         )
 
     def cluster_gpus(self) -> dict[str, int]:

@@ -15,6 +15,7 @@ from gateway.schedulers.base import (
     key_name,
     load_object,
     media_type,
+    parameters,
     query_pairs,
     status_ok,
     text,
@@ -22,7 +23,13 @@ from gateway.schedulers.base import (
 )
 from gateway.schedulers.live import slurm_id, slurm_live_gpu_jobs
 from gateway.schedulers.slurm_facts import EMPTY, SlurmFacts
-from gateway.schedulers.slurm_fields import array_concurrency, comment_tags, environment, time_limit_s
+from gateway.schedulers.slurm_fields import (
+    array_concurrency,
+    comment_tags,
+    environment,
+    environment_value,
+    time_limit_s,
+)
 from gateway.schedulers.slurm_gpus import GPU_FIELDS, RESOURCE_KEYS, Cluster, job_gpus, normalise
 from gateway.schedulers.status import JobView, slurm_finished, slurm_view
 
@@ -54,6 +61,7 @@ class SlurmOptions:
     exclusive_partitions: frozenset[str] = frozenset()
     partition_node_gpus: Mapping[str, Mapping[str | None, int]] = field(default_factory=dict)
     partition_nodes: Mapping[str, int] = field(default_factory=dict)
+    params_env: str = "EXPORTGATE_PARAMS"  # the model's parameter count the job declares (beside its lineage)
 
 
 def _route(name: str, methods: tuple[str, ...], tail: str, kind: RouteKind) -> Route:
@@ -85,6 +93,7 @@ class _Component:
     lineage: str | None
     purpose: str | None
     name: str | None
+    parameters: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +145,19 @@ class SlurmAdapter:
             walltime = self._partition_limit_s(job.get("partition"))
         env = environment(job.get("environment"))
         tags = comment_tags(job.get("comment"))
+        params_env = self.options.params_env
+        declared = environment_value(job.get("environment"), params_env)
+        if declared is not None:
+            params = parameters(declared, f"{where}.environment.{params_env}")
+        else:
+            params = parameters(tags.get("params"), f"{where}.comment")  # exportgate:params=N
         return _Component(
             parts=parts,
             walltime_s=walltime,
             lineage=text(env.get(self.options.lineage_env)) or tags.get("lineage"),
             purpose=text(env.get(self.options.purpose_env)) or tags.get("purpose"),
             name=text(job.get("name")),
+            parameters=params,
         )
 
     def parse_submission(
@@ -177,6 +193,8 @@ class SlurmAdapter:
             purpose=purposes.pop() if len(purposes) == 1 else None,
             lineage=next((c.lineage for c in components if c.lineage), None),
             name=next((c.name for c in components if c.name), None),
+            # The components run one model: the largest count any of them declares is the job's.
+            parameters=max((c.parameters for c in components if c.parameters is not None), default=None),
         )
 
     def parse_update(
@@ -208,7 +226,7 @@ class SlurmAdapter:
                 f"the update changes resources but lacks {', '.join(missing)} to price the new total"
             )
         c = self._component(raw, "job", self.cluster(), partition_default=False)
-        return JobSpec(c.parts, c.walltime_s, c.purpose, c.lineage, c.name)
+        return JobSpec(c.parts, c.walltime_s, c.purpose, c.lineage, c.name, parameters=c.parameters)
 
     def job_id_from_response(self, match: RouteMatch, status: int, body: bytes) -> str | None:
         doc = try_json(body)

@@ -239,8 +239,21 @@ def environment(value: Any) -> Mapping[str, str]:
     return {}
 
 
+def environment_value(value: Any, name: str) -> Any:
+    """One variable of a job environment as sent ({"K": V} or ["K=V", ...]): any JSON value; None when absent."""
+    if isinstance(value, dict):
+        return value.get(name)
+    found = None
+    if isinstance(value, list):
+        for item in value:  # the last one wins, as in `environment`
+            key, sep, val = item.partition("=") if isinstance(item, str) else ("", "", "")
+            if sep and key == name:
+                found = val
+    return found
+
+
 def comment_tags(value: Any) -> Mapping[str, str]:
-    """`exportgate:lineage=X,purpose=Y` in a job comment, as {"lineage": X, "purpose": Y}."""
+    """`exportgate:lineage=X,purpose=Y,params=N` in a job comment, as {"lineage": X, "purpose": Y, "params": N}."""
     if not isinstance(value, str):
         return {}
     found = re.search(r"exportgate:(\S+)", value)
