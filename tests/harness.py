@@ -244,13 +244,15 @@ async def running_stack(
         (workdir / "tenants.yaml").write_text(registry)
     state = StandinState()
     runner, url = await start_standin(state, standin)
-    settings = load_settings(write_config(workdir, config.pop("upstream_url", url), **config), env={})
-    server = Server(settings, env={}, clock=clock)
-    await server.start()
-    try:
-        yield Stack(server, settings, state, idp, workdir)
+    try:  # a config that does not load or a gateway that does not start must not leave the stand-in listening
+        settings = load_settings(write_config(workdir, config.pop("upstream_url", url), **config), env={})
+        server = Server(settings, env={}, clock=clock)
+        await server.start()
+        try:
+            yield Stack(server, settings, state, idp, workdir)
+        finally:
+            await server.stop()
     finally:
-        await server.stop()
         await runner.cleanup()
 
 

@@ -8,13 +8,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+_GIVEN: set[int] = set()  # ports handed out in this test process: two calls never return the same one
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now and that no earlier call returned.
+
+    The kernel may hand a just-closed ephemeral port out again at once, so two calls in a row (a proxy and
+    its webhook port) could collide without the set.
+    """
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no free port that was not handed out already")
 
 
 @dataclass

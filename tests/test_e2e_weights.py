@@ -542,6 +542,13 @@ async def test_the_catalogue_reloads_with_the_pack(world: tuple[Stack, dict[str,
         return (await call(stack, "GET", "/models/frontier/w.bin", "falcon-ae"))[0] == 200
 
     await wait_until(readable, 5.0, every=0.1, message="the published lineage never became readable")
-    records = [r for r in ledger_records(stack) if r.get("tenant") == "falcon-ae" and r.get("weights")]
-    assert records[-1]["weights"]["lineage"]["published"] is True
+
+    def weights_records() -> list[dict[str, Any]]:
+        return [
+            r for r in ledger_records(stack, committed_only=True) if r.get("tenant") == "falcon-ae" and r.get("weights")
+        ]
+
+    # The allowed read's record is written after its answer: wait for it rather than read the tail at once.
+    await wait_until(lambda: weights_records()[-1]["weights"]["lineage"]["published"] is True, 5.0, every=0.05)
+    records = weights_records()
     assert records[-1]["policy"]["hash"] != records[0]["policy"]["hash"]
