@@ -5,6 +5,8 @@ with its own, and tests check what reaches it through the store's own answers). 
 a thread: the gateway under test shares the event loop) and the `aws` CLI as a subprocess.
 """
 
+from __future__ import annotations
+
 import asyncio
 import os
 import shutil
@@ -16,12 +18,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore
 from botocore.config import Config
-from mypy_boto3_s3 import S3Client
+
+if TYPE_CHECKING:  # the stubs are a type-checking dependency only (not installed by the floors run)
+    from mypy_boto3_s3 import S3Client
 
 from tests.harness import ISSUER, POLICIES, tenant
 from tests.redis_server import free_port
