@@ -60,27 +60,45 @@ def _access(record: dict[str, Any]) -> dict[str, Any]:
     return {key: record.get(key) for key in ACCESS}
 
 
-def _chain_tail(
-    instance: Path, tenant_id: str, limit: int, budget: int, shown: Callable[[dict[str, Any]], dict[str, Any]]
-) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    needle = b'"tenant":' + json.dumps(tenant_id, ensure_ascii=False).encode()  # records are compact JSON
+def _records_backwards(
+    instance: Path, budget: int, wanted: Callable[[bytes], bool] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The chain's committed records, newest first, from at most `budget` bytes of its segments' ends; lines
+    `wanted` turns down (a cheap test on the raw bytes) are not parsed."""
     for segment in reversed(segments(instance)):
-        if budget <= 0 or len(found) >= limit or not segment.is_file():
-            break
+        if budget <= 0 or not segment.is_file():
+            return
         size = segment.stat().st_size
         for line in _lines_backwards(segment, budget):
-            if needle not in line or b'"kind":"decision"' not in line:
+            if wanted is not None and not wanted(line):
                 continue
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and record.get("kind") == "decision" and record.get("tenant") == tenant_id:
-                found.append(shown(record))
-                if len(found) >= limit:
-                    break
+            if isinstance(record, dict):
+                yield record
         budget -= size
+
+
+def _chain_size(instance: Path) -> int:
+    return sum(segment.stat().st_size for segment in segments(instance) if segment.is_file())
+
+
+def _chain_tail(
+    instance: Path, tenant_id: str, limit: int, budget: int, shown: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    needle = b'"tenant":' + json.dumps(tenant_id, ensure_ascii=False).encode()  # records are compact JSON
+
+    def wanted(line: bytes) -> bool:
+        return needle in line and b'"kind":"decision"' in line
+
+    for record in _records_backwards(instance, budget, wanted):
+        if record.get("kind") == "decision" and record.get("tenant") == tenant_id:
+            found.append(shown(record))
+            if len(found) >= limit:
+                break
     return found
 
 
@@ -115,26 +133,18 @@ def refusals_since(root: Path, since: float, *, budget_bytes: int = DEFAULT_BUDG
     counts: dict[str, int] = {}
     complete = True
     for instance in instance_dirs(root):
-        budget, reached = budget_bytes, False
-        for segment in reversed(segments(instance)):
-            if budget <= 0 or reached or not segment.is_file():
+        reached = False
+        for record in _records_backwards(instance, budget_bytes):
+            ts = record.get("ts")
+            if not isinstance(ts, int | float):
+                continue
+            if ts < since:
+                reached = True
                 break
-            size = segment.stat().st_size
-            for line in _lines_backwards(segment, budget):
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(record, dict) or not isinstance(record.get("ts"), int | float):
-                    continue
-                if record["ts"] < since:
-                    reached = True
-                    break
-                if record.get("kind") == "decision" and record.get("decision") == "deny":
-                    code = str(record.get("code"))
-                    counts[code] = counts.get(code, 0) + 1
-            budget -= size
-        complete = complete and (reached or budget > 0)
+            if record.get("kind") == "decision" and record.get("decision") == "deny":
+                code = str(record.get("code"))
+                counts[code] = counts.get(code, 0) + 1
+        complete = complete and (reached or _chain_size(instance) < budget_bytes)
     return dict(sorted(counts.items())), complete
 
 
@@ -143,22 +153,10 @@ def chain_head(instance: Path, *, budget_bytes: int = DEFAULT_BUDGET) -> dict[st
     `checkpoint_hash`, `checkpoint_ts`), read from the end of its segments within `budget_bytes` (a key is
     missing when it was not found)."""
     found: dict[str, Any] = {}
-    budget = budget_bytes
-    for segment in reversed(segments(instance)):
-        if budget <= 0 or not segment.is_file():
-            break
-        size = segment.stat().st_size
-        for line in _lines_backwards(segment, budget):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(record, dict):
-                continue
-            if "seq" not in found:
-                found |= {key: record.get(key) for key in ("seq", "hash", "ts")}
-            if record.get("kind") == "checkpoint":
-                found |= {f"checkpoint_{key}": record.get(key) for key in ("seq", "hash", "ts")}
-                return found
-        budget -= size
+    for record in _records_backwards(instance, budget_bytes):
+        if "seq" not in found:
+            found |= {key: record.get(key) for key in ("seq", "hash", "ts")}
+        if record.get("kind") == "checkpoint":
+            found |= {f"checkpoint_{key}": record.get(key) for key in ("seq", "hash", "ts")}
+            return found
     return found

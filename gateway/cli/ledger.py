@@ -19,7 +19,7 @@ from gateway.adapters.quota import DEFAULT_IDEMPOTENCY_WINDOW_S, DEFAULT_OWNERSH
 from gateway.adapters.quota_snapshot import SETTLE_S, CannotSnapshot, Taken, take
 from gateway.core.verify import ChainCheck, Expected, Finding, Kind, TrustedKey, Where
 
-__all__ = ["check_instance", "heads_from", "parse_expect_head", "verify"]
+__all__ = ["check_instance", "expected_heads", "heads_from", "parse_expect_head", "verify"]
 
 _HEAD = re.compile(r"^(?P<instance>[^=]+)=(?:(?P<seq>\d+):)?(?P<hash>[0-9a-f]{64})$")
 DAY_S = 86_400.0
@@ -37,6 +37,17 @@ def parse_expect_head(value: str) -> tuple[str, Expected]:
     seq = match.group("seq")
     expected = Expected(match.group("hash"), int(seq) if seq else None, f"--expect-head {value[:40]}")
     return files.safe_name(match.group("instance")), expected
+
+
+def expected_heads(args: argparse.Namespace) -> dict[str, list[Expected]]:
+    """The heads `--expect-head` and `--expect-heads-from` name, by instance (raises UsageError)."""
+    expected: dict[str, list[Expected]] = {}
+    pairs = [parse_expect_head(v) for v in args.expect_head]
+    if args.expect_heads_from is not None:
+        pairs.extend(heads_from(args.expect_heads_from))
+    for name, wanted in pairs:
+        expected.setdefault(name, []).append(wanted)
+    return expected
 
 
 def heads_from(anchor_dir: Path) -> Iterable[tuple[str, Expected]]:
@@ -109,12 +120,7 @@ def _verify(args: argparse.Namespace) -> int:
         if args.public_key.resolve().is_relative_to(root.resolve()):
             raise UsageError(f"{args.public_key}: a key inside the ledger directory proves nothing; keep it outside")
         key = load_public_key(args.public_key)
-        expected: dict[str, list[Expected]] = {}
-        pairs = [parse_expect_head(v) for v in args.expect_head]
-        if args.expect_heads_from is not None:
-            pairs.extend(heads_from(args.expect_heads_from))
-        for name, wanted in pairs:
-            expected.setdefault(name, []).append(wanted)
+        expected = expected_heads(args)
     except (UsageError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

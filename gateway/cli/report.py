@@ -18,7 +18,7 @@ from pathlib import Path
 from gateway.adapters.ledger.signing import KeyFileError, PublicKey, load_public_key
 from gateway.adapters.ledger.verified import first_and_last_ts
 from gateway.adapters.reports.verified import report_period, verified_report
-from gateway.cli.ledger import UsageError, heads_from, parse_expect_head
+from gateway.cli.ledger import UsageError, expected_heads
 from gateway.config.bundled import BUNDLED_PACK, BUNDLED_POLICIES
 from gateway.config.located import ConfigError
 from gateway.config.pack import load_pack
@@ -28,7 +28,6 @@ from gateway.core.policy import Pack
 from gateway.core.reports.access import KycRecord
 from gateway.core.reports.kinds import KINDS, Options, pack_thresholds
 from gateway.core.reports.model import DAY_S
-from gateway.core.verify import Expected
 
 _DATE_ONLY = re.compile(r"^\s*\d{4}-\d{2}-\d{2}\s*$")
 FORMATS = ("html", "csv", "json")
@@ -125,7 +124,7 @@ def report_command(args: argparse.Namespace) -> int:
     problem = _usage_problem(args)
     if problem is None:
         try:
-            expected = _expected(args)
+            expected = expected_heads(args)
         except UsageError as exc:
             problem = str(exc)
     if problem is not None:
@@ -173,16 +172,6 @@ def report_command(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {args.out} ({args.kind}, {_format(args)}): {report.meta['statement']}")
     return 0
-
-
-def _expected(args: argparse.Namespace) -> dict[str, list[Expected]]:
-    expected: dict[str, list[Expected]] = {}
-    pairs = [parse_expect_head(v) for v in args.expect_head]
-    if args.expect_heads_from is not None:
-        pairs.extend(heads_from(args.expect_heads_from))
-    for name, wanted in pairs:
-        expected.setdefault(name, []).append(wanted)
-    return expected
 
 
 def _inputs(args: argparse.Namespace) -> tuple[PublicKey, Pack, dict[str, KycRecord] | None]:
