@@ -26,6 +26,7 @@ import logging
 from gateway.adapters.ledger.writer import LedgerUnavailable
 from gateway.adapters.quota import BackendUnavailable
 from gateway.adapters.upstream import Upstream
+from gateway.core.jobs import IDEMPOTENCY_KEY
 from gateway.core.records import followup_body
 from gateway.core.tenants import Tenant
 from gateway.http.front_submit import PLACED, placed_at, placeholder_scope
@@ -59,6 +60,8 @@ class Placeholders:
     async def adopt(self, upstream: Upstream, tenants: tuple[Tenant, ...], job: LiveJob) -> bool:
         """Give `job` the oldest waiting placeholder of `tenants`; False when none waits (or the store is down)."""
         store, scope = self.parts.store, placeholder_scope(upstream.name)
+        if not IDEMPOTENCY_KEY.match(job.job_id):
+            return False  # an id no submission through the gateway has: the sweep records it bounded, as unadmitted
         try:
             for _, tenant_id, placeholder in await self._waiting(scope, tenants):
                 owner = await store.owner_of(scope, placeholder)
