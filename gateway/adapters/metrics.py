@@ -24,6 +24,9 @@ class Metrics:
     """Bounded labels only: no tenant id, token or raw path is ever a label value."""
 
     def __init__(self) -> None:
+        # The hot path's labelled series, found once: `labels()` takes a lock and checks its values each call.
+        self._counters: dict[tuple[int, tuple[str, ...]], Counter] = {}
+        self._histograms: dict[tuple[int, tuple[str, ...]], Histogram] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         # The default collectors of prometheus_client's global registry, on this one: process_* (CPU, memory,
@@ -157,3 +160,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+    def counter(self, metric: Counter, *values: str) -> Counter:
+        """`metric.labels(*values)`, remembered (label values are bounded, so is this)."""
+        key = (id(metric), values)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = metric.labels(*values)
+        return child
+
+    def histogram(self, metric: Histogram, *values: str) -> Histogram:
+        """`metric.labels(*values)`, remembered."""
+        key = (id(metric), values)
+        child = self._histograms.get(key)
+        if child is None:
+            child = self._histograms[key] = metric.labels(*values)
+        return child

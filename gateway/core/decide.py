@@ -1,7 +1,7 @@
 """decide(): the pure admission decision over a request's facts and the active pack."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
 from gateway.core.codes import Code
@@ -106,3 +106,30 @@ def decide(facts: Facts, pack: Pack) -> Decision:
         )
     reasons.extend(_kyc_reasons(facts, tenant, pack))
     return verdict(tier, tuple(reasons))
+
+
+class DecisionMemo:
+    """`decide`, remembered per (day, tenant, route kind, pack).
+
+    decide() reads the time only as a date, and tenants and packs are immutable: a reload builds new
+    ones, which miss here, so nothing stale is ever returned. Entries hold their tenant and pack, so
+    an id is never reused while its entry lives; the memo is emptied when it holds `size` entries.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: dict[tuple[date, int, RouteKind, int], tuple[Tenant, Pack, Decision]] = {}
+
+    def decide(self, facts: Facts, pack: Pack) -> Decision:
+        tenant = facts.tenant
+        if tenant is None:
+            return decide(facts, pack)
+        key = (facts.now.date(), id(tenant), facts.route_kind, id(pack))
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is tenant and hit[1] is pack:
+            return hit[2]
+        decision = decide(facts, pack)
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[key] = (tenant, pack, decision)
+        return decision

@@ -3,11 +3,14 @@
 from gateway.adapters.auth import Authenticator, AuthError
 from gateway.adapters.policy_files import PolicyFiles
 from gateway.core.codes import Code
-from gateway.core.decide import Facts, decide, refuse
+from gateway.core.decide import DecisionMemo, Facts, decide, refuse
 from gateway.core.paths import canonical_or_none
 from gateway.core.routes import RouteKind, RouteMatch, allowed_methods, match_route, unbound_param
 from gateway.core.tenants import Identity, Tenant
 from gateway.http.call import Admitted, Call, Refused
+
+# Admission is the same for every request of a tenant on a route kind on one day: decided once.
+_ADMISSIONS = DecisionMemo()
 
 
 async def authenticate(auth: Authenticator, call: Call) -> Identity | Refused:
@@ -51,7 +54,7 @@ def admit(policy: PolicyFiles, call: Call, tenant: Tenant, match: RouteMatch) ->
     if unbound is not None:
         detail = f"{unbound} {match.params[unbound][:64]!r} does not belong to this tenant"
         return Refused(refuse(Code.ROUTE_NOT_ALLOWED, detail))
-    decision = decide(Facts(call.when, tenant, match.route.kind), policy.pack)
+    decision = _ADMISSIONS.decide(Facts(call.when, tenant, match.route.kind), policy.pack)
     if not decision.forwards:
         return Refused(decision)
     missing = upstream.missing_identity(tenant)

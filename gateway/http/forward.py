@@ -97,6 +97,21 @@ async def stream(
         raise classify(exc) from exc
     observe(time.perf_counter() - started)
     try:
+        if _small_whole(request, upstream):
+            # A small answer with a Content-Length goes back as one write, headers and body together:
+            # nothing to stream, and a write that fits the transport's buffer cannot stall on the client.
+            try:
+                data = await upstream.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise classify(exc) from exc
+            small = web.Response(
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=downstream_response_headers(upstream.headers, keep_length=False),
+                body=data,
+            )
+            small.headers.update(extra_headers)
+            return small
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
@@ -121,6 +136,23 @@ async def stream(
         return response
     finally:
         upstream.release()
+
+
+# Answers up to this size with a Content-Length are read whole and sent in one write (below the
+# transport's default high-water mark, so the write never waits on a slow client).
+SMALL_ANSWER_BYTES = 16 * 1024
+
+
+def _small_whole(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    """Whether the answer is a small body of known length that is sent as it is (not HEAD, 204 or 304)."""
+    length = upstream.content_length
+    return (
+        length is not None
+        and 0 < length <= SMALL_ANSWER_BYTES
+        and request.method != "HEAD"
+        and upstream.status not in (204, 304)
+        and upstream.status >= 200
+    )
 
 
 async def fetch(

@@ -1,5 +1,6 @@
 """Header hygiene: hop-by-hop removal, client credential stripping, X-Forwarded-*, client IP."""
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -97,6 +98,11 @@ def downstream_response_headers(incoming: CIMultiDictProxy[str], *, keep_length:
 
 
 def _trusted(address: str, proxies: Sequence[IPNetwork]) -> bool:
+    return _trusted_in(address, tuple(proxies))
+
+
+@functools.lru_cache(maxsize=4096)  # parsing an address costs more than the rest of this stage
+def _trusted_in(address: str, proxies: tuple[IPNetwork, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

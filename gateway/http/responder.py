@@ -25,6 +25,7 @@ access_log = logging.getLogger("gateway.access")  # with `log.access: true`, one
 # The `status_class` of requests whose client went away before its answer (nginx logs these as 499).
 CLIENT_CLOSED = "client_closed"
 CLIENT_CLOSED_STATUS = 499  # as the request's log event shows it (nginx's code; never sent)
+STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
 
 
 class Responder:
@@ -159,7 +160,7 @@ class Responder:
     def count(self, decision: Decision) -> None:
         tier = str(int(decision.tier)) if decision.tier is not None else "none"
         code = decision.code.value if decision.code else ""
-        self.metrics.decisions.labels(decision.outcome.value, code, tier).inc()
+        self.metrics.counter(self.metrics.decisions, decision.outcome.value, code, tier).inc()
 
     def backend_error(self, backend: str) -> None:
         self.metrics.backend_errors.labels(backend).inc()
@@ -178,16 +179,17 @@ class Responder:
         """Count the request and log its event (and its access line)."""
         kind = call.kind.value if call.kind else "none"
         seconds = time.perf_counter() - call.started
-        self.metrics.requests.labels(kind, f"{status // 100}xx").inc()
-        self.metrics.request_seconds.labels(kind).observe(seconds)
+        metrics = self.metrics
+        metrics.counter(metrics.requests, kind, STATUS_CLASSES.get(status // 100) or f"{status // 100}xx").inc()
+        metrics.histogram(metrics.request_seconds, kind).observe(seconds)
         self._log_request("request", call, kind, status, seconds)
 
     def client_closed(self, call: Call, why: str) -> None:
         """Count and log a request its client abandoned: a status class of its own, never ERROR."""
         kind = call.kind.value if call.kind else "none"
         seconds = time.perf_counter() - call.started
-        self.metrics.requests.labels(kind, CLIENT_CLOSED).inc()
-        self.metrics.request_seconds.labels(kind).observe(seconds)
+        self.metrics.counter(self.metrics.requests, kind, CLIENT_CLOSED).inc()
+        self.metrics.histogram(self.metrics.request_seconds, kind).observe(seconds)
         self._log_request("client closed", call, kind, CLIENT_CLOSED_STATUS, seconds, why=why[:200])
 
     def _log_request(self, message: str, call: Call, kind: str, status: int, seconds: float, **more: str) -> None:

@@ -167,4 +167,3 @@ class TrueUp:
         with contextlib.suppress(BackendUnavailable):  # else the new lease ends at its own end: an over-count
             await self.store.refund(plan, self.clock())
         self._error("ledger", f"true-up not recorded ({why}); its reservation is given back")
-

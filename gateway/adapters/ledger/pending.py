@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.ledger import Prepared
+
 
 class LedgerUnavailable(Exception):
     """The record could not be made durable; the request it belongs to must not proceed."""
@@ -19,8 +21,9 @@ class Mark:
     reason: str
 
 
-# (body, the waiting caller's future or None, time.monotonic() when it was queued)
-Item = tuple[Mapping[str, Any] | Mark, "asyncio.Future[dict[str, Any]] | None", float]
+# (body, the waiting caller's future or None, time.monotonic() when it was queued); a body is queued
+# already encoded (Prepared), so that one that cannot be written is refused before its caller acts.
+Item = tuple[Prepared | Mapping[str, Any] | Mark, "asyncio.Future[dict[str, Any]] | None", float]
 
 
 class Pending:

@@ -6,7 +6,15 @@ from typing import Any
 
 from gateway.adapters.ledger.pending import Item, LedgerUnavailable, Mark
 from gateway.adapters.ledger.signing import Signer
-from gateway.core.ledger import GENESIS, checkpoint_body, checkpoint_payload, line_of, seal, sealed_line
+from gateway.core.ledger import (
+    GENESIS,
+    Prepared,
+    checkpoint_body,
+    checkpoint_payload,
+    line_of,
+    prepare,
+    seal,
+)
 
 # json.dumps raises these for a body it cannot write (an object, NaN, a cycle, absurd nesting).
 UNENCODABLE = (TypeError, ValueError, RecursionError)
@@ -36,7 +44,8 @@ class Checkpoints:
 class Sealed:
     """One batch sealed in memory; the writer's state moves to it only once it is on disk."""
 
-    records: list[dict[str, Any]] = field(default_factory=list)
+    count: int = 0  # records sealed, checkpoints included
+    first_seq: int | None = None
     lines: list[bytes] = field(default_factory=list)  # each record's ledger line, encoded once
     results: list[dict[str, Any] | None] = field(default_factory=list)
     rejected: set[int] = field(default_factory=set)  # batch positions whose body could not be encoded
@@ -58,32 +67,38 @@ def seal_batch(
     """Chain the batch onto `out` (the chain so far), inserting a checkpoint after every N records and when the
     interval is up; a body that cannot be encoded is refused alone, its caller answered `unencodable(...)`."""
 
-    def add(record: dict[str, Any], line: bytes | None = None) -> None:
-        out.records.append(record)
-        out.lines.append(line_of(record) if line is None else line)
-        out.seq, out.head = record["seq"], record["hash"]
+    def add(seq: int, digest: str, line: bytes) -> None:
+        out.lines.append(line)
+        out.count += 1
+        out.first_seq = seq if out.first_seq is None else out.first_seq
+        out.seq, out.head = seq, digest
 
     def checkpoint(reason: str) -> None:
         if checkpoints.signer is not None and out.since > 0:
-            out.checkpoint = checkpoints.make(out.seq, out.head, now, reason)
-            add(out.checkpoint)
+            out.checkpoint = record = checkpoints.make(out.seq, out.head, now, reason)
+            add(record["seq"], record["hash"], line_of(record))
             out.since, out.cp_time = 0, now
 
+    instance = checkpoints.instance
     for position, (body, future, _) in enumerate(batch):
         if isinstance(body, Mark):
             checkpoint(body.reason)
             out.results.append(None)
             continue
+        seq, prev_hash = out.seq + 1, out.head
         try:
-            record, line = sealed_line(body, instance=checkpoints.instance, seq=out.seq + 1, prev_hash=out.head)
+            prepared = body if isinstance(body, Prepared) else prepare(body)
+            digest, line = prepared.sealed(instance=instance, seq=seq, prev_hash=prev_hash)
         except UNENCODABLE as exc:  # this body's fault, not the writer's: refuse it alone
             out.rejected.add(position)
             out.results.append(None)
-            error = unencodable(body, exc)
+            error = unencodable(body.body if isinstance(body, Prepared) else body, exc)
             if future is not None and not future.done():
                 future.set_exception(error)
             continue
-        add(record, line)
+        add(seq, digest, line)
+        # Only a caller that waits gets the sealed record back; nobody reads it for the others.
+        record = prepared.record(instance=instance, seq=seq, prev_hash=prev_hash, digest=digest) if future else None
         out.results.append(record)
         out.since += 1
         if out.since >= checkpoints.every_records:

@@ -19,7 +19,7 @@ from gateway.adapters.ledger.sealing import UNENCODABLE, Checkpoints, Sealed, se
 from gateway.adapters.ledger.segments import Segments, instance_dir
 from gateway.adapters.ledger.signing import Signer
 from gateway.adapters.ledger.supervision import Supervisor
-from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, canonical
+from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, prepare
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +157,16 @@ class LedgerWriter:
             raise LedgerUnavailable("the ledger writer has stopped")
         if len(self._pending.queued) >= self.queue_limit:
             raise LedgerUnavailable("ledger queue is full")
+        # Encoded once, here: a record the writer could not encode is refused before its caller acts (a
+        # read is forwarded at once, without waiting), and sealing only joins the encoded parts.
+        try:
+            prepared = prepare(body)
+        except UNENCODABLE as exc:
+            raise self._unencodable(body, exc) from None
         future: asyncio.Future[dict[str, Any]] | None = None
         if wait:
             future = asyncio.get_running_loop().create_future()
-        else:
-            # Its caller acts before the batch commits (a read is forwarded at once): a record the writer
-            # could not encode would be dropped after the fact, so it is refused now instead.
-            try:
-                canonical(body)
-            except UNENCODABLE as exc:
-                raise self._unencodable(body, exc) from None
-        self._pending.queued.append((body, future, time.monotonic()))
+        self._pending.queued.append((prepared, future, time.monotonic()))
         self._wake.set()
         return None if future is None else await future
 
@@ -268,8 +267,8 @@ class LedgerWriter:
         for record, (_, fut, _) in zip(sealed.results, batch, strict=True):
             if fut is not None and not fut.done() and record is not None:
                 fut.set_result(record)
-        if sealed.records:
-            self._on_commit(len(sealed.records), time.perf_counter() - started)
+        if sealed.count:
+            self._on_commit(sealed.count, time.perf_counter() - started)
         if sealed.checkpoint is not None:
             await self._publish(sealed.checkpoint)
         return True
@@ -289,7 +288,7 @@ class LedgerWriter:
             await asyncio.sleep(0.5)
 
     def _apply(self, sealed: Sealed, size: int) -> None:
-        self._files.appended(sealed.records[0]["seq"] if sealed.records else None, size)
+        self._files.appended(sealed.first_seq, size)
         self._seq, self._head = sealed.seq, sealed.head
         self._since_cp, self._cp_time = sealed.since, sealed.cp_time
         if sealed.checkpoint is not None:
@@ -300,12 +299,12 @@ class LedgerWriter:
     async def _rotate(self, now: float) -> None:
         """Close the segment with a checkpoint, then continue the chain in a new one."""
         sealed = self._seal([], now, trailing="rotation")
-        if sealed.records:
+        if sealed.count:
             data = b"".join(sealed.lines)
             started = time.perf_counter()
             await asyncio.to_thread(self._files.write, data)
             self._apply(sealed, len(data))
-            self._on_commit(len(sealed.records), time.perf_counter() - started)
+            self._on_commit(sealed.count, time.perf_counter() - started)
             assert sealed.checkpoint is not None
             await self._publish(sealed.checkpoint)
         await asyncio.to_thread(self._switch, now)
