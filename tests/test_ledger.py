@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 from gateway.adapters.ledger.writer import LedgerWriter
-from gateway.core.ledger import SCHEMA_VERSION, canonical, line_of, record_hash, sealed_line
+from gateway.core.jsontext import json_utf8
+from gateway.core.ledger import SCHEMA_VERSION, canonical, line_of, prepare, record_hash, sealed_line, template
 from tests.harness import (
     JOB,
     SUBMIT,
@@ -114,23 +115,85 @@ async def test_full_disk_refuses_submissions(tmp_path: Path) -> None:
         assert 'exportgate_backend_errors_total{backend="ledger"} 1.0' in text
 
 
+ALPHABET = [
+    "a",
+    "hash",
+    "hasi",
+    "has",
+    "h",
+    "é",
+    "\ud800",
+    "\u2028",
+    "z",
+    "",
+    '"',
+    "\\",
+    "instance",
+    "v",
+    "seq",
+    "%b",
+    "%",
+]
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    """A value of any JSON shape the ledger takes: nesting, big ints, floats, escapes, lone surrogates, `%`."""
+    kind = rng.randrange(6 if depth < 3 else 4)
+    if kind == 0:
+        return rng.choice([None, True, False, 0, -1, 2**70, 1.5, 1e-300, 1e23, -0.0])
+    if kind in (1, 2):
+        return "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(4)))
+    if kind == 3:
+        return rng.random() * 10 ** rng.randrange(-5, 25)
+    if kind == 4:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(3))]
+    return {
+        "".join(rng.choice(ALPHABET) for _ in range(2)): _random_value(rng, depth + 1) for _ in range(rng.randrange(3))
+    }
+
+
+def test_canonical_is_json_dumps_sorted_and_compact() -> None:
+    """The record encoding (json's C encoder, built once) writes what json.dumps with the canonical options does."""
+    rng = random.Random(11)
+    for _ in range(2000):
+        value = {"".join(rng.choice(ALPHABET) for _ in range(3)): _random_value(rng) for _ in range(rng.randrange(5))}
+        dumped = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        assert canonical(value) == json_utf8(dumped)
+    for bad in ({"a": float("nan")}, {"a": float("inf")}, {"a": object()}, {"a": {1: 2, "b": 3}}):
+        try:
+            canonical(bad)
+        except (TypeError, ValueError):
+            continue
+        raise AssertionError(f"{bad!r} was encoded")
+
+
+def test_template_fills_to_what_prepare_encodes() -> None:
+    """A record filled into its template is byte for byte the record encoded whole, whatever the fields hold."""
+    rng = random.Random(13)
+    holes = ("decision_id", "ts", "client_ip", "method", "path")
+    for i in range(500):
+        keys = ("".join(rng.choice(ALPHABET) for _ in range(rng.randrange(1, 3))) for _ in range(rng.randrange(8)))
+        fixed = {key: _random_value(rng) for key in keys if key not in holes}
+        made = template(fixed, holes)
+        assert made is not None
+        values = {hole: _random_value(rng, depth=2) for hole in holes}
+        filled = made.fill(values)
+        assert filled.runs == prepare({**fixed, **values}).runs
+        assert filled.sealed(instance="i-1", seq=i + 1, prev_hash="0" * 64) == prepare({**fixed, **values}).sealed(
+            instance="i-1", seq=i + 1, prev_hash="0" * 64
+        )
+    # A fixed value that holds a hole's placeholder text: no template (the hole could not be found once).
+    assert template({"tenant": "\ue000exportgate:path\ue000"}, holes) is None
+
+
 def test_sealed_line_is_the_canonical_line_and_hash() -> None:
     """One encoding of the fields gives exactly the canonical line and `record_hash`, for any body the ledger takes."""
     rng = random.Random(7)
-    alphabet = ["a", "hash", "hasi", "has", "h", "é", "\ud800", "\u2028", "z", "", '"', "\\", "instance", "v", "seq"]
 
     def value(depth: int) -> object:
-        kind = rng.randrange(6 if depth < 3 else 4)
-        if kind == 0:
-            return rng.choice([None, True, False, 0, -1, 2**70, 1.5, 1e-300])
-        if kind in (1, 2):
-            return "".join(rng.choice(alphabet) for _ in range(rng.randrange(4)))
-        if kind == 3:
-            return rng.random()
-        if kind == 4:
-            return [value(depth + 1) for _ in range(rng.randrange(3))]
-        return {"".join(rng.choice(alphabet) for _ in range(2)): value(depth + 1) for _ in range(rng.randrange(3))}
+        return _random_value(rng, depth)
 
+    alphabet = ALPHABET
     for i in range(500):
         keys = ("".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 3))) for _ in range(rng.randrange(6)))
         body = {key: value(0) for key in keys}

@@ -3,6 +3,7 @@
 import bisect
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,57 @@ def prepare(body: Mapping[str, Any]) -> Prepared:
         if key not in _CHAIN_KEYS:
             runs[bisect.bisect(_CHAIN, key)][key] = value
     return Prepared(body, tuple(canonical(run)[1:-1] if run else b"" for run in runs))
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """Records that differ only in a few fields (a tenant's reads of one route), encoded once.
+
+    Each run is kept as a bytes format with a `%b` for each field `fill` encodes into it (named in
+    order beside it), so that a record costs the encoding of those fields alone; `fill(values)`
+    equals `prepare(fixed | values)` (tests/test_ledger.py checks it).
+    """
+
+    fixed: Mapping[str, Any]
+    runs: tuple[tuple[bytes, tuple[str, ...]], ...]
+
+    def fill(self, values: Mapping[str, Any]) -> Prepared:
+        """The prepared record with `values` (exactly the template's holes) filled in; raises what json raises."""
+        encoded = {key: _member_value(value) for key, value in values.items()}
+        runs = tuple([form % tuple([encoded[key] for key in keys]) if keys else form for form, keys in self.runs])
+        return Prepared({**self.fixed, **values}, runs)
+
+
+def _member_value(value: Any) -> bytes:
+    """Canonical JSON of one value, as `canonical` writes it inside a record (strings and finite floats direct)."""
+    kind = type(value)
+    if kind is str:
+        return json_utf8(json.encoder.encode_basestring(value))
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value).encode()
+    return json_utf8(_text(value))
+
+
+_HOLE = "\ue000exportgate:{}\ue000"  # a private-use character: no record field ever holds one
+
+
+def template(fixed: Mapping[str, Any], holes: Sequence[str]) -> Template | None:
+    """A template of `fixed` with `holes` (field names not in `fixed`) left to fill; None when a fixed value
+    happens to hold a hole's placeholder text, so the holes cannot be found exactly once each."""
+    marks = {json_utf8(_text(_HOLE.format(key))): key for key in holes}
+    prepared = prepare({**fixed, **{key: _HOLE.format(key) for key in holes}})
+    runs: list[tuple[bytes, tuple[str, ...]]] = []
+    found = 0
+    for run in prepared.runs:
+        form, keys = run.replace(b"%", b"%%"), []
+        for mark, key in marks.items():
+            count = form.count(mark)
+            if count:
+                found += count
+                keys.append((form.index(mark), key))
+                form = form.replace(mark, b"%b")
+        runs.append((form, tuple(key for _, key in sorted(keys))) if keys else (run, ()))  # no hole: literal
+    return Template(fixed, tuple(runs)) if found == len(marks) else None
 
 
 def line_of(record: Mapping[str, Any]) -> bytes:

@@ -1,7 +1,6 @@
 """What one request has shown so far (`Call`), and the typed request once it is admitted (`Admitted`)."""
 
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -9,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.adapters.ids import new_decision_id
 from gateway.adapters.upstream import Upstream, pick_upstream
 from gateway.core.decide import Decision
 from gateway.core.routes import RouteKind, RouteMatch
@@ -54,7 +54,7 @@ class Call:
         entry: str = "proxy",
     ) -> "Call":
         """A request just come in: a new decision id, started now, on the upstream its path (no query) picks."""
-        decision_id, started, now = uuid.uuid4().hex, time.perf_counter(), clock()
+        decision_id, started, now = new_decision_id(), time.perf_counter(), clock()
         upstream = pick_upstream(upstreams, path)
         return cls(request, method, headers, decision_id, started, now, client_ip, upstream, path, entry=entry)
 

@@ -21,11 +21,11 @@ proxy: the caller itself is a front proxy and is believed. Anything else on this
 
 import functools
 import ipaddress
-import uuid
 from collections.abc import Iterable
 
 from aiohttp import web
 
+from gateway.adapters.ids import new_decision_id
 from gateway.config.limits import Limits
 from gateway.core.codes import Code
 from gateway.http.body import BodyTooLarge, BodyTooSlow, ClientClosed, Pace, read_limited
@@ -59,7 +59,7 @@ def asked_client_ip(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str
 
 def _malformed(detail: str) -> web.Response:
     """A decision request the front proxy's configuration got wrong: 400, never recorded (no client request)."""
-    return refusal(Code.REQUEST_MALFORMED, detail, uuid.uuid4().hex)
+    return refusal(Code.REQUEST_MALFORMED, detail, new_decision_id())
 
 
 def nginx_response(answer: Answer) -> web.Response:
@@ -109,7 +109,7 @@ class DecisionEntries:
         if raw.startswith(ENVOY_PREFIX + "/"):
             return await self.envoy(request, raw[len(ENVOY_PREFIX) :])
         detail = f"the decision listener serves {NGINX_PATH} (nginx) and {ENVOY_PREFIX}/... (Envoy ext_authz HTTP)"
-        return refusal(Code.ROUTE_NOT_ALLOWED, detail, uuid.uuid4().hex)
+        return refusal(Code.ROUTE_NOT_ALLOWED, detail, new_decision_id())
 
     async def nginx(self, request: web.Request) -> web.Response:
         uri, method = request.headers.get("X-Original-URI"), request.headers.get("X-Original-Method")
@@ -124,7 +124,7 @@ class DecisionEntries:
         """Envoy's HTTP ext_authz request; with `with_request_body` it carries the client's buffered body."""
         if request.headers.get(PARTIAL_BODY, "").lower() == "true":
             detail = "Envoy sent part of the body (over with_request_body.max_request_bytes)"
-            return refusal(Code.BODY_TOO_LARGE, detail, uuid.uuid4().hex)
+            return refusal(Code.BODY_TOO_LARGE, detail, new_decision_id())
         body: bytes | None = None
         if request.body_exists:
             limits = self.limits
@@ -133,9 +133,11 @@ class DecisionEntries:
                     request, limits.max_body_bytes, Pace(limits.body_timeout_s, limits.body_min_rate_bytes_s)
                 )
             except BodyTooLarge:
-                return refusal(Code.BODY_TOO_LARGE, f"the body exceeds {limits.max_body_bytes} bytes", uuid.uuid4().hex)
+                return refusal(
+                    Code.BODY_TOO_LARGE, f"the body exceeds {limits.max_body_bytes} bytes", new_decision_id()
+                )
             except BodyTooSlow:
-                return refusal(Code.REQUEST_TIMEOUT, "the body arrived too slowly", uuid.uuid4().hex)
+                return refusal(Code.REQUEST_TIMEOUT, "the body arrived too slowly", new_decision_id())
             except ClientClosed:
                 return web.Response(status=499, reason="Client Closed Request")  # never delivered
         asked = Asked(

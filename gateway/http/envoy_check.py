@@ -14,7 +14,6 @@ the `X-Forwarded-*` it manages itself. A refusal is Envoy's denied response: the
 headers and problem+json body.
 """
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from google.protobuf.message import DecodeError
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.adapters.ids import new_decision_id
 from gateway.core.codes import CODES, Code
 from gateway.http.decision import Answer, Asked
 from gateway.http.headers import HOP_BY_HOP, METHOD_TOKEN, envoy_removed
@@ -152,7 +152,7 @@ def check_response(request: Asked, answer: Answer) -> CheckResponse:
 
 def denial(code: Code, detail: str) -> CheckResponse:
     """A denial made here, not by the core (a Check it cannot read, a fault): problem+json, nothing recorded."""
-    decision_id = uuid.uuid4().hex
+    decision_id = new_decision_id()
     response = CheckResponse()
     response.status.code = PERMISSION_DENIED
     response.status.message = code.value

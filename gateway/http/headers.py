@@ -98,7 +98,7 @@ def downstream_response_headers(incoming: CIMultiDictProxy[str], *, keep_length:
 
 
 def _trusted(address: str, proxies: Sequence[IPNetwork]) -> bool:
-    return _trusted_in(address, tuple(proxies))
+    return len(address) <= 64 and _trusted_in(address, tuple(proxies))
 
 
 @functools.lru_cache(maxsize=4096)  # parsing an address costs more than the rest of this stage
@@ -108,6 +108,20 @@ def _trusted_in(address: str, proxies: tuple[IPNetwork, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in proxies)
+
+
+def _is_address(text: str) -> bool:
+    """Whether a forwarded hop is an IP address (longer than any address's text: not one, and not cached)."""
+    return len(text) <= 64 and _parses(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parses(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def forwarded_chain(xff_values: Iterable[str]) -> list[str]:
@@ -122,9 +136,7 @@ def client_ip(peer: str | None, xff_values: Iterable[str], proxies: Sequence[IPN
     if not _trusted(peer, proxies):
         return peer
     for hop in reversed(forwarded_chain(xff_values)):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        if not _is_address(hop):
             return peer  # a garbled chain is not evidence; fall back to the peer
         if not _trusted(hop, proxies):
             return hop

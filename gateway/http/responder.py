@@ -18,6 +18,7 @@ from gateway.http.body import close_after
 from gateway.http.call import Call, Refused
 from gateway.http.problems import Dialect, refusal
 from gateway.http.quota_headers import set_quota_headers
+from gateway.http.record_templates import RecordTemplates
 
 log = logging.getLogger(__name__)
 requests_log = logging.getLogger("gateway.request")  # one event per request, at its end (2xx/3xx: DEBUG)
@@ -45,6 +46,7 @@ class Responder:
         self.policy = policy
         self.clock = clock
         self.access = access
+        self.templates = RecordTemplates()
 
     # -- answers --------------------------------------------------------------------------
 
@@ -112,8 +114,15 @@ class Responder:
 
     async def commit(self, call: Call, decision: Decision, *, wait: bool = True) -> web.Response | None:
         """Record an admitted decision (durably when `wait`) and count it; the refusal if the ledger is down."""
+        kind = "decision" if wait else "access"
         try:
-            await self.ledger.append(self.record(call, decision, kind="decision" if wait else "access"), wait=wait)
+            prepared = None
+            if not wait:  # an access record: encoded from its template, when one serves
+                pack, registry = self.policy.pack, self.policy.registry.version
+                prepared = self.templates.prepared(
+                    call, decision, kind, pack, registry, lambda: self._record(call, decision, kind)
+                )
+            await self.ledger.append(prepared or self.record(call, decision, kind=kind), wait=wait)
         except LedgerUnavailable as exc:
             return self.backend_down(call, decision, "ledger", str(exc))
         self.count(decision)

@@ -13,10 +13,10 @@ cancel as the job's owner) or `alert` (the record and a metric; the job runs on)
 
 import contextlib
 import logging
-import uuid
 from dataclasses import asdict
 from datetime import UTC, datetime
 
+from gateway.adapters.ids import new_decision_id
 from gateway.adapters.ledger.writer import LedgerUnavailable
 from gateway.adapters.quota import BackendUnavailable
 from gateway.adapters.upstream import Upstream
@@ -70,7 +70,7 @@ class TrueUp:
         admission = decide(Facts(when, tenant, RouteKind.UPDATE), pack)
         if admission.tier is None:
             return None  # the tenant's countries no longer resolve: nothing can be priced; its lease stays
-        decision_id = uuid.uuid4().hex
+        decision_id = new_decision_id()
         spec = JobSpec(parts=view.allocated, walltime_s=view.walltime_s or walltime_s)
         job = Job(spec, decision_id, upstream.name, upstream.adapter.default_gpu_model, replaced=owner.lease)
         priced = price_and_plan(admission, tenant, job, pack, when)

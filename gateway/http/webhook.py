@@ -27,13 +27,13 @@ whose `message` starts `exportgate <code>:`; the API server shows the client tha
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
+from gateway.adapters.ids import new_decision_id
 from gateway.adapters.ledger.writer import LedgerUnavailable, LedgerWriter
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.policy_files import PolicyFiles
@@ -98,7 +98,7 @@ class AdmissionWebhook:
     # -- the HTTP exchange ----------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        decision_id = uuid.uuid4().hex
+        decision_id = new_decision_id()
         try:
             raw = await read_limited(request, MAX_REVIEW_BYTES, self.pace)
         except BodyTooLarge:

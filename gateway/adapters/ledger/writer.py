@@ -19,7 +19,7 @@ from gateway.adapters.ledger.sealing import UNENCODABLE, Checkpoints, Sealed, se
 from gateway.adapters.ledger.segments import Segments, instance_dir
 from gateway.adapters.ledger.signing import Signer
 from gateway.adapters.ledger.supervision import Supervisor
-from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, prepare
+from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, Prepared, prepare
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class LedgerWriter:
         self._files.write_manifest(self._manifest())
         return found.repair
 
-    async def append(self, body: Mapping[str, Any], *, wait: bool) -> dict[str, Any] | None:
+    async def append(self, body: Mapping[str, Any] | Prepared, *, wait: bool) -> dict[str, Any] | None:
         """Queue a record; with `wait`, return it sealed once its batch is on disk."""
         if self._task is None or self._closing:
             raise LedgerUnavailable("ledger is not open")
@@ -160,9 +160,9 @@ class LedgerWriter:
         # Encoded once, here: a record the writer could not encode is refused before its caller acts (a
         # read is forwarded at once, without waiting), and sealing only joins the encoded parts.
         try:
-            prepared = prepare(body)
-        except UNENCODABLE as exc:
-            raise self._unencodable(body, exc) from None
+            prepared = body if isinstance(body, Prepared) else prepare(body)
+        except UNENCODABLE as exc:  # a Prepared is encoded already: only a mapping gets here
+            raise self._unencodable(body.body if isinstance(body, Prepared) else body, exc) from None
         future: asyncio.Future[dict[str, Any]] | None = None
         if wait:
             future = asyncio.get_running_loop().create_future()
