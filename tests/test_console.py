@@ -14,7 +14,9 @@ from gateway.core.reports.kinds import KINDS
 from gateway.http.console import COOKIE, number, percent
 from tests.admin_kit import TOKENS, admin
 from tests.console_kit import Decided, by_id, cell, decided_stack
-from tests.harness import SUBMIT, Stack, ledger_records, slurm_job
+from tests.harness import SUBMIT, Stack, call, ledger_records, slurm_job, wait_for_record
+
+PING = "/slurm/v0.0.38/ping"
 
 READ = {"Authorization": f"Bearer {TOKENS['read']}"}
 
@@ -67,6 +69,10 @@ async def check_tenants(stack: Stack) -> None:
 
 
 async def check_tenant(stack: Stack, decided: Decided) -> None:
+    # A read: the access log lists it (an `access` record) beside the tenant's decisions.
+    read_status, _, read_headers = await call(stack, "GET", PING, "capped-ae")
+    assert read_status == 200
+    await wait_for_record(stack, "access", decision_id=read_headers["X-Exportgate-Decision-Id"])
     status, text, _ = await page(stack, "/console/tenants/capped-ae", READ)
     assert status == 200
     one = await api(stack, "/admin/v1/tenants/capped-ae")
@@ -79,7 +85,10 @@ async def check_tenant(stack: Stack, decided: Decided) -> None:
     # the refusal's reason, with the rule's citation from the pack serving now
     assert "<b>tenant_cap</b>" in text and "<cite>" in text
     ips = re.findall(r'<td class="ip">([^<]+)</td>', text)
-    assert ips == ["127.0.0.1"] * 3
+    assert ips == ["127.0.0.1"] * 4
+    requests = re.findall(r'<tr class="access">.*?<td>(\w+)</td><td>([^<]+)</td><td>(\w+)', text)
+    assert requests[0] == ("proxy", f"GET {PING}", "allow")  # the newest: the read
+    assert [r[1] for r in requests[1:]] == [f"POST {SUBMIT}"] * 3
 
 
 async def check_countries(stack: Stack) -> None:

@@ -85,17 +85,21 @@ def _chain_size(instance: Path) -> int:
     return sum(segment.stat().st_size for segment in segments(instance) if segment.is_file())
 
 
+Shown = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 def _chain_tail(
-    instance: Path, tenant_id: str, limit: int, budget: int, shown: Callable[[dict[str, Any]], dict[str, Any]]
+    instance: Path, tenant_id: str, limit: int, budget: int, shown: Shown, kinds: tuple[str, ...]
 ) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     needle = b'"tenant":' + json.dumps(tenant_id, ensure_ascii=False).encode()  # records are compact JSON
+    kind_marks = tuple(b'"kind":' + json.dumps(kind).encode() for kind in kinds)
 
     def wanted(line: bytes) -> bool:
-        return needle in line and b'"kind":"decision"' in line
+        return needle in line and any(mark in line for mark in kind_marks)
 
     for record in _records_backwards(instance, budget, wanted):
-        if record.get("kind") == "decision" and record.get("tenant") == tenant_id:
+        if record.get("kind") in kinds and record.get("tenant") == tenant_id:
             found.append(shown(record))
             if len(found) >= limit:
                 break
@@ -103,12 +107,13 @@ def _chain_tail(
 
 
 def _newest(
-    root: Path, tenant_id: str, limit: int, budget_bytes: int, shown: Callable[[dict[str, Any]], dict[str, Any]]
+    root: Path, tenant_id: str, limit: int, budget_bytes: int, shown: Shown, kinds: tuple[str, ...]
 ) -> list[dict[str, Any]]:
-    """The tenant's last `limit` records as `shown` keeps them, over every chain under `root`, newest first."""
+    """The tenant's last `limit` records of `kinds` as `shown` keeps them, over every chain under `root`, newest
+    first."""
     found: list[dict[str, Any]] = []
     for instance in instance_dirs(root):
-        found.extend(_chain_tail(instance, tenant_id, limit, budget_bytes, shown))
+        found.extend(_chain_tail(instance, tenant_id, limit, budget_bytes, shown, kinds))
     found.sort(key=lambda r: r.get("ts") or 0.0, reverse=True)
     return found[:limit]
 
@@ -117,14 +122,15 @@ def recent_decisions(
     root: Path, tenant_id: str, *, limit: int = DEFAULT_LIMIT, budget_bytes: int = DEFAULT_BUDGET
 ) -> list[dict[str, Any]]:
     """The tenant's last `limit` decision records over every chain under `root`, newest first."""
-    return _newest(root, tenant_id, limit, budget_bytes, _summary)
+    return _newest(root, tenant_id, limit, budget_bytes, _summary, ("decision",))
 
 
 def access_log(
     root: Path, tenant_id: str, *, limit: int = DEFAULT_LIMIT, budget_bytes: int = DEFAULT_BUDGET
 ) -> list[dict[str, Any]]:
-    """The tenant's last `limit` requests (time, entry, client IP, method, path, outcome), newest first."""
-    return _newest(root, tenant_id, limit, budget_bytes, _access)
+    """The tenant's last `limit` requests (time, entry, client IP, method, path, outcome), newest first: its
+    decisions and its reads (`access` records), as the proxy and every decision entry recorded them."""
+    return _newest(root, tenant_id, limit, budget_bytes, _access, ("decision", "access"))
 
 
 def refusals_since(root: Path, since: float, *, budget_bytes: int = DEFAULT_BUDGET) -> tuple[dict[str, int], bool]:
