@@ -49,8 +49,14 @@ async def read_bounded(stream: StreamReader, limit: int, pace: Pace | None = Non
     `pace`, a body that pauses or trickles past it raises BodyTooSlow (a slow client must not
     hold its task for as long as it likes).
     """
-    chunks: list[bytes] = []
-    total = 0
+    # What has arrived already (a small body usually has, whole, with its head): no wait, no timer.
+    arrived = stream.read_nowait()
+    if len(arrived) > limit:
+        raise BodyTooLarge
+    if stream.at_eof():
+        return arrived
+    chunks: list[bytes] = [arrived] if arrived else []
+    total = len(arrived)
     started = time.monotonic()
     while True:
         wait = None if pace is None else pace.wait_s(started, total, time.monotonic())
