@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from gateway.cli.nginx_config import Targets, default_targets, render
+from gateway.cli.nginx_config import NginxConfigError, Targets, default_targets, render
 from tests.decision_table import table_config
 from tests.harness import (
     E2E_TENANTS,
@@ -30,6 +30,8 @@ from tests.harness import (
 )
 from tests.nginx_kit import Nginx, running_nginx
 from tests.redis_server import free_port
+from tests.test_tls import tls_yaml
+from tests.tls_kit import Ca
 
 PING = "/slurm/v0.0.38/ping"
 Headers = dict[str, str] | None
@@ -189,3 +191,47 @@ async def test_ray_under_a_stripped_prefix(tmp_path: Path) -> None:
                 assert (record["entry"], record["route_kind"], record["path"]) == ("nginx", "read", path.split("?")[0])
             status, body, _ = await front.send("GET", "/ray/api/jobs/mine", "us-two")
             assert (status, body["code"]) == (404, "job_not_owned")
+
+
+async def test_nginx_reaches_a_tls_decision_listener_with_its_client_certificate(tmp_path: Path) -> None:
+    """A decision listener that terminates TLS and asks for client certificates: nginx-config's location
+    verifies it against the gateway's CA and presents nginx's certificate; reads are decided there."""
+    ca = Ca(tmp_path / "pki")
+    served, nginx_cert = ca.issue("gateway"), ca.issue("nginx", client=True)
+    listener = f"{{host: 127.0.0.1, port: {free_port()}, tls: {tls_yaml(served, ca.path)}}}"
+    async with running_stack(tmp_path, extra=f"decision: {listener}\n") as stack:
+        port = free_port()
+        found = default_targets(stack.settings, f"127.0.0.1:{port}")
+        with pytest.raises(NginxConfigError, match="--gateway-tls-name"):  # nginx cannot check an IP address
+            render(stack.settings, Targets(found.listen, found.proxy, found.decision))
+        with pytest.raises(NginxConfigError, match="--client-cert and --client-key"):
+            render(stack.settings, Targets(found.listen, found.proxy, found.decision, gateway_tls_name="localhost"))
+        site = render(
+            stack.settings,
+            Targets(found.listen, found.proxy, found.decision, gateway_ca_file=str(ca.path),
+                    client_cert=str(nginx_cert.cert), client_key=str(nginx_cert.key), gateway_tls_name="localhost"),
+        )  # fmt: skip
+        assert "proxy_pass https://eg_decision" in site and "proxy_ssl_verify on;" in site
+        with running_nginx(tmp_path / "nginx", site, port) as nginx:
+            front = Front(stack, nginx)
+            status, body, headers = await front.send("GET", PING, "acme-us")
+            assert status == 200, (body, nginx.errors())
+            record = await wait_for_record(stack, "access", decision_id=headers["X-Exportgate-Decision-Id"])
+            assert (record["entry"], record["tenant"]) == ("nginx", "acme-us")
+            status, body, _ = await front.send("GET", PING, "harbour-hk")  # Tier 3: refused at the decision listener
+            assert (status, body["code"]) == (451, "tier3_embargoed")
+        assert "[alert]" not in nginx.errors() and "[emerg]" not in nginx.errors()
+    # With a certificate another CA signed, the listener does not answer nginx: the read fails closed.
+    (tmp_path / "again").mkdir()
+    async with running_stack(tmp_path / "again", extra=f"decision: {listener}\n") as stack:
+        port = free_port()
+        found = default_targets(stack.settings, f"127.0.0.1:{port}")
+        stranger = Ca(tmp_path / "other", "other-ca").issue("nginx", client=True)
+        site = render(
+            stack.settings,
+            Targets(found.listen, found.proxy, found.decision, gateway_ca_file=str(ca.path),
+                    client_cert=str(stranger.cert), client_key=str(stranger.key), gateway_tls_name="localhost"),
+        )  # fmt: skip
+        with running_nginx(tmp_path / "nginx-again", site, port) as nginx:
+            status, _, _ = await Front(stack, nginx).send("GET", PING, "acme-us")
+            assert status == 500  # nginx's answer when its auth subrequest fails: nothing reaches the scheduler

@@ -16,13 +16,14 @@ is an `http {}`-level file (upstreams, maps, one server) and the same for the sa
 """
 
 import argparse
+import ipaddress
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.config.listener import WILDCARD_HOSTS
+from gateway.config.listener import WILDCARD_HOSTS, ListenerTls
 from gateway.config.located import ConfigError
 from gateway.config.settings import Settings, load_settings
 from gateway.config.upstreams import UpstreamSettings
@@ -67,6 +68,12 @@ class Targets:
     proxy: str
     decision: str
     ca_file: str = DEFAULT_CA_FILE
+    # Toward exportgate's own listeners when they terminate TLS: the CA nginx verifies them against (default
+    # ca_file), and nginx's client certificate when they ask for one (`client_ca_file`).
+    gateway_ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    gateway_tls_name: str | None = None  # the DNS name their certificates hold (default: the target's host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +265,45 @@ def _upstream_block(u: _Upstream) -> list[str]:
     ]
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _gateway_tls(name: str, tls: ListenerTls | None, address: str, targets: Targets) -> tuple[str, list[str]]:
+    """The scheme nginx reaches one of exportgate's listeners with, and its TLS lines (verified, as the
+    gateway verifies its schedulers; with nginx's client certificate where the listener asks for one)."""
+    if tls is None:
+        return "http", []
+    host = targets.gateway_tls_name or (address.rsplit(":", 1)[0].strip("[]") if ":" in address else address)
+    if _is_ip(host):
+        raise NginxConfigError(
+            f"the {name} listener serves TLS at {address}, and nginx checks a certificate by DNS name, not IP "
+            "address: give the name its certificate holds with --gateway-tls-name"
+        )
+    lines = [
+        "    proxy_ssl_server_name on;",
+        f"    proxy_ssl_name {_quote(host)};",
+        "    proxy_ssl_verify on;",
+        f"    proxy_ssl_trusted_certificate {_quote(targets.gateway_ca_file or targets.ca_file)};",
+        "    proxy_ssl_session_reuse on;",
+    ]
+    if tls.client_ca_file is not None:
+        if targets.client_cert is None or targets.client_key is None:
+            raise NginxConfigError(
+                f"the {name} listener asks for client certificates (tls.client_ca_file): "
+                "give nginx's with --client-cert and --client-key"
+            )
+        lines += [
+            f"    proxy_ssl_certificate {_quote(targets.client_cert)};",
+            f"    proxy_ssl_certificate_key {_quote(targets.client_key)};",
+        ]
+    return "https", lines
+
+
 def render(settings: Settings, targets: Targets) -> str:
     """The nginx configuration (an `http {}`-level file) for `settings`."""
     upstreams = []
@@ -271,6 +317,9 @@ def render(settings: Settings, targets: Targets) -> str:
     limits = settings.limits
     max_proxy_body = max(limits.max_body_bytes, limits.max_package_bytes)
     slowest = max(u.settings.timeout_s for u in upstreams)
+    decision_tls = settings.decision.tls if settings.decision is not None else None
+    decision_scheme, decision_ssl = _gateway_tls("decision", decision_tls, targets.decision, targets)
+    proxy_scheme, proxy_ssl = _gateway_tls("proxy", settings.listen_tls, targets.proxy, targets)
     out = [
         f"# exportgate nginx-config for {settings.source}: include this file inside nginx's http {{}} block.",
         "# Routes only the full proxy serves (submit, update, cancel, listings, Ray code packages) go to the",
@@ -297,7 +346,8 @@ def render(settings: Settings, targets: Targets) -> str:
         "",
         f"  location = {AUTH_URI} {{",
         "    internal;",
-        f"    proxy_pass http://eg_decision{NGINX_PATH};",
+        f"    proxy_pass {decision_scheme}://eg_decision{NGINX_PATH};",
+        *decision_ssl,
         "    proxy_method GET;",
         "    proxy_http_version 1.1;",
         "    proxy_pass_request_body off;",
@@ -313,7 +363,8 @@ def render(settings: Settings, targets: Targets) -> str:
         "",
         "  location @eg_proxy {",
         f"    client_max_body_size {max_proxy_body};",
-        "    proxy_pass http://eg_proxy;",
+        f"    proxy_pass {proxy_scheme}://eg_proxy;",
+        *proxy_ssl,
         "    proxy_http_version 1.1;",
         "    proxy_buffering off;",
         f"    proxy_read_timeout {slowest + 10:g}s;",
@@ -344,7 +395,10 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     try:
         found = default_targets(settings, args.listen, needs_decision=not args.decision)
-        targets = Targets(args.listen, args.proxy or found.proxy, args.decision or found.decision, args.ca_file)
+        targets = Targets(
+            args.listen, args.proxy or found.proxy, args.decision or found.decision, args.ca_file,
+            args.gateway_ca_file, args.client_cert, args.client_key, args.gateway_tls_name,
+        )  # fmt: skip
         text = render(settings, targets)
     except NginxConfigError as exc:
         print(f"{settings.source}: {exc}", file=sys.stderr)
@@ -363,5 +417,13 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--proxy", help="host:port of the exportgate proxy (default: gateway.yaml's listen)")
     p.add_argument("--decision", help="host:port of the decision listener (default: gateway.yaml's decision)")
     p.add_argument("--ca-file", default=DEFAULT_CA_FILE, help="CA bundle nginx verifies https schedulers against")
+    p.add_argument(
+        "--gateway-ca-file", help="CA nginx verifies exportgate's own TLS listeners against (default: --ca-file)"
+    )
+    p.add_argument(
+        "--gateway-tls-name", help="the DNS name in exportgate's listener certificates (default: their host)"
+    )
+    p.add_argument("--client-cert", help="nginx's client certificate, for exportgate listeners that ask for one")
+    p.add_argument("--client-key", help="the key of --client-cert")
     p.add_argument("--out", type=Path, help="file to write (default: standard output)")
     p.set_defaults(func=_run)
