@@ -1,5 +1,6 @@
 """Request path normalisation: a path is routed only if it is already in normal form."""
 
+import re
 from urllib.parse import unquote
 
 
@@ -33,8 +34,15 @@ def normalise(raw: str) -> str:
     return "/" + "/".join(out) + trailing
 
 
+# Segments of unreserved and sub-delim characters not starting with a dot: no percent-decoding, dot segment,
+# empty segment, control or non-ASCII character can be in such a path, so it is in normal form as it stands.
+_PLAIN = re.compile(r"(?:/[A-Za-z0-9_~:@!$&'()*+,;=-][A-Za-z0-9._~:@!$&'()*+,;=-]*)*/?")
+
+
 def canonical_or_none(raw: str) -> str | None:
     """The path if it is already in normal form, else None (the caller refuses it)."""
+    if raw and _PLAIN.fullmatch(raw):  # the common path, decided without normalising it
+        return raw
     try:
         return raw if normalise(raw) == raw else None
     except PathRejected:

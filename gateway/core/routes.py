@@ -4,6 +4,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class RouteKind(StrEnum):
@@ -78,8 +79,33 @@ def match_route(routes: Iterable[Route], method: str, path: str) -> RouteMatch |
             continue
         found = route.regex.match(path)
         if found:
-            return RouteMatch(route, found.groupdict())
+            return RouteMatch(route, MappingProxyType(found.groupdict()))
     return None
+
+
+class MatchMemo:
+    """`match_route`, remembered per (route table, method, path) for paths up to 256 characters.
+
+    A table is named by identity and kept by its entries (a reloaded table misses); matches are frozen
+    and their params read-only. Emptied when it holds `size` entries (job ids make paths many).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: dict[tuple[int, str, str], tuple[tuple[Route, ...], RouteMatch | None]] = {}
+
+    def match(self, routes: tuple[Route, ...], method: str, path: str) -> RouteMatch | None:
+        if len(path) > 256:
+            return match_route(routes, method, path)
+        key = (id(routes), method, path)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is routes:
+            return hit[1]
+        found = match_route(routes, method, path)
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[key] = (routes, found)
+        return found
 
 
 def allowed_methods(routes: Iterable[Route], path: str) -> frozenset[str]:

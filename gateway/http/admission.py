@@ -5,12 +5,14 @@ from gateway.adapters.policy_files import PolicyFiles
 from gateway.core.codes import Code
 from gateway.core.decide import DecisionMemo, Facts, decide, refuse
 from gateway.core.paths import canonical_or_none
-from gateway.core.routes import RouteKind, RouteMatch, allowed_methods, match_route, unbound_param
+from gateway.core.routes import MatchMemo, RouteKind, RouteMatch, allowed_methods, unbound_param
 from gateway.core.tenants import Identity, Tenant
 from gateway.http.call import Admitted, Call, Refused
 
-# Admission is the same for every request of a tenant on a route kind on one day: decided once.
+# Admission is the same for every request of a tenant on a route kind on one day: decided once. So is the
+# route a method and path match in an upstream's table.
 _ADMISSIONS = DecisionMemo()
+_MATCHES = MatchMemo()
 
 
 async def authenticate(auth: Authenticator, call: Call) -> Identity | Refused:
@@ -36,7 +38,7 @@ def match_request(call: Call) -> RouteMatch | Refused:
         detail = "the path is not in normal form (encoded, dot or double-slash segments)"
         return Refused(refuse(Code.ROUTE_NOT_ALLOWED, detail))
     path = call.upstream.local_path(call.path)  # the scheduler's own path (an upstream may strip its prefix)
-    match = match_route(routes, method, path)
+    match = _MATCHES.match(routes, method, path)
     if match is not None:
         return match
     allowed = allowed_methods(routes, path)
