@@ -204,3 +204,23 @@ def test_sealed_line_is_the_canonical_line_and_hash() -> None:
         assert record == expected
         assert line == canonical(expected) + b"\n" == line_of(record)
         assert record["hash"] == record_hash(record)
+
+
+async def test_records_nobody_waits_for_are_gathered_until_a_waiter_comes(tmp_path: Path) -> None:
+    """Access records wait (up to the access window) to share one fsync; a record someone waits for is
+    committed at once, with them, not after the window."""
+    commits: list[int] = []
+    writer = LedgerWriter(tmp_path, "w1", access_window_s=30.0, on_commit=lambda n, s: commits.append(n))
+    await writer.open()
+    opened = len(commits)
+    for i in range(20):
+        await writer.append({"kind": "access", "i": i}, wait=False)
+    await asyncio.sleep(0.2)
+    assert len(commits) == opened  # gathered, not yet written (the window is 30 s)
+    sealed = await asyncio.wait_for(writer.append({"kind": "decision", "i": 20}, wait=True), timeout=5.0)
+    assert sealed is not None and sealed["seq"] == 21
+    assert commits[opened:] == [21]  # the waiter and the 20 before it: one batch
+    await writer.close()
+    lines = (tmp_path / "w1").glob("*.jsonl")
+    records = [json.loads(line) for path in lines for line in path.read_text().splitlines()]
+    assert [r["i"] for r in records if "i" in r] == list(range(21))
