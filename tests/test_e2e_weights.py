@@ -192,14 +192,8 @@ async def test_boto3_sigv4_reads_writes_and_multipart(world: tuple[Stack, dict[s
     assert "Contents" not in moto.client().list_objects_v2(Bucket="secure-weights", Prefix="frontier/b.bin")
     sigv4 = [r for r in ledger_records(stack) if r.get("issuer") == "sigv4"]
     assert {r["tenant"] for r in sigv4} == {"acme-us", "falcon-ae"}
-    assert {r["weights"]["s3_op"] for r in sigv4} >= {
-        "get_object",
-        "put_object",
-        "create_multipart_upload",
-        "upload_part",
-        "complete_multipart_upload",
-        "delete_object",
-    }
+    assert {r["weights"]["s3_op"] for r in sigv4} >= {"get_object", "put_object", "create_multipart_upload",
+                                                       "upload_part", "complete_multipart_upload", "delete_object"}
 
 
 async def test_sigv4_signatures_are_checked(world: tuple[Stack, dict[str, KeyPair]]) -> None:

@@ -202,7 +202,9 @@ ALLOCATION_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("who", "countries"), [c[1:] for c in ALLOCATION_CASES], ids=[c[0] for c in ALLOCATION_CASES])
+@pytest.mark.parametrize(
+    ("who", "countries"), [c[1:] for c in ALLOCATION_CASES], ids=[c[0] for c in ALLOCATION_CASES]
+)
 def test_licensed_capacity_draws_on_the_tenants_own_countries(who: Tenant, countries: list[str]) -> None:
     """Licensed overflow draws on each non-Tier-1 country the tenant is located or headquartered in, in one slot."""
     p = plan(dataclasses.replace(who, licences=(L_CAP,)), pack=BUNDLED)
@@ -357,20 +359,10 @@ def params_plan(who: Tenant, tier: Tier, parameters: float | None, pack: Pack = 
 @pytest.mark.parametrize(
     ("who", "tier", "parameters", "keys", "licences"),
     [
-        (
-            tenant(headquarters="US"),
-            Tier.ONE,
-            1e24,
-            ["tenant:t1", "lineage_ops:big", "lineage_params_declared:big"],
-            (),
-        ),
-        (
-            tenant(licences=(L_WEIGHTS,)),
-            Tier.TWO,
-            1e24,
-            ["tenant:t1", "ops:t1:big", "ops:t1:*", "lineage_ops:big", "lineage_params_declared:big"],
-            ("W1",),
-        ),
+        (tenant(headquarters="US"), Tier.ONE, 1e24,
+         ["tenant:t1", "lineage_ops:big", "lineage_params_declared:big"], ()),
+        (tenant(licences=(L_WEIGHTS,)), Tier.TWO, 1e24,
+         ["tenant:t1", "ops:t1:big", "ops:t1:*", "lineage_ops:big", "lineage_params_declared:big"], ("W1",)),
         (tenant(), Tier.TWO, 1e23, ["tenant:t1", "ops:t1:big", "ops:t1:*", "lineage_ops:big"], ()),
         (tenant(), Tier.TWO, None, ["tenant:t1", "ops:t1:big", "ops:t1:*", "lineage_ops:big"], ()),
     ],
@@ -439,11 +431,7 @@ def test_lease_slot_and_identity() -> None:
     p = plan(tenant(), job=cost(hours=2.0))
     assert p.lease_end == NOW.timestamp() + 7200 + CAPS.pending_allowance_s
     assert (p.hash_tag, p.tenant_id, p.decision_id, p.idempotency_key, p.upstream) == (
-        QUOTA_SLOT,
-        "t1",
-        "d1",
-        "k1",
-        "slurm",
+        QUOTA_SLOT, "t1", "d1", "k1", "slurm"
     )
     assert p.ref.counters == (("tenant:t1", T),)
 

@@ -61,12 +61,9 @@ def submit(doc: Any, adapter: GenericAdapter = ADAPTER) -> JobSpec:
 
 
 ROUTES = [
-    ("POST", "/v1/jobs", RouteKind.SUBMIT),
-    ("GET", "/v1/jobs", RouteKind.LIST),
-    ("GET", "/v1/jobs/j-1", RouteKind.READ),
-    ("DELETE", "/v1/jobs/j-1", RouteKind.CANCEL),
-    ("POST", "/v1/jobs/j-1/cancel", RouteKind.CANCEL),
-    ("GET", "/v1/health", RouteKind.PLAIN_READ),
+    ("POST", "/v1/jobs", RouteKind.SUBMIT), ("GET", "/v1/jobs", RouteKind.LIST),
+    ("GET", "/v1/jobs/j-1", RouteKind.READ), ("DELETE", "/v1/jobs/j-1", RouteKind.CANCEL),
+    ("POST", "/v1/jobs/j-1/cancel", RouteKind.CANCEL), ("GET", "/v1/health", RouteKind.PLAIN_READ),
 ]
 
 
@@ -95,9 +92,8 @@ UNITS = [("s", 90, 90.0), ("min", 90, 5400.0), ("h", "1.5", 5400.0)]
 @pytest.mark.parametrize(("unit", "value", "seconds"), UNITS, ids=[u[0] for u in UNITS])
 def test_walltime_units(unit: str, value: Any, seconds: float) -> None:
     """The walltime field is read in its configured unit."""
-    adapter = GenericAdapter(
-        GenericOptions(submit_path="/jobs", gpus_field="gpus", walltime_field="t", walltime_unit=unit)
-    )
+    adapter = GenericAdapter(GenericOptions(submit_path="/jobs", gpus_field="gpus", walltime_field="t",
+                                            walltime_unit=unit))
     assert submit({"gpus": 1, "t": value}, adapter).walltime_s == seconds
 
 
@@ -147,9 +143,8 @@ def test_invalid_submissions(body: bytes, field: str) -> None:
     assert raised.value.field == field
 
 
-@pytest.mark.parametrize(
-    ("content_type", "encoding"), [("text/yaml", None), ("application/json", "deflate")], ids=["yaml", "deflate"]
-)
+@pytest.mark.parametrize(("content_type", "encoding"), [("text/yaml", None), ("application/json", "deflate")],
+                         ids=["yaml", "deflate"])
 def test_body_format_refused(content_type: str, encoding: str | None) -> None:
     """Bodies that are not plain or gzip JSON are refused."""
     with pytest.raises(JobSpecInvalid):
@@ -164,13 +159,8 @@ def test_no_updates() -> None:
 
 @pytest.mark.parametrize(
     ("status", "body", "job_id"),
-    [
-        (201, b'{"job": {"id": "j-9"}}', "j-9"),
-        (200, b'{"job": {"id": 12}}', "12"),
-        (201, b'{"id": "x"}', None),
-        (500, b'{"job": {"id": "j-9"}}', None),
-        (201, b"created", None),
-    ],
+    [(201, b'{"job": {"id": "j-9"}}', "j-9"), (200, b'{"job": {"id": 12}}', "12"), (201, b'{"id": "x"}', None),
+     (500, b'{"job": {"id": "j-9"}}', None), (201, b"created", None)],
     ids=["string-id", "int-id", "wrong-path", "failed", "not-json"],
 )
 def test_job_id_from_response(status: int, body: bytes, job_id: str | None) -> None:
@@ -223,36 +213,18 @@ def test_options_loader() -> None:
 BAD = [
     pytest.param("gpus_field: g\nwalltime_field: t\n", "gateway.yaml:1: submit_path: required", id="no-submit-path"),
     pytest.param("submit_path: /j\nwalltime_field: t\n", "gateway.yaml:1: gpus_field: required", id="no-gpus-field"),
-    pytest.param(
-        "submit_path: /j\ngpus_field: g\n",
-        "gateway.yaml:1: (top): needs walltime_field or default_walltime_s",
-        id="no-walltime-source",
-    ),
-    pytest.param(
-        "submit_path: j\ngpus_field: g\nwalltime_field: t\n",
-        "gateway.yaml:1: submit_path: pattern 'j' must start with '/'",
-        id="relative-path",
-    ),
-    pytest.param(
-        "submit_path: /j\njob_path: /j/x\ngpus_field: g\nwalltime_field: t\n",
-        "gateway.yaml:2: job_path: must contain {job_id}",
-        id="job-path-without-id",
-    ),
-    pytest.param(
-        "submit_path: /j\ngpus_field: a..b\nwalltime_field: t\n",
-        "gateway.yaml:2: gpus_field: must be a dot path like resources.gpus",
-        id="bad-dot-path",
-    ),
-    pytest.param(
-        "submit_path: /j\ngpus_field: g\nwalltime_field: t\nwalltime_unit: days\n",
-        "gateway.yaml:4: walltime_unit: 'days' is not one of s, min, h",
-        id="bad-unit",
-    ),
-    pytest.param(
-        "submit_path: /j\ngpus_field: g\nwalltime_field: t\ngpu_field: g\n",
-        "gateway.yaml:4: gpu_field: unknown key",
-        id="unknown-key",
-    ),
+    pytest.param("submit_path: /j\ngpus_field: g\n",
+                 "gateway.yaml:1: (top): needs walltime_field or default_walltime_s", id="no-walltime-source"),
+    pytest.param("submit_path: j\ngpus_field: g\nwalltime_field: t\n",
+                 "gateway.yaml:1: submit_path: pattern 'j' must start with '/'", id="relative-path"),
+    pytest.param("submit_path: /j\njob_path: /j/x\ngpus_field: g\nwalltime_field: t\n",
+                 "gateway.yaml:2: job_path: must contain {job_id}", id="job-path-without-id"),
+    pytest.param("submit_path: /j\ngpus_field: a..b\nwalltime_field: t\n",
+                 "gateway.yaml:2: gpus_field: must be a dot path like resources.gpus", id="bad-dot-path"),
+    pytest.param("submit_path: /j\ngpus_field: g\nwalltime_field: t\nwalltime_unit: days\n",
+                 "gateway.yaml:4: walltime_unit: 'days' is not one of s, min, h", id="bad-unit"),
+    pytest.param("submit_path: /j\ngpus_field: g\nwalltime_field: t\ngpu_field: g\n",
+                 "gateway.yaml:4: gpu_field: unknown key", id="unknown-key"),
 ]
 
 

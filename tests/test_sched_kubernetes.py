@@ -18,20 +18,14 @@ PODS = "/api/v1/namespaces/team-a/pods"
 JSON = "application/json"
 
 TRAIN_JOB: dict[str, Any] = {
-    "apiVersion": "batch/v1",
-    "kind": "Job",
+    "apiVersion": "batch/v1", "kind": "Job",
     "metadata": {"name": "train-7b", "labels": {"exportgate.io/model-lineage": "acme-7b"}},
     "spec": {
-        "parallelism": 4,
-        "completions": 8,
-        "activeDeadlineSeconds": 7200,
-        "template": {
-            "spec": {
-                "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                "containers": [{"name": "t", "image": "trainer:1", "resources": {"limits": {"nvidia.com/gpu": "8"}}}],
-                "restartPolicy": "Never",
-            }
-        },
+        "parallelism": 4, "completions": 8, "activeDeadlineSeconds": 7200,
+        "template": {"spec": {
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            "containers": [{"name": "t", "image": "trainer:1", "resources": {"limits": {"nvidia.com/gpu": "8"}}}],
+            "restartPolicy": "Never"}},
     },
 }
 
@@ -76,24 +70,15 @@ def affinity(*terms: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 ROUTES = [
-    ("POST", JOBS, RouteKind.SUBMIT),
-    ("GET", JOBS, RouteKind.LIST),
-    ("GET", JOBS + "/train-7b", RouteKind.READ),
-    ("GET", JOBS + "/train-7b/status", RouteKind.READ),
-    ("DELETE", JOBS + "/train-7b", RouteKind.CANCEL),
-    ("PATCH", JOBS + "/train-7b", RouteKind.UPDATE),
+    ("POST", JOBS, RouteKind.SUBMIT), ("GET", JOBS, RouteKind.LIST),
+    ("GET", JOBS + "/train-7b", RouteKind.READ), ("GET", JOBS + "/train-7b/status", RouteKind.READ),
+    ("DELETE", JOBS + "/train-7b", RouteKind.CANCEL), ("PATCH", JOBS + "/train-7b", RouteKind.UPDATE),
     ("PUT", JOBS + "/train-7b", RouteKind.UPDATE),
-    ("POST", PODS, RouteKind.SUBMIT),
-    ("GET", PODS, RouteKind.LIST),
-    ("GET", PODS + "/p", RouteKind.READ),
-    ("GET", PODS + "/p/log", RouteKind.READ),
-    ("DELETE", PODS + "/p", RouteKind.CANCEL),
-    ("PATCH", PODS + "/p", RouteKind.UPDATE),
-    ("PUT", PODS + "/p", RouteKind.UPDATE),
-    ("GET", "/version", RouteKind.PLAIN_READ),
-    ("GET", "/api", RouteKind.PLAIN_READ),
-    ("GET", "/apis", RouteKind.PLAIN_READ),
-    ("GET", "/healthz", RouteKind.PLAIN_READ),
+    ("POST", PODS, RouteKind.SUBMIT), ("GET", PODS, RouteKind.LIST), ("GET", PODS + "/p", RouteKind.READ),
+    ("GET", PODS + "/p/log", RouteKind.READ), ("DELETE", PODS + "/p", RouteKind.CANCEL),
+    ("PATCH", PODS + "/p", RouteKind.UPDATE), ("PUT", PODS + "/p", RouteKind.UPDATE),
+    ("GET", "/version", RouteKind.PLAIN_READ), ("GET", "/api", RouteKind.PLAIN_READ),
+    ("GET", "/apis", RouteKind.PLAIN_READ), ("GET", "/healthz", RouteKind.PLAIN_READ),
 ]
 
 
@@ -104,11 +89,8 @@ def test_routes(method: str, path: str, kind: RouteKind) -> None:
 
 
 DENIED = [
-    ("DELETE", JOBS),
-    ("PUT", JOBS + "/x/status"),
-    ("POST", "/api/v1/namespaces/team-a/pods/p/exec"),
-    ("GET", "/api/v1/namespaces/team-a/secrets"),
-    ("POST", "/apis/batch/v1/namespaces/team-a/cronjobs"),
+    ("DELETE", JOBS), ("PUT", JOBS + "/x/status"), ("POST", "/api/v1/namespaces/team-a/pods/p/exec"),
+    ("GET", "/api/v1/namespaces/team-a/secrets"), ("POST", "/apis/batch/v1/namespaces/team-a/cronjobs"),
     ("GET", "/apis/batch/v1/jobs"),
 ]
 
@@ -121,88 +103,33 @@ def test_default_deny(method: str, path: str) -> None:
 
 SUBMISSIONS = [
     pytest.param(TRAIN_JOB, JOBS, (8, "NVIDIA-H100-80GB-HBM3", 4), id="docs-example"),
-    pytest.param(
-        train_job(containers=[container(requests={"nvidia.com/gpu": 2})]),
-        JOBS,
-        (2, "NVIDIA-H100-80GB-HBM3", 4),
-        id="requests-int",
-    ),
-    pytest.param(
-        train_job(containers=[container({"nvidia.com/gpu": "2"}, {"nvidia.com/gpu": "4"})]),
-        JOBS,
-        (4, "NVIDIA-H100-80GB-HBM3", 4),
-        id="larger-of-limit-and-request",
-    ),
-    pytest.param(
-        train_job(containers=[container({"nvidia.com/gpu": "4"}), container({"nvidia.com/gpu": 2})]),
-        JOBS,
-        (6, "NVIDIA-H100-80GB-HBM3", 4),
-        id="containers-summed",
-    ),
-    pytest.param(
-        train_job(initContainers=[container({"nvidia.com/gpu": "1"}), container({"nvidia.com/gpu": "3"})]),
-        JOBS,
-        (11, "NVIDIA-H100-80GB-HBM3", 4),
-        id="plus-largest-init",
-    ),
-    pytest.param(
-        train_job(
-            initContainers=[
-                container({"nvidia.com/gpu": "1"}, restartPolicy="Always"),
-                container({"nvidia.com/gpu": "2"}),
-            ]
-        ),
-        JOBS,
-        (11, "NVIDIA-H100-80GB-HBM3", 4),
-        id="sidecar-init-runs-alongside",
-    ),
-    pytest.param(
-        train_job(
-            containers=[container({"amd.com/gpu": "8"})],
-            nodeSelector={"amd.com/gpu.product-name": "AMD-Instinct-MI300X"},
-        ),
-        JOBS,
-        (8, "AMD-Instinct-MI300X", 4),
-        id="amd",
-    ),
-    pytest.param(
-        train_job(nodeSelector=None, affinity=affinity([product_in("NVIDIA-H200", "NVIDIA-A100-SXM4-80GB")])),
-        JOBS,
-        (8, "NVIDIA-A100-SXM4-80GB|NVIDIA-H200", 4),
-        id="affinity-several-products",
-    ),
-    pytest.param(
-        train_job(
-            nodeSelector=None,
-            affinity=affinity([product_in("NVIDIA-H200")], [{"key": "zone", "operator": "In", "values": ["a"]}]),
-        ),
-        JOBS,
-        (8, None, 4),
-        id="affinity-term-without-product",
-    ),
-    pytest.param(
-        train_job(affinity=affinity([product_in("NVIDIA-H200")])),
-        JOBS,
-        (8, "NVIDIA-H100-80GB-HBM3", 4),
-        id="node-selector-wins",
-    ),
+    pytest.param(train_job(containers=[container(requests={"nvidia.com/gpu": 2})]), JOBS,
+                 (2, "NVIDIA-H100-80GB-HBM3", 4), id="requests-int"),
+    pytest.param(train_job(containers=[container({"nvidia.com/gpu": "2"}, {"nvidia.com/gpu": "4"})]), JOBS,
+                 (4, "NVIDIA-H100-80GB-HBM3", 4), id="larger-of-limit-and-request"),
+    pytest.param(train_job(containers=[container({"nvidia.com/gpu": "4"}), container({"nvidia.com/gpu": 2})]),
+                 JOBS, (6, "NVIDIA-H100-80GB-HBM3", 4), id="containers-summed"),
+    pytest.param(train_job(initContainers=[container({"nvidia.com/gpu": "1"}), container({"nvidia.com/gpu": "3"})]),
+                 JOBS, (11, "NVIDIA-H100-80GB-HBM3", 4), id="plus-largest-init"),
+    pytest.param(train_job(initContainers=[container({"nvidia.com/gpu": "1"}, restartPolicy="Always"),
+                                           container({"nvidia.com/gpu": "2"})]),
+                 JOBS, (11, "NVIDIA-H100-80GB-HBM3", 4), id="sidecar-init-runs-alongside"),
+    pytest.param(train_job(containers=[container({"amd.com/gpu": "8"})],
+                           nodeSelector={"amd.com/gpu.product-name": "AMD-Instinct-MI300X"}),
+                 JOBS, (8, "AMD-Instinct-MI300X", 4), id="amd"),
+    pytest.param(train_job(nodeSelector=None, affinity=affinity([product_in("NVIDIA-H200", "NVIDIA-A100-SXM4-80GB")])),
+                 JOBS, (8, "NVIDIA-A100-SXM4-80GB|NVIDIA-H200", 4), id="affinity-several-products"),
+    pytest.param(train_job(nodeSelector=None, affinity=affinity(
+        [product_in("NVIDIA-H200")], [{"key": "zone", "operator": "In", "values": ["a"]}])),
+                 JOBS, (8, None, 4), id="affinity-term-without-product"),
+    pytest.param(train_job(affinity=affinity([product_in("NVIDIA-H200")])),
+                 JOBS, (8, "NVIDIA-H100-80GB-HBM3", 4), id="node-selector-wins"),
     pytest.param(train_job(nodeSelector=None), JOBS, (8, None, 4), id="no-product-label"),
     pytest.param(train_job(spec__parallelism=None), JOBS, (8, "NVIDIA-H100-80GB-HBM3", 1), id="parallelism-default"),
-    pytest.param(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "p"},
-            "spec": {
-                "activeDeadlineSeconds": 600,
-                "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H200"},
-                "containers": [container({"nvidia.com/gpu": "2"})],
-            },
-        },
-        PODS,
-        (2, "NVIDIA-H200", 1),
-        id="pod",
-    ),
+    pytest.param({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                  "spec": {"activeDeadlineSeconds": 600, "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H200"},
+                           "containers": [container({"nvidia.com/gpu": "2"})]}},
+                 PODS, (2, "NVIDIA-H200", 1), id="pod"),
 ]
 
 
@@ -246,55 +173,25 @@ INVALID = [
     pytest.param(enc(TRAIN_JOB), None, "body", id="no-content-type"),
     pytest.param(b'{"kind": "Job", "kind": "Pod"}', JSON, "body", id="duplicate-keys"),
     pytest.param(b'{"spec": {"parallelism": NaN}}', JSON, "body", id="nan"),
-    pytest.param(
-        enc(train_job(containers=[container({"nvidia.com/gpu": "1.5"})])),
-        JSON,
-        "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu",
-        id="fractional-quantity",
-    ),
-    pytest.param(
-        enc(train_job(containers=[container({"nvidia.com/gpu": "-1"})])),
-        JSON,
-        "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu",
-        id="negative-quantity",
-    ),
-    pytest.param(
-        enc(train_job(containers=[container({"nvidia.com/gpu": "1k"})])),
-        JSON,
-        "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu",
-        id="suffixed-quantity",
-    ),
-    pytest.param(
-        enc(train_job(containers=[container({"nvidia.com/gpu": True})])),
-        JSON,
-        "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu",
-        id="bool-quantity",
-    ),
-    pytest.param(
-        enc(train_job(containers=[container({"nvidia.com/mig-1g.10gb": "1"})])),
-        JSON,
-        "spec.template.spec.containers[0].resources.limits.nvidia.com/mig-1g.10gb",
-        id="mig-slice",
-    ),
-    pytest.param(
-        enc(train_job(containers=[container({"nvidia.com/gpu.shared": "1"})])),
-        JSON,
-        "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu.shared",
-        id="shared-gpu",
-    ),
-    pytest.param(
-        enc(train_job(resourceClaims=[{"name": "gpu"}])), JSON, "spec.template.spec.resourceClaims", id="dra-claims"
-    ),
+    pytest.param(enc(train_job(containers=[container({"nvidia.com/gpu": "1.5"})])), JSON,
+                 "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu", id="fractional-quantity"),
+    pytest.param(enc(train_job(containers=[container({"nvidia.com/gpu": "-1"})])), JSON,
+                 "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu", id="negative-quantity"),
+    pytest.param(enc(train_job(containers=[container({"nvidia.com/gpu": "1k"})])), JSON,
+                 "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu", id="suffixed-quantity"),
+    pytest.param(enc(train_job(containers=[container({"nvidia.com/gpu": True})])), JSON,
+                 "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu", id="bool-quantity"),
+    pytest.param(enc(train_job(containers=[container({"nvidia.com/mig-1g.10gb": "1"})])), JSON,
+                 "spec.template.spec.containers[0].resources.limits.nvidia.com/mig-1g.10gb", id="mig-slice"),
+    pytest.param(enc(train_job(containers=[container({"nvidia.com/gpu.shared": "1"})])), JSON,
+                 "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu.shared", id="shared-gpu"),
+    pytest.param(enc(train_job(resourceClaims=[{"name": "gpu"}])), JSON, "spec.template.spec.resourceClaims",
+                 id="dra-claims"),
     pytest.param(enc(train_job(spec__activeDeadlineSeconds=None)), JSON, "activeDeadlineSeconds", id="no-deadline"),
-    pytest.param(
-        enc(train_job(spec__activeDeadlineSeconds=None, activeDeadlineSeconds=600)),
-        JSON,
-        "activeDeadlineSeconds",
-        id="pod-deadline-does-not-bound-a-job",
-    ),
-    pytest.param(
-        enc(train_job(spec__activeDeadlineSeconds="7200")), JSON, "spec.activeDeadlineSeconds", id="deadline-string"
-    ),
+    pytest.param(enc(train_job(spec__activeDeadlineSeconds=None, activeDeadlineSeconds=600)), JSON,
+                 "activeDeadlineSeconds", id="pod-deadline-does-not-bound-a-job"),
+    pytest.param(enc(train_job(spec__activeDeadlineSeconds="7200")), JSON, "spec.activeDeadlineSeconds",
+                 id="deadline-string"),
     pytest.param(enc(train_job(spec__parallelism=2_000_000)), JSON, "spec.parallelism", id="absurd-parallelism"),
     pytest.param(enc(train_job(spec__parallelism=200_000)), JSON, "spec.parallelism", id="absurd-total"),
     pytest.param(enc({**TRAIN_JOB, "kind": "Pod"}), JSON, "kind", id="pod-on-jobs-route"),
@@ -338,33 +235,22 @@ def test_updates_without_resources(body: Any, content_type: str) -> None:
 
 UPDATES_REFUSED = [
     pytest.param({"spec": {"parallelism": 16}}, MERGE, id="merge-parallelism"),
-    pytest.param(
-        {"spec": {"parallelism": 16, "template": TRAIN_JOB["spec"]["template"]}},
-        MERGE,
-        id="merge-with-template-still-merges",
-    ),
+    pytest.param({"spec": {"parallelism": 16, "template": TRAIN_JOB["spec"]["template"]}}, MERGE,
+                 id="merge-with-template-still-merges"),
     pytest.param({"spec": {"suspend": False}}, MERGE, id="unsuspend"),
     pytest.param({"spec": {"activeDeadlineSeconds": 999_999}}, MERGE, id="extend-deadline"),
-    pytest.param(
-        {"spec": {"template": {"spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-B200"}}}}},
-        STRATEGIC,
-        id="strategic-node-selector",
-    ),
+    pytest.param({"spec": {"template": {"spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-B200"}}}}},
+                 STRATEGIC, id="strategic-node-selector"),
     pytest.param({"spec": {"$patch": "replace", "parallelism": 1}}, STRATEGIC, id="patch-directive"),
     pytest.param({"spec": None}, MERGE, id="spec-null"),
-    pytest.param(
-        [{"op": "replace", "path": "/spec/parallelism", "value": 64}], JSON_PATCH, id="json-patch-parallelism"
-    ),
+    pytest.param([{"op": "replace", "path": "/spec/parallelism", "value": 64}], JSON_PATCH,
+                 id="json-patch-parallelism"),
     pytest.param([{"op": "remove", "path": "/spec/suspend"}], JSON_PATCH, id="json-patch-remove-suspend"),
-    pytest.param(
-        [{"op": "add", "path": "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu", "value": "8"}],
-        JSON_PATCH,
-        id="json-patch-template",
-    ),
+    pytest.param([{"op": "add", "path": "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu",
+                   "value": "8"}], JSON_PATCH, id="json-patch-template"),
     pytest.param([{"op": "replace", "path": "/spec", "value": {}}], JSON_PATCH, id="json-patch-whole-spec"),
-    pytest.param(
-        [{"op": "copy", "from": "/metadata/x", "path": "/spec/parallelism"}], JSON_PATCH, id="json-patch-copy"
-    ),
+    pytest.param([{"op": "copy", "from": "/metadata/x", "path": "/spec/parallelism"}], JSON_PATCH,
+                 id="json-patch-copy"),
     pytest.param({"kind": "Job", "spec": {"parallelism": 2}}, "application/apply-patch+yaml", id="server-side-apply"),
 ]
 
@@ -395,12 +281,8 @@ def test_pod_updates_change_no_resources(method: str, content_type: str, body: A
 
 @pytest.mark.parametrize(
     ("method", "content_type"),
-    [
-        ("PATCH", "application/vnd.kubernetes.protobuf"),
-        ("PATCH", "application/yaml"),
-        ("PUT", "application/yaml"),
-        ("PATCH", JSON),
-    ],
+    [("PATCH", "application/vnd.kubernetes.protobuf"), ("PATCH", "application/yaml"), ("PUT", "application/yaml"),
+     ("PATCH", JSON)],
     ids=["patch-protobuf", "patch-yaml", "put-yaml", "patch-plain-json"],
 )
 def test_update_content_types(method: str, content_type: str) -> None:
@@ -410,9 +292,8 @@ def test_update_content_types(method: str, content_type: str) -> None:
 
 
 RESPONSES = [
-    pytest.param(
-        201, {"metadata": {"name": "train-7b", "namespace": "team-a", "uid": "u"}}, "team-a/train-7b", id="created"
-    ),
+    pytest.param(201, {"metadata": {"name": "train-7b", "namespace": "team-a", "uid": "u"}}, "team-a/train-7b",
+                 id="created"),
     pytest.param(201, {"metadata": {"name": "train-x1y2"}}, "team-a/train-x1y2", id="namespace-from-path"),
     pytest.param(409, {"kind": "Status", "reason": "AlreadyExists"}, None, id="conflict"),
     pytest.param(201, {"metadata": {}}, None, id="no-name"),
@@ -425,9 +306,8 @@ def test_job_id_from_response(status: int, body: Any, job_id: str | None) -> Non
     assert ADAPTER.job_id_from_response(route("POST", JOBS), status, json.dumps(body).encode()) == job_id
 
 
-@pytest.mark.parametrize(
-    ("method", "path"), [("GET", JOBS + "/train-7b"), ("GET", PODS + "/train-7b/log")], ids=["job", "pod-log"]
-)
+@pytest.mark.parametrize(("method", "path"), [("GET", JOBS + "/train-7b"), ("GET", PODS + "/train-7b/log")],
+                         ids=["job", "pod-log"])
 def test_job_id_of(method: str, path: str) -> None:
     """Item routes name the object as "{namespace}/{name}"."""
     assert ADAPTER.job_id_of(route(method, path)) == "team-a/train-7b"
@@ -451,14 +331,10 @@ def test_definitive_rejection(status: int, body: bytes, definitive: bool) -> Non
 
 
 REFUSALS = [
-    ("quota_tenant_tpp", 429, "TooManyRequests"),
-    ("tier3_embargoed", 451, "Forbidden"),
-    ("job_spec_invalid", 400, "BadRequest"),
-    ("job_not_owned", 404, "NotFound"),
-    ("licence_required", 403, "Forbidden"),
-    ("backend_unavailable", 503, "ServiceUnavailable"),
-    ("upstream_timeout", 504, "Timeout"),
-    ("body_too_large", 413, "RequestEntityTooLarge"),
+    ("quota_tenant_tpp", 429, "TooManyRequests"), ("tier3_embargoed", 451, "Forbidden"),
+    ("job_spec_invalid", 400, "BadRequest"), ("job_not_owned", 404, "NotFound"),
+    ("licence_required", 403, "Forbidden"), ("backend_unavailable", 503, "ServiceUnavailable"),
+    ("upstream_timeout", 504, "Timeout"), ("body_too_large", 413, "RequestEntityTooLarge"),
 ]
 
 
@@ -471,12 +347,7 @@ def test_status_refusal(code: str, status: int, reason: str) -> None:
     doc = json.loads(body)
     assert content_type == "application/json"
     assert (doc["kind"], doc["apiVersion"], doc["status"], doc["code"], doc["reason"]) == (
-        "Status",
-        "v1",
-        "Failure",
-        status,
-        reason,
-    )
+        "Status", "v1", "Failure", status, reason)
     assert doc["metadata"] == {}
     assert code in doc["message"] and "dec-123" in doc["message"]
     causes = {c["reason"]: c["message"] for c in doc["details"]["causes"]}
@@ -486,17 +357,12 @@ def test_status_refusal(code: str, status: int, reason: str) -> None:
 
 def test_filter_job_list() -> None:
     """A JobList keeps only items whose "{namespace}/{name}" is owned."""
-    listing = {
-        "kind": "JobList",
-        "apiVersion": "batch/v1",
-        "metadata": {"resourceVersion": "9"},
-        "items": [
-            {"metadata": {"name": "mine", "namespace": "team-a"}},
-            {"metadata": {"name": "theirs", "namespace": "team-a"}},
-            {"metadata": {"name": "also-mine"}},
-            {"spec": {}},
-        ],
-    }
+    listing = {"kind": "JobList", "apiVersion": "batch/v1", "metadata": {"resourceVersion": "9"}, "items": [
+        {"metadata": {"name": "mine", "namespace": "team-a"}},
+        {"metadata": {"name": "theirs", "namespace": "team-a"}},
+        {"metadata": {"name": "also-mine"}},
+        {"spec": {}},
+    ]}
     owned = {"team-a/mine", "team-a/also-mine"}.__contains__
     out = json.loads(ADAPTER.filter_listing(route("GET", JOBS), json.dumps(listing).encode(), owned))
     assert [i["metadata"]["name"] for i in out["items"]] == ["mine", "also-mine"]
@@ -505,15 +371,10 @@ def test_filter_job_list() -> None:
 
 def test_filter_table() -> None:
     """A server-side Table (kubectl get) keeps only owned rows."""
-    table = {
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "columnDefinitions": [],
-        "rows": [
-            {"cells": ["mine"], "object": {"metadata": {"name": "mine", "namespace": "team-a"}}},
-            {"cells": ["theirs"], "object": {"metadata": {"name": "theirs", "namespace": "team-a"}}},
-        ],
-    }
+    table = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "columnDefinitions": [], "rows": [
+        {"cells": ["mine"], "object": {"metadata": {"name": "mine", "namespace": "team-a"}}},
+        {"cells": ["theirs"], "object": {"metadata": {"name": "theirs", "namespace": "team-a"}}},
+    ]}
     owned = {"team-a/mine"}.__contains__
     out = json.loads(ADAPTER.filter_listing(route("GET", JOBS), json.dumps(table).encode(), owned))
     assert [r["cells"] for r in out["rows"]] == [["mine"]]
@@ -530,8 +391,7 @@ def test_options_loader() -> None:
     problems: list[Problem] = []
     node = load_text("default_gpu_model: H100-SXM\ndefault_walltime_s: 86400\nlineage_label: acme/lineage\n", "g.yaml")
     assert load_scheduler_options("kubernetes", node, problems) == KubernetesOptions(
-        "H100-SXM", 86400.0, "acme/lineage", "exportgate.io/purpose"
-    )
+        "H100-SXM", 86400.0, "acme/lineage", "exportgate.io/purpose")
     assert problems == []
     bad: list[Problem] = []
     assert load_scheduler_options("kubernetes", load_text("\ndefault_walltime: 5\n", "g.yaml"), bad) is None

@@ -182,13 +182,8 @@ def test_kubernetes_label_or_annotation_declares_parameters(path: str, doc: dict
     assert k8s(path, doc).parameters is None
 
 
-@pytest.mark.parametrize(
-    ("where", "field"),
-    [
-        ("labels", "metadata.labels.exportgate.io/model-params"),
-        ("annotations", "metadata.annotations.exportgate.io/model-params"),
-    ],
-)
+@pytest.mark.parametrize(("where", "field"), [("labels", "metadata.labels.exportgate.io/model-params"),
+                                              ("annotations", "metadata.annotations.exportgate.io/model-params")])
 def test_kubernetes_invalid_parameters_are_refused(where: str, field: str) -> None:
     for value in ["big", "-3", "1e999"]:
         with pytest.raises(JobSpecInvalid) as raised:

@@ -36,12 +36,8 @@ def submit(job: Any, *, adapter: SlurmAdapter = ADAPTER, key: str = "job", scrip
 def job(**fields: Any) -> dict[str, Any]:
     """A v0.0.38 job description as the Slurm REST docs show it, with `fields` on top."""
     base: dict[str, Any] = {
-        "name": "train-7b",
-        "partition": "gpu",
-        "account": "team-a",
-        "time_limit": 120,
-        "environment": {"PATH": "/usr/bin:/bin"},
-        "current_working_directory": "/home/u",
+        "name": "train-7b", "partition": "gpu", "account": "team-a", "time_limit": 120,
+        "environment": {"PATH": "/usr/bin:/bin"}, "current_working_directory": "/home/u",
     }
     base.update(fields)
     return base
@@ -106,16 +102,12 @@ GPUS = [
     pytest.param(job(tres_per_node="gres/gpu:h100=4", nodes=2), [(8, "h100", 1)], id="tres-typed-equals"),
     pytest.param(job(tres_per_task="cpu=4,gres/gpu:h100=1", tasks=8), [(8, "h100", 1)], id="tres-per-task-list"),
     pytest.param(
-        job(tres_per_socket="gres/gpu:1", sockets_per_node=2, nodes=2),
-        [(4, None, 1)],
-        id="tres-per-socket",
+        job(tres_per_socket="gres/gpu:1", sockets_per_node=2, nodes=2), [(4, None, 1)], id="tres-per-socket",
     ),
     pytest.param(job(gpus="h100:2", gpus_per_node="h100:4", nodes=2), [(8, "h100", 1)], id="largest-field-wins"),
     pytest.param(job(gpus="h100:16", gpus_per_node="h100:4", nodes=2), [(16, "h100", 1)], id="largest-job-total"),
     pytest.param(
-        job(gpus="h100:2", gres="gpu:a100:4"),
-        [(2, "h100", 1), (4, "a100", 1)],
-        id="two-types-each-at-its-max",
+        job(gpus="h100:2", gres="gpu:a100:4"), [(2, "h100", 1), (4, "a100", 1)], id="two-types-each-at-its-max",
     ),
     pytest.param(job(gres="gpu:h100:2,gpu:a100:1"), [(2, "h100", 1), (1, "a100", 1)], id="gres-two-types"),
     pytest.param(job(gpus="h100:8", array="0-99%10"), [(8, "h100", 10)], id="array-throttled"),
@@ -134,23 +126,14 @@ GPUS = [
     pytest.param(job(gpus="h100:8", cpus_per_gpu=4, gpu_binding="closest"), [(8, "h100", 1)], id="benign-gpu-keys"),
     pytest.param(
         {
-            "name": "v40",
-            "partition": "gpu",
-            "script": "#!/bin/bash\ntrue",
-            "environment": ["PATH=/bin"],
+            "name": "v40", "partition": "gpu", "script": "#!/bin/bash\ntrue", "environment": ["PATH=/bin"],
             "time_limit": {"set": True, "infinite": False, "number": 90},
-            "minimum_nodes": 2,
-            "maximum_nodes": 4,
-            "tres_per_node": "gres/gpu:h100:8",
+            "minimum_nodes": 2, "maximum_nodes": 4, "tres_per_node": "gres/gpu:h100:8",
         },
-        [(32, "h100", 1)],
-        id="v0.0.40-shape",
+        [(32, "h100", 1)], id="v0.0.40-shape",
     ),
-    pytest.param(
-        job(gpus_per_node=1, nodes={"set": True, "infinite": False, "number": 5}),
-        [(5, None, 1)],
-        id="nodes-number-struct",
-    ),
+    pytest.param(job(gpus_per_node=1, nodes={"set": True, "infinite": False, "number": 5}), [(5, None, 1)],
+                 id="nodes-number-struct"),
     pytest.param(job(gpus_per_node=1, minimum_nodes=True, nodes=3), [(3, None, 1)], id="v0.0.38-min-nodes-flag"),
 ]
 
@@ -223,8 +206,7 @@ def test_walltime(fields: dict[str, Any], walltime: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "fields",
-    [{"time_limit": None}, {"time_limit": {"set": False}}, {"time_limit": "INFINITE"}],
+    "fields", [{"time_limit": None}, {"time_limit": {"set": False}}, {"time_limit": "INFINITE"}],
     ids=["absent", "unset-struct", "infinite-string"],
 )
 def test_walltime_without_any_limit(fields: dict[str, Any]) -> None:
@@ -241,76 +223,48 @@ def raw_submit(body: bytes, content_type: str | None = "application/json", encod
 
 
 INVALID = [
-    pytest.param(
-        b'{"job": {"gpus": "h100:1", "gpus": "h100:8", "time_limit": 5}, "script": "x"}',
-        None,
-        None,
-        "body",
-        id="duplicate-keys",
-    ),
+    pytest.param(b'{"job": {"gpus": "h100:1", "gpus": "h100:8", "time_limit": 5}, "script": "x"}', None, None,
+                 "body", id="duplicate-keys"),
     pytest.param(b'{"job": {"gpus": NaN, "time_limit": 5}}', None, None, "body", id="nan"),
     pytest.param(b'{"job": {"gpus": Infinity, "time_limit": 5}}', None, None, "body", id="infinity"),
     pytest.param(b'{"job": {"gpus": 1e400, "time_limit": 5}}', None, None, "body", id="overflowing-float"),
     pytest.param(b'[{"job": {}}]', None, None, "body", id="top-level-list"),
     pytest.param(b'{"job": {"gpus": 1}', None, None, "body", id="truncated"),
-    pytest.param(b"\xff\xfe{}", None, None, "body", id="not-utf8"),
+    pytest.param(b'\xff\xfe{}', None, None, "body", id="not-utf8"),
     pytest.param(b'{"job": {"gpus": 1, "time_limit": 5}}', None, "br", "content-encoding", id="brotli"),
-    pytest.param(b"job: {gpus: 1}", "application/x-yaml", None, "content-type", id="yaml"),
+    pytest.param(b'job: {gpus: 1}', "application/x-yaml", None, "content-type", id="yaml"),
     pytest.param(b'{"job": {"gpus": 1}}', "application/json; charset=utf-16", None, "content-type", id="utf16"),
     pytest.param(json.dumps({"job": job(gpus=True)}).encode(), None, None, "job.gpus", id="bool-is-not-a-count"),
     pytest.param(json.dumps({"job": job(gpus=-1)}).encode(), None, None, "job.gpus", id="negative"),
     pytest.param(json.dumps({"job": job(gpus="1.5")}).encode(), None, None, "job.gpus", id="fraction"),
     pytest.param(json.dumps({"job": job(gpus="h100:2k")}).encode(), None, None, "job.gpus", id="suffix"),
-    pytest.param(
-        json.dumps({"job": job(gpus_per_node=8, nodes=200_000)}).encode(),
-        None,
-        None,
-        "job.gpus_per_node",
-        id="absurd-total",
-    ),
+    pytest.param(json.dumps({"job": job(gpus_per_node=8, nodes=200_000)}).encode(), None, None,
+                 "job.gpus_per_node", id="absurd-total"),
     pytest.param(json.dumps({"job": job(gpus=2_000_000)}).encode(), None, None, "job.gpus", id="absurd-count"),
     pytest.param(json.dumps({"job": job(gres="mps:100")}).encode(), None, None, "job.gres", id="gres-mps"),
     pytest.param(json.dumps({"job": job(gres="shard:2")}).encode(), None, None, "job.gres", id="gres-shard"),
-    pytest.param(
-        json.dumps({"job": job(gpus_per_board=2)}).encode(), None, None, "job.gpus_per_board", id="unknown-gpu-field"
-    ),
-    pytest.param(
-        json.dumps({"job": job(tres_per_gpu="x")}).encode(), None, None, "job.tres_per_gpu", id="unknown-tres-field"
-    ),
-    pytest.param(
-        json.dumps({"job": job(gpus_per_socket=2)}).encode(),
-        None,
-        None,
-        "job.gpus_per_socket",
-        id="per-socket-without-sockets",
-    ),
-    pytest.param(
-        json.dumps({"job": job(gpus_per_task=1, tasks_per_core=2)}).encode(),
-        None,
-        None,
-        "job.tasks_per_core",
-        id="per-task-unbounded-tasks",
-    ),
-    pytest.param(
-        json.dumps({"job": job(tasks=2, ntasks_per_gpu=0)}).encode(),
-        None,
-        None,
-        "job.ntasks_per_gpu",
-        id="zero-tasks-per-gpu",
-    ),
-    pytest.param(
-        json.dumps({"job": job(tasks=2, ntasks=4)}).encode(), None, None, "job.ntasks", id="alias-given-twice"
-    ),
+    pytest.param(json.dumps({"job": job(gpus_per_board=2)}).encode(), None, None, "job.gpus_per_board",
+                 id="unknown-gpu-field"),
+    pytest.param(json.dumps({"job": job(tres_per_gpu="x")}).encode(), None, None, "job.tres_per_gpu",
+                 id="unknown-tres-field"),
+    pytest.param(json.dumps({"job": job(gpus_per_socket=2)}).encode(), None, None, "job.gpus_per_socket",
+                 id="per-socket-without-sockets"),
+    pytest.param(json.dumps({"job": job(gpus_per_task=1, tasks_per_core=2)}).encode(), None, None,
+                 "job.tasks_per_core", id="per-task-unbounded-tasks"),
+    pytest.param(json.dumps({"job": job(tasks=2, ntasks_per_gpu=0)}).encode(), None, None, "job.ntasks_per_gpu",
+                 id="zero-tasks-per-gpu"),
+    pytest.param(json.dumps({"job": job(tasks=2, ntasks=4)}).encode(), None, None, "job.ntasks",
+                 id="alias-given-twice"),
     pytest.param(json.dumps({"job": job(gpus=1, array="5-1")}).encode(), None, None, "job.array", id="empty-array"),
-    pytest.param(json.dumps({"job": job(gpus=1, array="0-9%0")}).encode(), None, None, "job.array", id="zero-throttle"),
-    pytest.param(
-        json.dumps({"job": job(gpus_per_node=1, nodes="2-")}).encode(), None, None, "job.nodes", id="open-node-range"
-    ),
-    pytest.param(json.dumps({"job": job(gpus=1), "jobs": [job()]}).encode(), None, None, "body", id="job-and-jobs"),
+    pytest.param(json.dumps({"job": job(gpus=1, array="0-9%0")}).encode(), None, None, "job.array",
+                 id="zero-throttle"),
+    pytest.param(json.dumps({"job": job(gpus_per_node=1, nodes="2-")}).encode(), None, None, "job.nodes",
+                 id="open-node-range"),
+    pytest.param(json.dumps({"job": job(gpus=1), "jobs": [job()]}).encode(), None, None, "body",
+                 id="job-and-jobs"),
     pytest.param(b'{"script": "x"}', None, None, "job", id="no-job"),
-    pytest.param(
-        json.dumps({"job": job(gpus=1, time_limit="soon")}).encode(), None, None, "job.time_limit", id="unreadable-time"
-    ),
+    pytest.param(json.dumps({"job": job(gpus=1, time_limit="soon")}).encode(), None, None, "job.time_limit",
+                 id="unreadable-time"),
 ]
 
 
@@ -337,18 +291,10 @@ def test_gzip_second_member_refused() -> None:
 
 
 LABELS = [
-    pytest.param(
-        {"environment": {"PATH": "/bin", "EXPORTGATE_LINEAGE": "acme-7b", "EXPORTGATE_PURPOSE": "training"}},
-        "acme-7b",
-        "training",
-        id="environment-dict",
-    ),
-    pytest.param(
-        {"environment": ["PATH=/bin", "EXPORTGATE_LINEAGE=acme-7b", "EXPORTGATE_PURPOSE=inference"]},
-        "acme-7b",
-        "inference",
-        id="environment-list",
-    ),
+    pytest.param({"environment": {"PATH": "/bin", "EXPORTGATE_LINEAGE": "acme-7b", "EXPORTGATE_PURPOSE": "training"}},
+                 "acme-7b", "training", id="environment-dict"),
+    pytest.param({"environment": ["PATH=/bin", "EXPORTGATE_LINEAGE=acme-7b", "EXPORTGATE_PURPOSE=inference"]},
+                 "acme-7b", "inference", id="environment-list"),
     pytest.param({"comment": "exportgate:lineage=acme-13b,purpose=training"}, "acme-13b", "training", id="comment"),
     pytest.param({"comment": "nightly run"}, None, None, id="plain-comment"),
 ]
@@ -362,18 +308,16 @@ def test_lineage_and_purpose(fields: dict[str, Any], lineage: str | None, purpos
 
 
 def update(body: Any) -> JobSpec | None:
-    return ADAPTER.parse_update(
-        route("POST", "/slurm/v0.0.38/job/42"), "application/json", None, json.dumps(body).encode()
-    )
+    return ADAPTER.parse_update(route("POST", "/slurm/v0.0.38/job/42"), "application/json", None,
+                                json.dumps(body).encode())
 
 
 UPDATES = [
     pytest.param({"comment": "x", "nice": 10}, None, id="no-resources"),
     pytest.param({"name": "renamed", "environment": {"A": "B"}}, None, id="name-and-environment"),
     pytest.param({"gpus": "h100:4", "time_limit": 60}, [(4, "h100", 1)], id="bare-restatement"),
-    pytest.param(
-        {"job": {"gpus_per_node": "h100:8", "nodes": 2, "time_limit": 60}}, [(16, "h100", 1)], id="wrapped-restatement"
-    ),
+    pytest.param({"job": {"gpus_per_node": "h100:8", "nodes": 2, "time_limit": 60}}, [(16, "h100", 1)],
+                 id="wrapped-restatement"),
     pytest.param({"TIME_LIMIT": 30, "GPUS": 2}, [(2, None, 1)], id="upper-case"),
 ]
 
@@ -423,11 +367,8 @@ def test_job_id_from_response(status: int, body: dict[str, Any], job_id: str | N
     assert ADAPTER.job_id_from_response(route("POST", SUBMIT), status, json.dumps(body).encode()) == job_id
 
 
-@pytest.mark.parametrize(
-    ("raw", "job_id"),
-    [("123", "123"), ("123_4", "123"), ("123+1", "123")],
-    ids=["plain", "array-task", "het-component"],
-)
+@pytest.mark.parametrize(("raw", "job_id"), [("123", "123"), ("123_4", "123"), ("123+1", "123")],
+                         ids=["plain", "array-task", "het-component"])
 def test_job_id_of(raw: str, job_id: str) -> None:
     """Array tasks and heterogeneous components belong to their base job id."""
     assert ADAPTER.job_id_of(route("GET", f"/slurm/v0.0.38/job/{raw}")) == job_id
@@ -436,18 +377,10 @@ def test_job_id_of(raw: str, job_id: str) -> None:
 REJECTIONS = [
     pytest.param(400, b'{"errors": [{"error": "environment must be set", "error_code": 2127}]}', True, id="400"),
     pytest.param(401, b"Authentication failure", True, id="401-plain-text"),
-    pytest.param(
-        500,
-        b'{"errors": [{"error_code": 2014, "error": "Requested node configuration"}]}',
-        True,
-        id="500-with-error-code",
-    ),
-    pytest.param(
-        500,
-        b'{"errors": [{"error_number": 2002, "error": "Access/permission denied"}]}',
-        True,
-        id="500-with-error-number",
-    ),
+    pytest.param(500, b'{"errors": [{"error_code": 2014, "error": "Requested node configuration"}]}', True,
+                 id="500-with-error-code"),
+    pytest.param(500, b'{"errors": [{"error_number": 2002, "error": "Access/permission denied"}]}', True,
+                 id="500-with-error-number"),
     pytest.param(500, b'{"errors": []}', False, id="500-empty-errors"),
     pytest.param(500, b"<html>Internal Server Error</html>", False, id="500-not-json"),
     pytest.param(500, b'{"errors": ["boom"]}', False, id="500-errors-not-objects"),
@@ -467,8 +400,7 @@ def test_definitive_rejection(status: int, body: bytes, definitive: bool) -> Non
 def test_filter_listing() -> None:
     """A job listing keeps only owned jobs, by job id, array job id or het job id."""
     listing = {
-        "meta": {"plugin": {}},
-        "errors": [],
+        "meta": {"plugin": {}}, "errors": [],
         "jobs": [
             {"job_id": 1, "user_name": "a"},
             {"job_id": 2, "user_name": "b"},
@@ -499,8 +431,7 @@ def test_options_loader() -> None:
     problems: list[Problem] = []
     node = load_text(
         "partition_time_limits: {gpu: 2880, debug: 60}\ndefault_time_limit_min: 720\n"
-        "default_gpu_model: H100-SXM\nlineage_env: LINEAGE\n",
-        "gateway.yaml",
+        "default_gpu_model: H100-SXM\nlineage_env: LINEAGE\n", "gateway.yaml",
     )
     loaded = load_scheduler_options("slurm", node, problems)
     assert problems == []

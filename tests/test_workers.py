@@ -21,12 +21,7 @@ from tests.redis_server import RedisProcess, free_port
 
 
 def workers_config(
-    workdir: Path,
-    *,
-    admin_port: int,
-    store: str = "memory",
-    redis_url: str = "",
-    idp: Idp | None = None,
+    workdir: Path, *, admin_port: int, store: str = "memory", redis_url: str = "", idp: Idp | None = None,
     extra: str = "",
 ) -> Path:
     """A gateway.yaml whose upstream is never called; readiness needs only config, keys and ledger."""
@@ -168,10 +163,9 @@ async def test_decision_entries_are_served_by_every_worker(tmp_path: Path, redis
         asked = {**token, "X-Original-URI": "/slurm/v0.0.38/ping", "X-Original-Method": "GET", "Connection": "close"}
         statuses = []
         for _ in range(40):  # a new connection each: the kernel spreads them over the two listening sockets
-            async with (
-                aiohttp.ClientSession() as client,
-                client.get(f"http://127.0.0.1:{decision_port}/v1/nginx", headers=asked) as resp,
-            ):
+            async with aiohttp.ClientSession() as client, client.get(
+                f"http://127.0.0.1:{decision_port}/v1/nginx", headers=asked
+            ) as resp:
                 statuses.append(resp.status)
         assert statuses == [200] * 40
         checked = await check(grpc_port, check_request("GET", "/slurm/v0.0.38/ping", token))

@@ -82,7 +82,9 @@ def replace_file(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def client_context(ca: Path, cert: Issued | None = None, *, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+def client_context(
+    ca: Path, cert: Issued | None = None, *, version: ssl.TLSVersion | None = None
+) -> ssl.SSLContext:
     """A client trusting `ca`, presenting `cert` when given, and speaking only `version` when given."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.load_verify_locations(ca)

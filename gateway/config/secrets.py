@@ -106,3 +106,4 @@ def url_password(url: str) -> bool:
         return bool(parts.password) or any(k.lower() == "password" and v for k, v in parse_qsl(parts.query))
     except ValueError:
         return False
+

@@ -325,6 +325,7 @@ class Reconciler:
             return None
 
 
+
 def _report_crash(task: "asyncio.Task[None]") -> None:
     """Rounds catch their own failures; anything that still ends the task is said loudly, not silently."""
     if not task.cancelled() and task.exception() is not None:

@@ -207,7 +207,7 @@ def to_html(report: Report) -> bytes:
     if report.charts:
         parts.append("<h2>Charts</h2>")
     for c in report.charts:
-        caption = html.escape(c.title) + (f" (numbers: table &#8220;{html.escape(c.table)}&#8221;)" if c.table else "")
+        caption = html.escape(c.title) + (f' (numbers: table &#8220;{html.escape(c.table)}&#8221;)' if c.table else "")
         parts.append(f"<figure>{svg(c)}<figcaption>{caption}</figcaption></figure>")
     parts.append("<h2>Tables</h2>")
     parts += [_table(t) for t in report.tables if t.name not in charted]
