@@ -11,6 +11,8 @@ from typing import Any
 from gateway.core.jsontext import json_utf8
 
 SCHEMA_VERSION = 1
+# json raises these for a body it cannot write (an object, NaN, a cycle, absurd nesting).
+UNENCODABLE = (TypeError, ValueError, RecursionError)
 GENESIS = "0" * 64
 
 

@@ -144,14 +144,19 @@ SMALL_ANSWER_BYTES = 16 * 1024
 
 
 def _small_whole(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
-    """Whether the answer is a small body of known length that is sent as it is (not HEAD, 204 or 304)."""
+    """Whether the answer is a small body of known length that is sent as it is (not HEAD, 204 or 304), to a
+    client that has taken everything written to it so far (one that has not is written to under the write
+    timeout: aiohttp's own last write would wait on it for as long as it does not read)."""
     length = upstream.content_length
+    transport = request.transport
     return (
         length is not None
         and 0 < length <= SMALL_ANSWER_BYTES
         and request.method != "HEAD"
         and upstream.status not in (204, 304)
         and upstream.status >= 200
+        and transport is not None
+        and transport.get_write_buffer_size() == 0
     )
 
 

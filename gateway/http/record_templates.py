@@ -4,7 +4,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from gateway.core.decide import Decision
-from gateway.core.ledger import Prepared, Template, template
+from gateway.core.ledger import UNENCODABLE, Prepared, Template, template
 from gateway.core.policy import Pack
 from gateway.core.tenants import Tenant
 from gateway.http.call import Call
@@ -12,7 +12,6 @@ from gateway.http.call import Call
 # What changes from one request to the next; everything else in an access record is fixed by who asked, on
 # which route of which upstream, through which entry, under which decision, pack and registry.
 HOLES = ("decision_id", "ts", "client_ip", "method", "path")
-UNENCODABLE = (TypeError, ValueError, RecursionError)
 
 
 class RecordTemplates:

@@ -8,6 +8,7 @@ from gateway.adapters.ledger.pending import Item, LedgerUnavailable, Mark
 from gateway.adapters.ledger.signing import Signer
 from gateway.core.ledger import (
     GENESIS,
+    UNENCODABLE,
     Prepared,
     checkpoint_body,
     checkpoint_payload,
@@ -15,9 +16,6 @@ from gateway.core.ledger import (
     prepare,
     seal,
 )
-
-# json.dumps raises these for a body it cannot write (an object, NaN, a cycle, absurd nesting).
-UNENCODABLE = (TypeError, ValueError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)

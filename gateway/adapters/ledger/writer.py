@@ -15,11 +15,11 @@ from typing import Any
 
 from gateway.adapters.ledger import files
 from gateway.adapters.ledger.pending import Item, LedgerUnavailable, Mark, Pending
-from gateway.adapters.ledger.sealing import UNENCODABLE, Checkpoints, Sealed, seal_batch
+from gateway.adapters.ledger.sealing import Checkpoints, Sealed, seal_batch
 from gateway.adapters.ledger.segments import Segments, instance_dir
 from gateway.adapters.ledger.signing import Signer
 from gateway.adapters.ledger.supervision import Supervisor
-from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, Prepared, prepare
+from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, UNENCODABLE, Prepared, prepare
 
 log = logging.getLogger(__name__)
 
