@@ -1,4 +1,5 @@
-"""The collector settings a serving gateway runs with: full passes freeze their survivors, and thaw now and then."""
+"""The collector settings a serving gateway runs with: full and middle passes freeze their survivors, and full
+passes thaw now and then."""
 
 import subprocess
 import sys
@@ -26,6 +27,10 @@ SCRIPT = textwrap.dedent(
     assert gone() is not None, "frozen cycles wait for the thawing pass"
     gc.collect()  # the thaw_every-th full pass scans everything
     assert gone() is None, "the thawing pass collects cycles among frozen objects"
+    young = [Node() for _ in range(100)]
+    frozen = gc.get_freeze_count()
+    gc.collect(1)  # a middle pass: its survivors are frozen too, not left for one long full pass
+    assert gc.get_freeze_count() >= frozen + 100 and gc.get_count()[2] == 0, "a middle pass freezes its survivors"
     print("ok", hook.passes)
     """
 )
