@@ -191,7 +191,7 @@ def test_sealed_line_is_the_canonical_line_and_hash() -> None:
 
 async def test_records_nobody_waits_for_are_gathered_until_a_waiter_comes(tmp_path: Path) -> None:
     """Access records wait (up to the access window) to share one fsync; a record someone waits for is
-    committed at once, with them, not after the window."""
+    committed at once, with them, not after the window; so is a follow-up nobody waits for."""
     commits: list[int] = []
     writer = LedgerWriter(tmp_path, "w1", access_window_s=30.0, on_commit=lambda n, s: commits.append(n))
     await writer.open()
@@ -203,7 +203,14 @@ async def test_records_nobody_waits_for_are_gathered_until_a_waiter_comes(tmp_pa
     sealed = await asyncio.wait_for(writer.append({"kind": "decision", "i": 20}, wait=True), timeout=5.0)
     assert sealed is not None and sealed["seq"] == 21
     assert commits[opened:] == [21]  # the waiter and the 20 before it: one batch
+    await writer.append({"kind": "access", "i": 21}, wait=False)
+    await writer.append({"kind": "settle", "i": 22}, wait=False)  # a follow-up: not gathered
+    for _ in range(500):  # committed without the 30 s window
+        if sum(commits[opened:]) == 23:
+            break
+        await asyncio.sleep(0.01)
+    assert commits[opened + 1 :] == [2]
     await writer.close()
     lines = (tmp_path / "w1").glob("*.jsonl")
     records = [json.loads(line) for path in lines for line in path.read_text().splitlines()]
-    assert [r["i"] for r in records if "i" in r] == list(range(21))
+    assert [r["i"] for r in records if "i" in r] == list(range(23))

@@ -22,6 +22,7 @@ from gateway.adapters.ledger.supervision import Supervisor
 from gateway.core.ledger import CHECKPOINT, GENESIS, PRUNE, UNENCODABLE, Prepared, prepare
 
 log = logging.getLogger(__name__)
+ACCESS = "access"  # the kind of a read's record
 
 __all__ = ["LedgerUnavailable", "LedgerWriter"]  # the writer's API, wherever the parts live
 
@@ -55,8 +56,8 @@ class LedgerWriter:
         self.instance = instance
         self.dir = instance_dir(root, instance)
         self.batch_window_s = batch_window_s
-        # Records nobody waits for (reads' access records) are gathered for up to this long into one write
-        # and fsync, unless a caller that waits comes: fewer fsyncs under load, none of them later for a waiter.
+        # Reads' access records (nobody waits for them) are gathered for up to this long into one write and
+        # fsync, unless another record comes: fewer fsyncs under read load, none later for anything else.
         self.access_window_s = access_window_s
         self._urgent = asyncio.Event()
         self.max_batch = max_batch
@@ -172,7 +173,7 @@ class LedgerWriter:
         if wait:
             future = asyncio.get_running_loop().create_future()
         self._pending.queued.append((prepared, future, time.monotonic()))
-        if future is not None:
+        if future is not None or prepared.body.get("kind") != ACCESS:  # only reads' records are gathered
             self._urgent.set()
         self._wake.set()
         return None if future is None else await future
