@@ -6,6 +6,8 @@ label is `ledger_instance`. No label value changes with every event either (a le
 hash would start a new series at each checkpoint): such values are a gauge's value or a log line.
 """
 
+from typing import TypeVar, cast
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,6 +19,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+Labelled = TypeVar("Labelled", Counter, Histogram)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -25,8 +28,7 @@ class Metrics:
 
     def __init__(self) -> None:
         # The hot path's labelled series, found once: `labels()` takes a lock and checks its values each call.
-        self._counters: dict[tuple[int, tuple[str, ...]], Counter] = {}
-        self._histograms: dict[tuple[int, tuple[str, ...]], Histogram] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Counter | Histogram] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         # The default collectors of prometheus_client's global registry, on this one: process_* (CPU, memory,
@@ -161,18 +163,10 @@ class Metrics:
             registry=r,
         )
 
-    def counter(self, metric: Counter, *values: str) -> Counter:
+    def child(self, metric: Labelled, *values: str) -> Labelled:
         """`metric.labels(*values)`, remembered (label values are bounded, so is this)."""
         key = (id(metric), values)
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = metric.labels(*values)
-        return child
-
-    def histogram(self, metric: Histogram, *values: str) -> Histogram:
-        """`metric.labels(*values)`, remembered."""
-        key = (id(metric), values)
-        child = self._histograms.get(key)
-        if child is None:
-            child = self._histograms[key] = metric.labels(*values)
-        return child
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return cast(Labelled, found)

@@ -16,7 +16,6 @@ is an `http {}`-level file (upstreams, maps, one server) and the same for the sa
 """
 
 import argparse
-import ipaddress
 import re
 import sys
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from gateway.core.codes import CODES
 from gateway.core.routes import Route
 from gateway.http.decision import needs_proxy
 from gateway.http.decision_http import NGINX_PATH
-from gateway.http.headers import STRIPPED_EXACT
+from gateway.http.headers import STRIPPED_EXACT, is_address
 from gateway.http.lifecycle import adapter_for
 from gateway.schedulers import RayAdapter, SchedulerAdapter
 
@@ -265,21 +264,13 @@ def _upstream_block(u: _Upstream) -> list[str]:
     ]
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _gateway_tls(name: str, tls: ListenerTls | None, address: str, targets: Targets) -> tuple[str, list[str]]:
     """The scheme nginx reaches one of exportgate's listeners with, and its TLS lines (verified, as the
     gateway verifies its schedulers; with nginx's client certificate where the listener asks for one)."""
     if tls is None:
         return "http", []
-    host = targets.gateway_tls_name or (address.rsplit(":", 1)[0].strip("[]") if ":" in address else address)
-    if _is_ip(host):
+    host = targets.gateway_tls_name or urlsplit(f"//{address}").hostname or address
+    if is_address(host):
         raise NginxConfigError(
             f"the {name} listener serves TLS at {address}, and nginx checks a certificate by DNS name, not IP "
             "address: give the name its certificate holds with --gateway-tls-name"

@@ -110,7 +110,7 @@ def _trusted_in(address: str, proxies: tuple[IPNetwork, ...]) -> bool:
     return any(ip in net for net in proxies)
 
 
-def _is_address(text: str) -> bool:
+def is_address(text: str) -> bool:
     """Whether a forwarded hop is an IP address (longer than any address's text: not one, and not cached)."""
     return len(text) <= 64 and _parses(text)
 
@@ -136,7 +136,7 @@ def client_ip(peer: str | None, xff_values: Iterable[str], proxies: Sequence[IPN
     if not _trusted(peer, proxies):
         return peer
     for hop in reversed(forwarded_chain(xff_values)):
-        if not _is_address(hop):
+        if not is_address(hop):
             return peer  # a garbled chain is not evidence; fall back to the peer
         if not _trusted(hop, proxies):
             return hop

@@ -1,7 +1,7 @@
 """Access records encoded from a template: a tenant's reads of one route differ in five fields only."""
 
-from collections.abc import Callable, Hashable, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, TypedDict
 
 from gateway.core.decide import Decision
 from gateway.core.ledger import UNENCODABLE, Prepared, Template, template
@@ -9,9 +9,26 @@ from gateway.core.policy import Pack
 from gateway.core.tenants import Tenant
 from gateway.http.call import Call
 
+
+class Varying(TypedDict):
+    """The fields of a request's record that change from one request to the next (the template's holes)."""
+
+    decision_id: str
+    ts: float
+    client_ip: str
+    method: str
+    path: str
+
+
+def varying(call: Call) -> Varying:
+    """Those fields of `call`'s record, as every record of a request holds them (the responder's too)."""
+    return Varying(decision_id=call.decision_id, ts=call.now, client_ip=call.client_ip, method=call.method,
+                   path=call.path[:512])  # fmt: skip
+
+
 # What changes from one request to the next; everything else in an access record is fixed by who asked, on
 # which route of which upstream, through which entry, under which decision, pack and registry.
-HOLES = ("decision_id", "ts", "client_ip", "method", "path")
+HOLES = tuple(Varying.__annotations__)
 
 
 class RecordTemplates:
@@ -47,16 +64,6 @@ class RecordTemplates:
         if found is None:
             return None
         try:
-            return found.fill(_values(call))
+            return found.fill(varying(call))
         except UNENCODABLE:
             return None  # the caller's own path refuses it, and logs why
-
-
-def _values(call: Call) -> Mapping[str, Any]:
-    return {
-        "decision_id": call.decision_id,
-        "ts": call.now,
-        "client_ip": call.client_ip,
-        "method": call.method,
-        "path": call.path[:512],
-    }

@@ -44,7 +44,7 @@ class Relay:
         self.write_timeout_s = write_timeout_s
 
     def observe(self, a: Admitted) -> Callable[[float], None]:
-        return self.metrics.histogram(self.metrics.upstream_seconds, a.upstream.name).observe
+        return self.metrics.child(self.metrics.upstream_seconds, a.upstream.name).observe
 
     def headers(self, a: Admitted, decision: Decision) -> CIMultiDict[str]:
         request = a.request

@@ -18,7 +18,7 @@ from gateway.http.body import close_after
 from gateway.http.call import Call, Refused
 from gateway.http.problems import Dialect, refusal
 from gateway.http.quota_headers import set_quota_headers
-from gateway.http.record_templates import RecordTemplates
+from gateway.http.record_templates import RecordTemplates, varying
 
 log = logging.getLogger(__name__)
 requests_log = logging.getLogger("gateway.request")  # one event per request, at its end (2xx/3xx: DEBUG)
@@ -146,15 +146,11 @@ class Responder:
 
     def _record(self, call: Call, decision: Decision, kind: str) -> dict[str, Any]:
         return decision_body(
-            decision_id=call.decision_id,
-            ts=call.now,
+            **varying(call),
             tenant=call.tenant,
             identity=call.identity,
-            client_ip=call.client_ip,
             route=call.match.route.name if call.match else None,
             route_kind=call.kind.value if call.kind else None,
-            method=call.method,
-            path=call.path[:512],
             upstream=call.upstream.name,
             decision=decision,
             pack=self.policy.pack,
@@ -169,7 +165,7 @@ class Responder:
     def count(self, decision: Decision) -> None:
         tier = str(int(decision.tier)) if decision.tier is not None else "none"
         code = decision.code.value if decision.code else ""
-        self.metrics.counter(self.metrics.decisions, decision.outcome.value, code, tier).inc()
+        self.metrics.child(self.metrics.decisions, decision.outcome.value, code, tier).inc()
 
     def backend_error(self, backend: str) -> None:
         self.metrics.backend_errors.labels(backend).inc()
@@ -189,16 +185,16 @@ class Responder:
         kind = call.kind.value if call.kind else "none"
         seconds = time.perf_counter() - call.started
         metrics = self.metrics
-        metrics.counter(metrics.requests, kind, STATUS_CLASSES.get(status // 100) or f"{status // 100}xx").inc()
-        metrics.histogram(metrics.request_seconds, kind).observe(seconds)
+        metrics.child(metrics.requests, kind, STATUS_CLASSES.get(status // 100) or f"{status // 100}xx").inc()
+        metrics.child(metrics.request_seconds, kind).observe(seconds)
         self._log_request("request", call, kind, status, seconds)
 
     def client_closed(self, call: Call, why: str) -> None:
         """Count and log a request its client abandoned: a status class of its own, never ERROR."""
         kind = call.kind.value if call.kind else "none"
         seconds = time.perf_counter() - call.started
-        self.metrics.counter(self.metrics.requests, kind, CLIENT_CLOSED).inc()
-        self.metrics.histogram(self.metrics.request_seconds, kind).observe(seconds)
+        self.metrics.child(self.metrics.requests, kind, CLIENT_CLOSED).inc()
+        self.metrics.child(self.metrics.request_seconds, kind).observe(seconds)
         self._log_request("client closed", call, kind, CLIENT_CLOSED_STATUS, seconds, why=why[:200])
 
     def _log_request(self, message: str, call: Call, kind: str, status: int, seconds: float, **more: str) -> None:
